@@ -1,0 +1,67 @@
+"""The `edgellm` command: a thin dispatcher.
+
+Each subcommand lives in its own module under `edgellm.commands` and exposes
+`register(subparsers)`, which adds a parser whose defaults carry `func`, the
+library function to call with the parsed arguments (the CLI's signature is the library's).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable, Sequence
+
+from .errors import EdgeLLMError
+
+# Registry as data: subcommand modules, in the order `--help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "edgellm.commands.convert",
+    "edgellm.commands.run",
+    "edgellm.commands.info",
+    "edgellm.commands.unpack",
+    "edgellm.commands.devices",
+    "edgellm.commands.plan",
+    "edgellm.commands.bench",
+    "edgellm.commands.eval",
+    "edgellm.commands.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgellm", description="Deploy LLMs on the edge.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command not written yet in this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[..., int | None] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
+    try:
+        code = func(**kwargs)
+    except EdgeLLMError as exc:
+        sys.stderr.write(f"edgellm: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

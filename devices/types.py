@@ -1,0 +1,131 @@
+"""Plain data the devices room answers with. No logic beyond small derived properties."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    level: int
+    kind: str  # "Data" | "Instruction" | "Unified"
+    size_bytes: int
+    shared_by_cpus: int = 1
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    model: str
+    arch: str  # platform.machine(): x86_64, aarch64, ...
+    physical_cores: int
+    logical_cores: int
+    isa: tuple[str, ...]  # normalized feature names, e.g. ("avx2", "avx512f", "avx512_vnni", "f16c")
+    caches: tuple[CacheInfo, ...]
+    ram_total_bytes: int
+    ram_available_bytes: int
+    cgroup_version: str | None = None  # "v2" | "v1" | None
+    cgroup_memory_limit_bytes: int | None = None
+    cgroup_cpu_limit: float | None = None  # CPUs allowed by cpu.max / cfs quota
+    affinity_cpus: int | None = None  # len(os.sched_getaffinity(0)) where available
+
+    @property
+    def usable_cores(self) -> int:
+        """Physical cores, capped by the CPU affinity mask and a cgroup CPU quota."""
+        cores = self.physical_cores
+        if self.affinity_cpus:
+            cores = min(cores, self.affinity_cpus)
+        if self.cgroup_cpu_limit:
+            cores = min(cores, max(1, int(self.cgroup_cpu_limit)))
+        return max(1, cores)
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        """Available RAM, capped by the cgroup memory limit."""
+        if self.cgroup_memory_limit_bytes:
+            return min(self.ram_available_bytes, self.cgroup_memory_limit_bytes)
+        return self.ram_available_bytes
+
+
+@dataclass(frozen=True)
+class GPUInfo:
+    index: int
+    name: str
+    vram_total_bytes: int
+    vram_free_bytes: int
+    compute_capability: tuple[int, int]
+    bandwidth_gbs: float | None = None  # from NVML bus width x memory clock, when readable
+
+
+@dataclass(frozen=True)
+class CUDAInventory:
+    """What CUDA offers this process. `reason` says why `gpus` is empty (or notes a partial failure)."""
+    gpus: tuple[GPUInfo, ...] = ()
+    reason: str = ""
+    driver_version: str | None = None
+    ort_cuda: bool = False  # onnxruntime lists CUDAExecutionProvider
+    ort_reason: str = ""
+    llama_gpu_offload: bool = False  # llama.cpp built with a GPU backend
+    llama_reason: str = ""
+
+
+@dataclass(frozen=True)
+class PowerEnvelope:
+    idle_w: float
+    active_w_per_big_core: float
+    active_w_per_little_core: float
+    max_w: float
+
+
+@dataclass(frozen=True)
+class PreferredArtifact:
+    format: Literal["gguf", "onnx"]
+    quant: str
+    runtime: str  # "llama.cpp" | "onnxruntime"
+    provider: str  # e.g. "CPU", "CPUExecutionProvider", "CUDA"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ProfileGPU:
+    name: str
+    memory_shared: bool
+    compute_capability: tuple[int, int] | None
+    bandwidth_gbs: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    arch: str
+    cores_big: int
+    cores_little: int
+    threads: int  # thread cap an app should use (big cores, usually)
+    ram_bytes: int  # installed RAM
+    app_memory_bytes: int  # what one app may use before the OS kills it / the system swaps
+    bandwidth_gbs: float
+    isa: tuple[str, ...]
+    power: PowerEnvelope
+    preferred: tuple[PreferredArtifact, ...]
+    gpu: ProfileGPU | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a model will run: the caps the planner and the runtimes must honour."""
+    name: str  # "cpu", "cuda:0", "profile:raspberry-pi-5"
+    kind: Literal["cpu", "cuda"]
+    threads: int  # thread cap
+    memory_bytes: int  # host memory cap for the model process
+    isa: tuple[str, ...]
+    arch: str
+    bandwidth_gbs: float | None = None  # host memory bandwidth (measured, or the profile's)
+    gpus: tuple[GPUInfo, ...] = ()
+    ort_cuda: bool = False
+    llama_gpu_offload: bool = False
+    profile: Profile | None = None
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def gpu(self) -> GPUInfo | None:
+        return self.gpus[0] if self.gpus else None

@@ -1,0 +1,208 @@
+"""HF folder -> GGUF, torch-free and streaming.
+
+F32/F16/BF16/Q8_0 are written by edgellm tensor by tensor (peak memory ~ the largest tensor). Every
+other llama.cpp type is produced by llama.cpp's own quantizer, run in-process through llama-cpp-python
+on an intermediate F16/BF16 GGUF; tensors it had to store in another type (rows not divisible by the
+type's block) are reported as fallbacks. Files appear under their final name only when complete.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError, ModelFormatError, OutputPathError, QuantizationError
+from .architectures import IGNORED_SUFFIXES, Architecture, get_architecture, permute_qk
+from .gguf_metadata import write_metadata
+from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
+from .hf import HFModel, read_hf_model
+from .llama_quantize import quantize_gguf
+from .manifest import Manifest, sha256_file, write_manifest
+from .tokenizer import vocab_from_tokenizer_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GGUFResult:
+    path: Path
+    manifest_path: Path
+    quant: str
+    tensor_types: dict[str, int]
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+
+
+def _plan_tensors(model: HFModel, arch: Architecture) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(HF name, GGUF name, numpy shape) in writing order; checks every shape against config.json."""
+    c = model.config
+    expect = {
+        "token_embd.weight": (c.vocab_size, c.hidden_size), "output.weight": (c.vocab_size, c.hidden_size),
+        "output_norm.weight": (c.hidden_size,),
+    }
+    per_block = {
+        "attn_norm.weight": (c.hidden_size,), "ffn_norm.weight": (c.hidden_size,),
+        "attn_q.weight": (c.num_heads * c.head_dim, c.hidden_size),
+        "attn_k.weight": (c.num_kv_heads * c.head_dim, c.hidden_size),
+        "attn_v.weight": (c.num_kv_heads * c.head_dim, c.hidden_size),
+        "attn_output.weight": (c.hidden_size, c.num_heads * c.head_dim),
+        "ffn_gate.weight": (c.intermediate_size, c.hidden_size), "ffn_up.weight": (c.intermediate_size, c.hidden_size),
+        "ffn_down.weight": (c.hidden_size, c.intermediate_size),
+        "attn_q.bias": (c.num_heads * c.head_dim,), "attn_k.bias": (c.num_kv_heads * c.head_dim,),
+        "attn_v.bias": (c.num_kv_heads * c.head_dim,),
+    }
+    infos = model.tensor_infos()
+    mapping = arch.tensor_map(c.num_layers)
+    unknown = [n for n in infos if n not in mapping and not n.endswith(IGNORED_SUFFIXES)]
+    if unknown:
+        raise ConversionError(f"{len(unknown)} tensors have no GGUF name for {arch.hf_name}, e.g. {unknown[0]}",
+                              "the checkpoint does not match its config.json architecture")
+    plan = []
+    for hf, gg in mapping.items():
+        if hf not in infos:
+            if gg == "output.weight" and c.tie_word_embeddings:
+                continue
+            if gg == "output.weight":  # untied head missing: llama.cpp falls back to the embeddings
+                log.warning("lm_head.weight missing although tie_word_embeddings is false; using tied head")
+                continue
+            raise ModelFormatError(f"tensor {hf} is missing from {model.path}")
+        want = expect.get(gg) or per_block.get(gg.split(".", 2)[2])
+        got = tuple(infos[hf].shape)
+        if want is not None and got != want:
+            raise ModelFormatError(f"tensor {hf} has shape {got}, config.json implies {want}",
+                                   "config.json and the weights disagree; use the config shipped with them")
+        plan.append((hf, gg, got))
+    return plan
+
+
+def _names(model: HFModel, quant: str, n_params: int) -> dict[str, str | None]:
+    import gguf.utility as gu
+
+    name = model.config.raw.get("_name_or_path") or model.path.name
+    base = Path(str(name)).name
+    finetune = None
+    for tag in ("Instruct", "Chat", "Base"):
+        if base.lower().endswith("-" + tag.lower()):
+            base, finetune = base[: -len(tag) - 1], tag
+    size = gu.size_label(n_params, 0, 0, 0)
+    label = base
+    for part in (size,):
+        label = label.replace("-" + part, "")
+    return {"name": Path(str(name)).name, "basename": label, "finetune": finetune, "size_label": size,
+            "file": gu.naming_convention(label, label, finetune, None, size, quant) + ".gguf"}
+
+
+def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str, tuple[int, ...]]],
+                  quant: GGUFQuant, out_file: Path, names: dict[str, str | None], vocab: Any,
+                  context_length: int | None, progress: bool) -> Counter[str]:
+    import gguf
+    from tqdm import tqdm
+
+    c = model.config
+    writer = gguf.GGUFWriter(None, arch.gguf_arch)
+    write_metadata(writer, model, arch.gguf_arch, vocab, names, quant.file_type, context_length)
+    types: list[str] = []
+    for hf, gg, shape in plan:
+        t = native_type_for(quant, gg, shape)
+        types.append(t)
+        writer.add_tensor_info(gg, shape, np.dtype(np.float32), tensor_nbytes(t, shape),
+                               raw_dtype=gguf.GGMLQuantizationType[t])
+    writer.write_header_to_file(out_file)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    try:
+        for (hf, gg, shape), t in tqdm(list(zip(plan, types)), desc=f"writing {quant.name}", unit="tensor",
+                                       disable=not progress, leave=False):
+            w = model.tensor(hf)
+            if arch.permute_qk and gg.endswith(("attn_q.weight", "attn_q.bias")):
+                w = permute_qk(w, c.num_heads)
+            elif arch.permute_qk and gg.endswith(("attn_k.weight", "attn_k.bias")):
+                w = permute_qk(w, c.num_kv_heads)
+            if not np.isfinite(w).all():
+                raise ConversionError(f"tensor {hf} holds NaN or Inf values", "the checkpoint is damaged")
+            writer.write_tensor_data(encode(w, t))
+    finally:
+        writer.close()
+    return Counter(types)
+
+
+def _read_types(path: Path) -> Counter[str]:
+    from .gguf_reading import open_gguf
+
+    return Counter(t.tensor_type.name for t in open_gguf(path).tensors)
+
+
+def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_0", *,
+                    pre_tokenizer: str | None = None, context_length: int | None = None,
+                    threads: int | None = None, progress: bool = False) -> GGUFResult:
+    """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json."""
+    q = get_quant(quant)
+    out_dir = Path(output)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".edgellm-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputPathError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
+    tmp_files: list[Path] = []
+    try:
+        with read_hf_model(model_dir) as model:
+            arch = get_architecture(model.config.architecture)
+            if model.tokenizer_json is None:
+                raise ConversionError(f"{model.path} has no tokenizer.json", "GGUF embeds the tokenizer; add it")
+            vocab = vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,
+                                              pre_tokenizer or None)
+            plan = _plan_tensors(model, arch)
+            n_params = sum(int(np.prod(s)) for _, _, s in plan)
+            names = _names(model, q.name, n_params)
+            final = out_dir / str(names["file"])
+            fallbacks: list[dict[str, str]] = []
+            if q.native:
+                stage = final.with_name(final.name + ".partial")
+                tmp_files.append(stage)
+                _write_native(model, arch, plan, q, stage, names, vocab, context_length, progress)
+            else:
+                source_type = "BF16" if (model.config.torch_dtype or "").lower() in ("bfloat16", "bf16") else "F16"
+                base = stage_in = out_dir / (final.name + f".{source_type}.partial")
+                tmp_files.append(stage_in)
+                _write_native(model, arch, plan, get_quant(source_type), base, names, vocab, context_length,
+                              progress)
+                stage = final.with_name(final.name + ".partial")
+                tmp_files.append(stage)
+                if q.needs_imatrix:
+                    raise QuantizationError(
+                        f"{q.name} needs an importance matrix, which edgellm does not compute yet",
+                        "pick IQ4_NL/IQ4_XS/IQ3_S or a K-quant (Q2_K … Q6_K)")
+                fallbacks = quantize_gguf(stage_in, stage, q.file_type, threads).fallbacks
+            counts = _read_types(stage)
+            os.replace(stage, final)
+            manifest = Manifest(
+                format="gguf", file=final.name, files=[final.name], quant=q.name, size_bytes=final.stat().st_size,
+                sha256=sha256_file(final), context_length=int(context_length or model.config.max_position_embeddings),
+                source={"path": str(Path(model_dir).resolve()), "architecture": arch.hf_name,
+                        "dtype": model.config.torch_dtype, "parameters": n_params},
+                tokenizer={"model": vocab.model, "pre": vocab.pre, "vocab_size": len(vocab.tokens),
+                           **{f"{k}_id": v for k, v in vocab.special_ids.items()}},
+                tensor_types=dict(counts), fallbacks=fallbacks,
+                extra={"gguf_arch": arch.gguf_arch, "file_type": q.file_type},
+            )
+            if fallbacks:
+                log.warning("%d of %d tensors fell back from their %s type (e.g. %s -> %s)", len(fallbacks),
+                            sum(counts.values()), q.name, fallbacks[0]["tensor"], fallbacks[0]["type"])
+            manifest_path = write_manifest(out_dir, manifest)
+            return GGUFResult(final, manifest_path, q.name, dict(counts), fallbacks)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        for p in tmp_files:
+            if p.exists():
+                p.unlink()

@@ -1,0 +1,63 @@
+"""GGUF metadata as llama.cpp expects it: architecture keys, RoPE, norms, tokenizer, general.* naming."""
+from __future__ import annotations
+
+from typing import Any
+
+from .hf import HFModel
+from .tokenizer import GGUFVocab
+
+# Special-token role -> GGUF key (tokenizer.ggml.<key>_token_id). "seperator" is llama.cpp's spelling.
+SPECIAL_KEYS: dict[str, str] = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding", "sep": "seperator",
+                                "mask": "mask"}
+
+
+def write_metadata(writer: Any, model: HFModel, arch: str, vocab: GGUFVocab, names: dict[str, str | None],
+                   file_type: int, context_length: int | None) -> None:
+    """Add every metadata key to a gguf.GGUFWriter (before its header is written)."""
+    import gguf
+
+    c = model.config
+    writer.add_type("model")
+    if names.get("name"):
+        writer.add_name(names["name"])
+    for key, add in (("basename", writer.add_basename), ("finetune", writer.add_finetune),
+                     ("size_label", writer.add_size_label)):
+        if names.get(key):
+            add(names[key])
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    writer.add_context_length(int(context_length or c.max_position_embeddings))
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_block_count(c.num_layers)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_heads)
+    writer.add_head_count_kv(c.num_kv_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_rope_dimension_count(c.head_dim)
+    writer.add_vocab_size(len(vocab.tokens))
+    if c.head_dim != c.hidden_size // c.num_heads:
+        writer.add_key_length(c.head_dim)
+        writer.add_value_length(c.head_dim)
+    scaling = c.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling.get("original_max_position_embeddings", c.max_position_embeddings)))
+
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.token_types)
+    writer.add_token_merges(vocab.merges)
+    for role, idx in vocab.special_ids.items():
+        writer.add_uint32(f"tokenizer.ggml.{SPECIAL_KEYS[role]}_token_id", idx)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if model.chat_template:
+        writer.add_chat_template(model.chat_template)

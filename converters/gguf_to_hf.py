@@ -1,0 +1,164 @@
+"""GGUF -> Hugging Face folder, torch-free.
+
+Dequantizes every tensor with gguf-py, undoes llama.cpp's Q/K row permutation, writes config.json in the
+classic HF schema, model.safetensors (streamed, one tensor at a time), tokenizer.json rebuilt with the
+`tokenizers` library from the GGUF vocabulary and merges, tokenizer_config.json with the chat template
+and special tokens, and generation_config.json. The folder is built under a temp name and renamed when
+complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ConversionError, OutputPathError, UnsupportedArchitectureError
+from .architectures import ARCHITECTURES, GGUF_TO_HF, unpermute_qk
+from .gguf_reading import field_value, open_gguf
+from .tokenizer import GGUFVocab, tokenizer_json_from_vocab
+
+log = logging.getLogger(__name__)
+
+_OUT_DTYPES = ("BF16", "F16", "F32")
+
+
+def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, vocab: GGUFVocab) -> dict[str, Any]:
+    def key(k: str, default: Any = None) -> Any:
+        return field_value(reader, f"{arch}.{k}", default)
+
+    hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    head_dim = int(key("attention.key_length", 0) or key("rope.dimension_count", 0) or hidden // heads)
+    cfg: dict[str, Any] = {
+        "architectures": [hf_name],
+        "model_type": {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}[hf_name],
+        "hidden_size": hidden,
+        "intermediate_size": int(key("feed_forward_length")),
+        "num_hidden_layers": int(key("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(key("attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "vocab_size": n_vocab,
+        "max_position_embeddings": int(key("context_length", 2048)),
+        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(key("rope.freq_base", 10000.0)),
+        "rope_scaling": None,
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "attention_bias": hf_name == "Qwen2ForCausalLM",
+        "bos_token_id": vocab.special_ids.get("bos"),
+        "eos_token_id": vocab.special_ids.get("eos"),
+        "torch_dtype": "bfloat16",
+    }
+    scale = key("rope.scaling.factor")
+    if key("rope.scaling.type") == "linear" and scale:
+        cfg["rope_scaling"] = {"type": "linear", "factor": float(scale)}
+    return cfg
+
+
+def _vocab(reader: Any) -> GGUFVocab:
+    tokens = [str(t) for t in field_value(reader, "tokenizer.ggml.tokens", [])]
+    if not tokens:
+        raise ConversionError("the GGUF has no tokenizer.ggml.tokens; cannot rebuild tokenizer.json")
+    specials = {}
+    for key in ("bos", "eos", "unknown", "padding", "seperator"):
+        idx = field_value(reader, f"tokenizer.ggml.{key}_token_id")
+        if idx is not None:
+            specials[{"unknown": "unk", "padding": "pad", "seperator": "sep"}.get(key, key)] = int(idx)
+    return GGUFVocab(
+        model=str(field_value(reader, "tokenizer.ggml.model", "")),
+        pre=str(field_value(reader, "tokenizer.ggml.pre", "default")),
+        tokens=tokens,
+        token_types=[int(t) for t in field_value(reader, "tokenizer.ggml.token_type", [1] * len(tokens))],
+        merges=[str(m) for m in field_value(reader, "tokenizer.ggml.merges", [])],
+        special_ids=specials,
+        add_bos=bool(field_value(reader, "tokenizer.ggml.add_bos_token", False)),
+        add_eos=bool(field_value(reader, "tokenizer.ggml.add_eos_token", False)),
+    )
+
+
+def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", overwrite: bool = False) -> Path:
+    """Rebuild an HF model folder from a GGUF file. Returns the folder path."""
+    import gguf
+    from tokenizers import Tokenizer
+
+    if dtype not in _OUT_DTYPES:
+        raise ConversionError(f"dtype {dtype!r} is not one of {', '.join(_OUT_DTYPES)}")
+    src, out = Path(gguf_path), Path(output)
+    if out.exists() and not overwrite:
+        raise OutputPathError(f"{out} already exists", "pass overwrite=True (--overwrite) or pick a new folder")
+    reader = open_gguf(src)
+    arch = str(field_value(reader, "general.architecture", ""))
+    hf_name = GGUF_TO_HF.get(arch)
+    if hf_name is None:
+        raise UnsupportedArchitectureError(
+            f"GGUF architecture {arch!r} cannot be rebuilt; supported: {', '.join(sorted(GGUF_TO_HF))}")
+    spec = ARCHITECTURES[hf_name]
+    vocab = _vocab(reader)
+    tensors = {t.name: t for t in reader.tensors}
+    n_vocab = int(tensors["token_embd.weight"].shape[1])
+    tied = "output.weight" not in tensors
+    cfg = _hf_config(reader, arch, hf_name, n_vocab, tied, vocab)
+    gguf_to_hf_names = {g: h for h, g in spec.tensor_map(cfg["num_hidden_layers"]).items()}
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    order: list[tuple[str, Any]] = []
+    for t in reader.tensors:
+        hf = gguf_to_hf_names.get(t.name)
+        if hf is None:
+            if t.name == "rope_freqs.weight":
+                continue
+            raise ConversionError(f"GGUF tensor {t.name} has no HF name in the {arch} table")
+        order.append((hf, t))
+
+    def shape_of(t: Any) -> tuple[int, ...]:
+        return tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne order -> numpy order
+
+    def tensors_iter() -> Iterator[tuple[str, np.ndarray]]:
+        for hf, t in order:
+            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape_of(t))
+            if spec.permute_qk and t.name.endswith(("attn_q.weight", "attn_q.bias")):
+                w = unpermute_qk(w, heads)
+            elif spec.permute_qk and t.name.endswith(("attn_k.weight", "attn_k.bias")):
+                w = unpermute_qk(w, kv_heads)
+            yield hf, w
+
+    from .safetensors_io import write_safetensors
+
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create {tmp}: {exc}") from None
+    try:
+        write_safetensors(tmp / "model.safetensors", [(hf, dtype, shape_of(t)) for hf, t in order],
+                          tensors_iter(), {"format": "pt", "source": src.name})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        tok = Tokenizer.from_str(json.dumps(tokenizer_json_from_vocab(vocab)))
+        tok.save(str(tmp / "tokenizer.json"))
+        text_of = {k: vocab.tokens[i] for k, i in vocab.special_ids.items()}
+        tok_cfg: dict[str, Any] = {
+            "tokenizer_class": "GPT2Tokenizer", "add_bos_token": vocab.add_bos, "add_eos_token": vocab.add_eos,
+            "clean_up_tokenization_spaces": False, "model_max_length": cfg["max_position_embeddings"],
+            **{f"{k}_token": v for k, v in text_of.items()},
+        }
+        template = field_value(reader, "tokenizer.chat_template")
+        if template:
+            tok_cfg["chat_template"] = str(template)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
+        gen = {k: v for k, v in (("bos_token_id", cfg["bos_token_id"]), ("eos_token_id", cfg["eos_token_id"]))
+               if v is not None}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("rebuilt %s from %s (%d tensors)", out, src, len(order))
+    return out

@@ -1,0 +1,151 @@
+"""The contract every backend implements, its capability flags, and the registry keyed by name.
+
+A runtime is deliberately small: it tokenizes, runs the model and yields sampled token ids. The
+`Model` façade (edgellm.model) owns the generation loop around it: timing of every token, stop strings,
+incremental UTF-8 decoding, chat templates and metrics, so every backend reports the same numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import ArtifactError, GenerationError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    streaming: bool = True
+    logits: bool = True            # can return per-position logits (eval, perplexity)
+    gpu_offload: bool = False      # can place layers on a GPU
+    native_sampling: bool = False  # samples inside the native library
+    formats: tuple[str, ...] = ()  # artifact formats it opens ("gguf", "onnx")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. temperature 0 means greedy."""
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_tokens < 0:
+            problems.append(f"max_tokens={self.max_tokens} must be >= 0")
+        if self.temperature < 0:
+            problems.append(f"temperature={self.temperature} must be >= 0")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0 (0 disables)")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if not 0.0 <= self.min_p < 1.0:
+            problems.append(f"min_p={self.min_p} must be in [0, 1)")
+        if self.repeat_penalty <= 0:
+            problems.append(f"repeat_penalty={self.repeat_penalty} must be > 0")
+        if problems:
+            raise GenerationError("invalid sampling parameters: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    n_ctx: int = 2048
+    threads: int | None = None          # None: the runtime's default for the device
+    n_gpu_layers: int = 0               # llama.cpp offload; -1 = all
+    execution_provider: str = "cpu"     # "cpu" | "cuda"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    bos_id: int | None
+    eos_ids: tuple[int, ...]
+    bos_text: str
+    eos_text: str
+    add_bos: bool
+    chat_template: str | None
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What `edgellm.load()` needs from a backend."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def tokenizer_info(self) -> TokenizerInfo: ...
+    @property
+    def provider(self) -> str:
+        """Where it actually runs ("cpu", "cuda"), after any fallback."""
+        ...
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]: ...
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes one token decodes to (may be a partial UTF-8 sequence)."""
+        ...
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        """Prefill `prompt`, then yield sampled token ids until the caller stops iterating.
+
+        The first id is yielded right after prefill; the caller times each step and stops on EOS,
+        stop strings or max_tokens. The runtime never yields more than n_ctx - len(prompt) ids."""
+        ...
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Teacher-forced logits, shape (len(tokens), vocab), float32."""
+        ...
+    def close(self) -> None: ...
+
+
+RuntimeFactory = Callable[[Path, LoadOptions], Runtime]
+
+# name -> factory; built-ins are registered lazily (their native libraries import inside the factory).
+_REGISTRY: dict[str, RuntimeFactory] = {}
+_FORMATS: dict[str, str] = {}
+
+
+def register_runtime(name: str, factory: RuntimeFactory, formats: tuple[str, ...]) -> None:
+    """Register a backend. Built-ins and plugins use this same call."""
+    _REGISTRY[name] = factory
+    for fmt in formats:
+        _FORMATS.setdefault(fmt, name)
+
+
+def _builtins() -> None:
+    if _REGISTRY:
+        return
+    from . import llama_cpp as _llama  # noqa: F401  (registers "llama.cpp")
+    try:
+        from . import onnxruntime as _ort  # noqa: F401  (registers "onnxruntime")
+    except ImportError:  # module not present in this build
+        pass
+
+
+def available_runtimes() -> list[str]:
+    _builtins()
+    return sorted(_REGISTRY)
+
+
+def runtime_for_format(fmt: str) -> str:
+    _builtins()
+    name = _FORMATS.get(fmt)
+    if name is None:
+        raise ArtifactError(f"no runtime opens {fmt!r} artifacts; known formats: {', '.join(sorted(_FORMATS))}")
+    return name
+
+
+def open_runtime(name: str, path: Path, options: LoadOptions) -> Runtime:
+    _builtins()
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ArtifactError(f"unknown runtime {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return factory(path, options)

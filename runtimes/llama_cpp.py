@@ -1,0 +1,137 @@
+"""The llama.cpp backend, through llama-cpp-python. Opens GGUF files.
+
+llama_cpp is imported inside `open_llama_cpp`, so a missing native library is a clear error with an
+install hint, never an import crash of edgellm itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ModelFormatError
+from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, register_runtime
+
+log = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """Physical cores when known (llama.cpp scales with them, not with SMT siblings)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:  # noqa: BLE001 - psutil may not know on exotic platforms
+        n = None
+    return max(1, n or (os.cpu_count() or 2) // 2)
+
+
+class LlamaCppRuntime:
+    name: ClassVar[str] = "llama.cpp"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, logits=True, gpu_offload=True, native_sampling=True, formats=("gguf",))
+
+    def __init__(self, path: Path, options: LoadOptions, llama_module: Any) -> None:
+        self._lc = llama_module
+        self.path = path
+        self.options = options
+        self.threads = options.threads or default_threads()
+        self._llm = self._open(logits_all=False)
+        self._eval_llm: Any = None
+        self._tok_info: TokenizerInfo | None = None
+        self._eog: frozenset[int] | None = None
+
+    def _open(self, logits_all: bool) -> Any:
+        try:
+            return self._lc.Llama(
+                model_path=str(self.path), n_ctx=self.options.n_ctx, n_threads=self.threads,
+                n_threads_batch=self.threads, n_gpu_layers=self.options.n_gpu_layers, logits_all=logits_all,
+                verbose=False, seed=0)
+        except ValueError as exc:  # llama-cpp-python raises ValueError when llama.cpp refuses the file
+            raise ModelFormatError(f"llama.cpp could not load {self.path}: {exc}",
+                                   "check the file with `edgellm info`; it may be truncated") from None
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llm.n_ctx())
+
+    @property
+    def provider(self) -> str:
+        return "cuda" if self.options.n_gpu_layers and self._lc.llama_supports_gpu_offload() else "cpu"
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._llm.n_vocab())
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        if self._eog is None:
+            vocab = self._llm._model.vocab
+            self._eog = frozenset(i for i in range(self.n_vocab) if self._lc.llama_vocab_is_eog(vocab, i))
+        return self._eog
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        if self._tok_info is None:
+            llm = self._llm
+            meta = llm.metadata
+            bos, eos = llm.token_bos(), llm.token_eos()
+
+            def text(i: int) -> str:
+                return llm._model.token_get_text(i) if i >= 0 else ""
+
+            self._tok_info = TokenizerInfo(
+                bos_id=bos if bos >= 0 else None, eos_ids=tuple(sorted(self.eog_ids | ({eos} if eos >= 0 else set()))),
+                bos_text=text(bos), eos_text=text(eos),
+                add_bos=meta.get("tokenizer.ggml.add_bos_token", "false") == "true",
+                chat_template=meta.get("tokenizer.chat_template"))
+        return self._tok_info
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special))
+
+    def token_bytes(self, token: int) -> bytes:
+        return bytes(self._llm.detokenize([token], special=False))
+
+    # -- compute -------------------------------------------------------------------------------
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        llm = self._llm
+        llm.set_seed(params.seed if params.seed is not None else 0xFFFFFFFF)
+        greedy = params.temperature == 0
+        yield from llm.generate(
+            prompt, top_k=1 if greedy else params.top_k, top_p=1.0 if greedy else params.top_p,
+            min_p=0.0 if greedy else params.min_p, temp=params.temperature,
+            repeat_penalty=params.repeat_penalty, reset=True)
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        if self._eval_llm is None:
+            self._eval_llm = self._open(logits_all=True)
+        llm = self._eval_llm
+        llm.reset()
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+    def close(self) -> None:
+        for llm in (self._llm, self._eval_llm):
+            if llm is not None:
+                llm.close()
+        self._eval_llm = None
+
+
+def open_llama_cpp(path: Path, options: LoadOptions) -> LlamaCppRuntime:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"llama-cpp-python is not importable ({exc})",
+            "pip install llama-cpp-python (builds llama.cpp; needs a C++ compiler and cmake), "
+            "or reinstall edgellm") from None
+    return LlamaCppRuntime(path, options, llama_cpp)
+
+
+register_runtime(LlamaCppRuntime.name, open_llama_cpp, LlamaCppRuntime.capabilities.formats)

@@ -1,0 +1,33 @@
+"""edgellm: deploy large language models on the edge.
+
+    model = edgellm.load("artifacts/smollm2-q4_k_m")
+    for chunk in model.stream("Once upon a time", max_tokens=64):
+        print(chunk.text, end="")
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "convert", "unpack", "Model", "Chunk", "GenerationResult", "Metrics",
+           "EdgeLLMError"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and loads no native library
+    if name == "load":
+        from .loading import load
+        return load
+    if name in ("convert", "unpack"):
+        from . import convert as _convert
+        return getattr(_convert, name)
+    if name in ("Model", "Chunk", "GenerationResult"):
+        from . import model
+        return getattr(model, name)
+    if name == "Metrics":
+        from .metrics import Metrics
+        return Metrics
+    if name == "EdgeLLMError":
+        from .errors import EdgeLLMError
+        return EdgeLLMError
+    raise AttributeError(f"module 'edgellm' has no attribute {name!r}")

@@ -1,0 +1,161 @@
+"""The one place where raw counters become numbers: tokens/s, TTFT, latency percentiles, memory, energy.
+
+Runtimes and the generation loop record raw counters (`RawCounters`); `compute_metrics` turns them
+into a `Metrics`. Nothing else computes these numbers.
+"""
+from __future__ import annotations
+
+import os
+import re
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Inter-token latencies of the decode phase, in milliseconds."""
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+    mean: float | None
+    values: tuple[float, ...] = field(repr=False, default=())
+
+    @classmethod
+    def from_values(cls, values_ms: list[float]) -> "LatencyStats":
+        if not values_ms:
+            return cls(None, None, None, None, None, ())
+        a = np.asarray(values_ms, dtype=np.float64)
+        p50, p90, p99 = (float(x) for x in np.percentile(a, [50, 90, 99]))
+        return cls(p50, p90, p99, float(a.max()), float(a.mean()), tuple(float(x) for x in a))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    backend: str
+    device: str
+    threads: int | None
+    load_s: float
+    ttft_s: float | None
+    prompt_tokens: int
+    prefill_tps: float | None
+    generated_tokens: int
+    decode_tps: float | None
+    token_latency_ms: LatencyStats
+    peak_rss_bytes: int | None
+    rss_delta_bytes: int | None
+    cpu_s: float
+    wall_s: float
+    energy_j: float | None = None
+    energy_per_token_j: float | None = None
+    energy_method: str = "unavailable"
+
+    def to_dict(self, with_latencies: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        d["token_latency_ms"]["values"] = list(self.token_latency_ms.values) if with_latencies else None
+        return d
+
+    def summary(self) -> str:
+        def f(x: float | None, fmt: str) -> str:
+            return "n/a" if x is None else format(x, fmt)
+
+        lat = self.token_latency_ms
+        mem = "n/a" if self.peak_rss_bytes is None else f"{self.peak_rss_bytes / 2**20:.0f} MiB"
+        energy = "n/a" if self.energy_per_token_j is None else f"{self.energy_per_token_j:.3f} J/tok ({self.energy_method})"
+        return (f"[{self.backend} on {self.device}, {self.threads} threads] load {self.load_s:.2f}s | "
+                f"TTFT {f(self.ttft_s and self.ttft_s * 1000, '.0f')} ms | prefill {f(self.prefill_tps, '.1f')} tok/s "
+                f"({self.prompt_tokens} tok) | decode {f(self.decode_tps, '.1f')} tok/s ({self.generated_tokens} tok) | "
+                f"latency p50 {f(lat.p50, '.1f')} p90 {f(lat.p90, '.1f')} p99 {f(lat.p99, '.1f')} ms | "
+                f"peak RSS {mem} | CPU {self.cpu_s:.2f}s | energy {energy}")
+
+
+_HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
+_RSS = re.compile(rb"VmRSS:\s+(\d+) kB")
+
+
+def _status_kb(pattern: re.Pattern[bytes]) -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            m = pattern.search(f.read())
+        return int(m.group(1)) * 1024 if m else None
+    except OSError:
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss() -> int | None:
+    rss = _status_kb(_RSS)
+    if rss is None:
+        try:
+            import psutil
+
+            rss = int(psutil.Process().memory_info().rss)
+        except Exception:  # noqa: BLE001
+            return None
+    return rss
+
+
+def peak_rss() -> int | None:
+    hwm = _status_kb(_HWM)
+    if hwm is None:  # macOS reports bytes, Linux kB
+        ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        hwm = ru if os.uname().sysname == "Darwin" else ru * 1024
+    return hwm
+
+
+@dataclass
+class RawCounters:
+    """What the generation loop records; no arithmetic happens here."""
+    start: float = field(default_factory=time.perf_counter)
+    cpu_start: float = field(default_factory=time.process_time)
+    rss_start: int | None = field(default_factory=current_rss)
+    peak_reset: bool = field(default_factory=reset_peak_rss)
+    prompt_tokens: int = 0
+    token_times: list[float] = field(default_factory=list)
+    end: float | None = None
+    cpu_end: float | None = None
+    rss_end: int | None = None
+    peak: int | None = None
+
+    def stamp(self) -> None:
+        self.token_times.append(time.perf_counter())
+
+    def finish(self) -> None:
+        self.end = time.perf_counter()
+        self.cpu_end = time.process_time()
+        self.rss_end = current_rss()
+        self.peak = peak_rss()
+
+
+def compute_metrics(c: RawCounters, *, backend: str, device: str, threads: int | None, load_s: float,
+                    energy: tuple[float | None, str] | None = None) -> Metrics:
+    end = c.end if c.end is not None else time.perf_counter()
+    times = c.token_times
+    ttft = times[0] - c.start if times else None
+    prefill_tps = c.prompt_tokens / ttft if ttft and c.prompt_tokens else None
+    gaps_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:])]
+    decode_tps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+    energy_j, method = energy if energy is not None else (None, "unavailable")
+    return Metrics(
+        backend=backend, device=device, threads=threads, load_s=load_s, ttft_s=ttft, prompt_tokens=c.prompt_tokens,
+        prefill_tps=prefill_tps, generated_tokens=len(times), decode_tps=decode_tps,
+        token_latency_ms=LatencyStats.from_values(gaps_ms),
+        peak_rss_bytes=c.peak if c.peak_reset or c.peak else None,
+        rss_delta_bytes=(c.rss_end - c.rss_start) if c.rss_end is not None and c.rss_start is not None else None,
+        cpu_s=(c.cpu_end if c.cpu_end is not None else time.process_time()) - c.cpu_start, wall_s=end - c.start,
+        energy_j=energy_j, energy_per_token_j=(energy_j / len(times)) if energy_j is not None and times else None,
+        energy_method=method,
+    )

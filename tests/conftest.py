@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random models (seconds) and the real SmolLM2 (cached across runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.fixtures import smollm2, tiny
+
+
+@pytest.fixture(scope="session")
+def smollm2_wheel_gguf() -> Path:
+    return smollm2.wheel_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    """The rebuilt HF folder of SmolLM2-135M-Instruct."""
+    return smollm2.smollm2_hf_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Callable[[str], Path]:
+    """Factory: quant name ("F16", "Q8_0", "Q4_K_M", ...) -> path of the cached GGUF file."""
+    return smollm2.smollm2_gguf
+
+
+@pytest.fixture(scope="session")
+def smollm2_artifact() -> Callable[[str], Path]:
+    """Factory: quant name -> cached artifact folder (GGUF + edgellm.json)."""
+    return smollm2.smollm2_gguf_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory building tiny random HF folders, cached per argument set for the session."""
+    cache: dict[tuple, Path] = {}
+
+    def make(arch: str = "LlamaForCausalLM", **kwargs: object) -> Path:
+        key = (arch, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(arch.lower())
+            cache[key] = tiny.make_tiny_model(folder / "model", arch, **kwargs)  # type: ignore[arg-type]
+        return cache[key]
+
+    return make

@@ -129,3 +129,45 @@ class Device:
     @property
     def gpu(self) -> GPUInfo | None:
         return self.gpus[0] if self.gpus else None
+
+
+@dataclass(frozen=True)
+class TensorFacts:
+    name: str
+    shape: tuple[int, ...]  # as the file stores it (GGUF: ne order, innermost first; HF: row-major)
+    dtype: str  # a GGML type name ("Q4_K", "F32") or a safetensors dtype ("BF16", "F16", "F32")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner needs to know about a model, whatever file it came from."""
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_context: int
+    tie_word_embeddings: bool = False
+    tensors: tuple[TensorFacts, ...] = ()
+    source: Literal["hf", "gguf", "onnx"] = "hf"
+    quant: str | None = None  # the quant of a ready artifact ("Q4_K_M", "int4"); None for an HF folder
+    file_bytes: int | None = None  # size of the ready artifact's weights file(s)
+
+    @property
+    def param_count(self) -> int:
+        if self.tensors:
+            total = 0
+            for t in self.tensors:
+                n = 1
+                for d in t.shape:
+                    n *= d
+                total += n
+            return total
+        # llama-like estimate when no tensor list is known
+        h, f, kv = self.hidden_size, self.intermediate_size, self.num_kv_heads * self.head_dim
+        per_layer = h * (self.num_heads * self.head_dim) * 2 + h * kv * 2 + 3 * h * f + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + embed + h

@@ -137,3 +137,152 @@ def read_model_facts(model: str | Path) -> ModelFacts:
     if (p / "config.json").is_file():
         return facts_from_hf(p)
     raise ArtifactError(f"{p} holds neither {MANIFEST_NAME} nor config.json")
+
+
+# --- devices ------------------------------------------------------------------------------------------
+def _host_bandwidth(threads: int) -> float | None:
+    from .devices.bandwidth import measure_bandwidth
+
+    try:
+        return measure_bandwidth(threads).read_gbs
+    except (MemoryError, OSError) as exc:  # a tiny device may not spare the probe's buffer
+        log.warning("bandwidth probe failed (%s); planning with a default", exc)
+        return None
+
+
+def resolve_device(spec: str | Device = "auto", *, cuda: CUDAInventory | None = None, target: bool = False,
+                   bandwidth_gbs: float | None = None, profiles_path: Path | None = None) -> Device:
+    """A Device for "auto" | "cpu" | "cuda" | "cuda:N" | "profile:NAME".
+
+    `cuda` injects a CUDA inventory (tests pass a simulated one). "profile:NAME" runs on this host under the
+    profile's thread and memory caps; with `target=True` (planning) it also carries the profile's GPU and
+    bandwidth, describing the target rather than this host.
+    """
+    if isinstance(spec, Device):
+        return spec
+    text = str(spec).strip().lower()
+    cpu = detect_cpu()
+    reasons: list[str] = []
+    if cpu.cgroup_memory_limit_bytes or cpu.cgroup_cpu_limit:
+        reasons.append(f"container limits ({cpu.cgroup_version}): memory "
+                       f"{cpu.cgroup_memory_limit_bytes or 'unlimited'}, CPUs {cpu.cgroup_cpu_limit or 'unlimited'}")
+    if text.startswith("profile:"):
+        profile = get_profile(spec.split(":", 1)[1].strip(), profiles_path)  # type: ignore[union-attr]
+        # On this host the caps are the profile's, never more than the host has; as a planning target the
+        # profile's own numbers describe the device.
+        threads = profile.threads if target else min(profile.threads, cpu.usable_cores)
+        memory = profile.app_memory_bytes if target else min(profile.app_memory_bytes, cpu.usable_memory_bytes)
+        reasons.append(f"profile {profile.name}: {threads} threads (profile {profile.threads}, host "
+                       f"{cpu.usable_cores}), memory cap {memory} bytes (profile {profile.app_memory_bytes})")
+        gpus: tuple = ()
+        if target and profile.gpu is not None:
+            from .devices.types import GPUInfo
+
+            gpus = (GPUInfo(0, profile.gpu.name, profile.app_memory_bytes, profile.app_memory_bytes,
+                            profile.gpu.compute_capability or (0, 0), profile.gpu.bandwidth_gbs),)
+        uses_cuda = bool(gpus) and any(p.provider == "CUDA" for p in profile.preferred)
+        return Device(name=f"profile:{profile.name}", kind="cuda" if uses_cuda else "cpu", threads=threads,
+                      memory_bytes=memory, isa=profile.isa if target else cpu.isa,
+                      arch=profile.arch if target else cpu.arch,
+                      bandwidth_gbs=profile.bandwidth_gbs if target else (bandwidth_gbs or _host_bandwidth(threads)),
+                      gpus=gpus, llama_gpu_offload=uses_cuda, profile=profile, reasons=tuple(reasons))
+    if text not in ("auto", "cpu", "cuda") and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or profile:NAME")
+    threads = cpu.usable_cores
+    bandwidth = bandwidth_gbs or _host_bandwidth(threads)
+    host = Device(name="cpu", kind="cpu", threads=threads, memory_bytes=cpu.usable_memory_bytes, isa=cpu.isa,
+                  arch=cpu.arch, bandwidth_gbs=bandwidth, reasons=tuple(reasons))
+    if text == "cpu":
+        return host
+    inventory = cuda if cuda is not None else detect_cuda()
+    index = int(text[5:]) if text.startswith("cuda:") else 0
+    if not inventory.gpus:
+        why = f"no CUDA GPU: {inventory.reason}; using the CPU"
+        (log.warning if text != "auto" else log.info)(why)
+        return replace_reasons(host, reasons + [why])
+    if index >= len(inventory.gpus):
+        raise DeviceError(f"{spec!r} does not exist: {len(inventory.gpus)} CUDA GPU(s) found")
+    if not (inventory.llama_gpu_offload or inventory.ort_cuda):
+        why = (f"{inventory.gpus[index].name} found but no runtime can use it ({inventory.llama_reason}; "
+               f"{inventory.ort_reason}); using the CPU")
+        return replace_reasons(host, reasons + [why])
+    gpu = inventory.gpus[index]
+    return Device(name=f"cuda:{index}", kind="cuda", threads=threads, memory_bytes=cpu.usable_memory_bytes,
+                  isa=cpu.isa, arch=cpu.arch, bandwidth_gbs=bandwidth, gpus=(gpu,), ort_cuda=inventory.ort_cuda,
+                  llama_gpu_offload=inventory.llama_gpu_offload,
+                  reasons=tuple(reasons + [f"GPU {gpu.name}: {gpu.vram_free_bytes} bytes free of "
+                                           f"{gpu.vram_total_bytes}, compute {gpu.compute_capability}"]))
+
+
+def replace_reasons(device: Device, reasons: list[str]) -> Device:
+    from dataclasses import replace
+
+    return replace(device, reasons=tuple(reasons))
+
+
+# --- planning -----------------------------------------------------------------------------------------
+def plan(model: str | Path, device: str | Device = "auto", max_memory: str | int | None = None,
+         min_tps: str | float | None = None, max_quality_loss: str | float | None = None,
+         context: int | None = None, *, cuda: CUDAInventory | None = None) -> Plan:
+    """Plan how to run `model` on `device` within the budgets, before loading anything.
+
+    Raises BudgetError for unparsable budgets, ProfileError for unknown profiles and InsufficientMemoryError
+    (naming required and available memory) when nothing fits.
+    """
+    from .devices.planner import Budgets
+
+    budgets = Budgets(max_memory=parse_memory(max_memory), min_tps=parse_speed(min_tps),
+                      max_quality_loss=parse_quality_loss(max_quality_loss), context=_context(context))
+    facts = read_model_facts(model)
+    dev = resolve_device(device, cuda=cuda, target=True)
+    return plan_model(facts, dev, budgets, model_name=Path(model).name)
+
+
+def _context(value: Any) -> int | None:
+    from .errors import BudgetError
+
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise BudgetError(f"context must be a number of tokens, got {value!r}") from None
+    if n < 16:
+        raise BudgetError(f"context must be at least 16 tokens, got {n}")
+    return n
+
+
+def tune_threads(gguf_path: str | Path, candidates: tuple[int, ...] | None = None, *, n_tokens: int = 16,
+                 refresh: bool = False) -> ThreadChoice:
+    """Pick the decode thread count for a GGUF on this machine with a short llama.cpp sweep (cached)."""
+    from .devices.threads import default_candidates
+
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        from .errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"llama-cpp-python is needed to tune threads ({exc})") from None
+    path = Path(gguf_path)
+    cap = detect_cpu().usable_cores
+    cands = candidates or default_candidates(max(cap, 1))
+    stat = path.stat()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=max(cands), verbose=False)
+    try:
+        prompt = llm.tokenize(b"The history of the region")
+
+        def measure(threads: int) -> float:
+            import time
+
+            llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
+            llm.reset()
+            llm.eval(prompt)
+            llm.eval([prompt[-1]])  # warm-up step
+            start = time.perf_counter()
+            for _ in range(n_tokens):
+                llm.eval([prompt[-1]])
+            return n_tokens / (time.perf_counter() - start)
+
+        return pick_threads(measure, cands, key=f"{path.name}:{stat.st_size}", refresh=refresh)
+    finally:
+        llm.close()

@@ -1,0 +1,270 @@
+"""Memory estimator: weights + KV cache + compute buffers + runtime overhead + interpreter baseline.
+
+Estimates are of the *process total* (what peak RSS / VmHWM shows), so the Python interpreter and the
+imported runtime are explicit named terms. Constants marked "calibrated" were measured on this project's
+test machine (x86-64, llama-cpp-python 0.3.x, SmolLM2-135M; see tests/devices/test_memory_real.py);
+constants marked "uncalibrated" come from upstream documentation and could not be measured here (no GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from edgellm.errors import InsufficientMemoryError
+
+from .budgets import format_bytes
+from .types import ModelFacts, TensorFacts
+
+MiB = 1 << 20
+Where = Literal["host", "device"]
+
+# --- calibrated on the test machine (CPython 3.11, numpy 2, llama-cpp-python 0.3.x) ---------------------
+# RSS of `python -c "import llama_cpp"`: interpreter + numpy + libllama/libggml text pages.
+LLAMA_CPP_INTERPRETER_BASELINE = 43 * MiB
+# RSS of `python -c "import onnxruntime"` (interpreter + numpy + libonnxruntime).
+ORT_INTERPRETER_BASELINE = 55 * MiB
+# Anonymous memory llama.cpp and the bindings hold besides weights/KV/compute: vocabulary tables, BPE merge
+# map, token-piece cache, scheduler. 19.5 MiB measured for a 49152-token vocabulary; the split into a fixed
+# part and a per-vocabulary-entry part is an assumption (one vocabulary size measured).
+LLAMA_CPP_FIXED_OVERHEAD = 7 * MiB
+LLAMA_CPP_BYTES_PER_VOCAB_ENTRY = 266
+# Touched compute memory per token of a batch: ~ (4 x hidden + 2 x ffn) float32 activations live at once.
+ACTIVATION_FLOATS = (4, 2)  # (per hidden unit, per ffn unit)
+# --- uncalibrated (no GPU here): upstream figures --------------------------------------------------------
+CUDA_CONTEXT_DEVICE_BYTES = 300 * MiB  # CUDA context + cuBLAS workspace on the GPU
+CUDA_CONTEXT_HOST_BYTES = 250 * MiB  # libcudart/cublas pages and pinned staging buffers in the process
+ORT_ARENA_FACTOR = 0.10  # ORT's BFC arena over-allocates ~10% over the live activations
+
+# safetensors / numpy dtypes -> bytes per element
+_PLAIN_DTYPE_BYTES: dict[str, float] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1, "INT4": 0.5, "UINT4": 0.5,
+}
+# llama.cpp repacks these types into interleaved CPU layouts at load (an extra anonymous copy; the mmapped
+# original stays resident). Token embeddings are never repacked (they feed get_rows, not matmul).
+REPACKED_TYPES: dict[str, tuple[str, ...]] = {
+    "x86_64": ("Q4_0", "Q4_K", "IQ4_NL"),
+    "aarch64": ("Q4_0", "IQ4_NL", "Q4_K"),
+}
+
+
+@lru_cache(maxsize=None)
+def _ggml_sizes() -> dict[str, tuple[int, int]]:
+    import gguf  # lazy: reading the table is the only use
+
+    return {t.name: size for t, size in gguf.GGML_QUANT_SIZES.items()}
+
+
+def bytes_per_element(dtype: str) -> float:
+    """Average bytes per element of a GGML type (block types included) or a safetensors dtype."""
+    name = dtype.upper()
+    if name.startswith("BPW:"):  # an average bits-per-weight, used when planning a quant not yet produced
+        return float(name[4:]) / 8
+    sizes = _ggml_sizes()
+    if name in sizes:
+        block, type_size = sizes[name]
+        return type_size / block
+    if name in _PLAIN_DTYPE_BYTES:
+        return _PLAIN_DTYPE_BYTES[name]
+    raise ValueError(f"unknown tensor type {dtype!r}; known: {', '.join(sorted({*sizes, *_PLAIN_DTYPE_BYTES}))}")
+
+
+def tensor_bytes(tensor: TensorFacts) -> int:
+    """Stored bytes of one tensor (block types: whole blocks per row)."""
+    name = tensor.dtype.upper()
+    n = 1
+    for d in tensor.shape:
+        n *= d
+    sizes = _ggml_sizes()
+    if name in sizes and tensor.shape:
+        block, type_size = sizes[name]
+        rows = n // tensor.shape[0]
+        return rows * -(-tensor.shape[0] // block) * type_size
+    return int(n * bytes_per_element(name))
+
+
+@dataclass(frozen=True)
+class MemoryTerm:
+    name: str
+    bytes: int
+    where: Where
+    note: str
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    runtime: str
+    n_ctx: int
+    terms: tuple[MemoryTerm, ...]
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(t.bytes for t in self.terms if t.where == "host")
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(t.bytes for t in self.terms if t.where == "device")
+
+    @property
+    def total_bytes(self) -> int:
+        return self.host_bytes + self.device_bytes
+
+    def term(self, name: str, where: Where | None = None) -> int:
+        return sum(t.bytes for t in self.terms if t.name == name and (where is None or t.where == where))
+
+    def describe(self) -> str:
+        parts = [f"{t.name}{'@gpu' if t.where == 'device' else ''} {format_bytes(t.bytes)}" for t in self.terms]
+        return f"{format_bytes(self.total_bytes)} = " + " + ".join(parts)
+
+    def check_fits(self, host_available: int, device_available: int | None = None, what: str = "model") -> None:
+        """Raise InsufficientMemoryError naming required and available memory when it does not fit."""
+        if self.host_bytes > host_available:
+            raise InsufficientMemoryError(
+                f"{what} needs {format_bytes(self.host_bytes)} of host memory at n_ctx={self.n_ctx} "
+                f"but {format_bytes(host_available)} is available ({self.describe()})")
+        if self.device_bytes and device_available is not None and self.device_bytes > device_available:
+            raise InsufficientMemoryError(
+                f"{what} needs {format_bytes(self.device_bytes)} of GPU memory at n_ctx={self.n_ctx} "
+                f"but {format_bytes(device_available)} is free")
+
+
+def layer_of(name: str) -> int | None:
+    """Block index of a tensor name (GGUF `blk.N.` or HF `layers.N.`), None for global tensors."""
+    for marker in ("blk.", "layers.", "layer."):
+        at = name.find(marker)
+        if at >= 0:
+            digits = name[at + len(marker):].split(".", 1)[0]
+            if digits.isdigit():
+                return int(digits)
+    return None
+
+
+def kv_cache_bytes(facts: ModelFacts, n_ctx: int, type_k: str = "F16", type_v: str = "F16",
+                   layers: int | None = None) -> int:
+    """n_ctx x layers x kv_heads x head_dim for K and for V, each at its element size (q8_0/q4_0 allowed)."""
+    layers = facts.num_layers if layers is None else layers
+    per_token = facts.num_kv_heads * facts.head_dim
+    k = TensorFacts("k", (per_token, n_ctx * layers), type_k)
+    v = TensorFacts("v", (per_token, n_ctx * layers), type_v)
+    return tensor_bytes(k) + tensor_bytes(v)
+
+
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def compute_bytes(facts: ModelFacts, n_ctx: int, n_ubatch: int = 512, prompt_tokens: int | None = None,
+                  flash_attn: bool = False) -> int:
+    """Touched compute-buffer memory of the largest batch.
+
+    prompt_tokens=None is the worst case: a full micro-batch evaluated against a full context. Otherwise a
+    prompt of that many tokens evaluated from an empty cache (KV view padded to 256 cells, as llama.cpp does).
+    """
+    if prompt_tokens is None:
+        tokens, n_kv = min(n_ubatch, n_ctx), n_ctx
+    else:
+        tokens, n_kv = min(prompt_tokens, n_ubatch), min(n_ctx, _pad(prompt_tokens, 256))
+    per_hidden, per_ffn = ACTIVATION_FLOATS
+    activations = tokens * (per_hidden * facts.hidden_size + per_ffn * facts.intermediate_size) * 4
+    if flash_attn:
+        attention = tokens * facts.num_heads * facts.head_dim * 4 * 2
+    else:
+        attention = n_kv * tokens * facts.num_heads * 4  # KQ scores (softmax runs in place)
+    logits = facts.vocab_size * 4  # one output row: llama-cpp-python keeps logits of the last token only
+    return activations + attention + logits
+
+
+def weights_split(facts: ModelFacts, n_gpu_layers: int) -> tuple[int, int]:
+    """(host bytes, device bytes) of the weights with the last `n_gpu_layers` blocks offloaded.
+
+    llama.cpp offloads blocks from the end; the output head goes with a full offload (n_gpu_layers > layers);
+    token embeddings stay on the host.
+    """
+    host = device = 0
+    first_gpu = facts.num_layers - min(n_gpu_layers, facts.num_layers)
+    for t in facts.tensors:
+        size = tensor_bytes(t)
+        layer = layer_of(t.name)
+        on_gpu = (layer is not None and layer >= first_gpu) or (
+            layer is None and n_gpu_layers > facts.num_layers and "token_embd" not in t.name
+            and "embed_tokens" not in t.name)
+        if on_gpu:
+            device += size
+        else:
+            host += size
+    return host, device
+
+
+def repacked_bytes(facts: ModelFacts, arch: str, n_gpu_layers: int = 0) -> int:
+    types = REPACKED_TYPES.get(arch, ())
+    first_gpu = facts.num_layers - min(n_gpu_layers, facts.num_layers)
+    total = 0
+    for t in facts.tensors:
+        layer = layer_of(t.name)
+        if (t.dtype.upper() in types and "token_embd" not in t.name and len(t.shape) == 2
+                and t.shape[1] % 8 == 0 and (layer is None or layer < first_gpu)):
+            total += tensor_bytes(t)
+    return total
+
+
+def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, arch: str = "x86_64",
+                       type_k: str = "F16", type_v: str = "F16", n_ubatch: int = 512,
+                       prompt_tokens: int | None = None, flash_attn: bool = False,
+                       baseline_bytes: int = LLAMA_CPP_INTERPRETER_BASELINE) -> MemoryEstimate:
+    """Peak process memory of llama-cpp-python serving a GGUF (facts.tensors hold GGML types)."""
+    if not facts.tensors:
+        raise ValueError("estimate_llama_cpp needs the per-tensor types (ModelFacts.tensors)")
+    gpu_layers = min(n_gpu_layers, facts.num_layers)
+    w_host, w_dev = weights_split(facts, n_gpu_layers)
+    kv_dev = kv_cache_bytes(facts, n_ctx, type_k, type_v, layers=gpu_layers)
+    kv_host = kv_cache_bytes(facts, n_ctx, type_k, type_v, layers=facts.num_layers - gpu_layers)
+    compute = compute_bytes(facts, n_ctx, n_ubatch, prompt_tokens, flash_attn)
+    runtime = LLAMA_CPP_FIXED_OVERHEAD + LLAMA_CPP_BYTES_PER_VOCAB_ENTRY * facts.vocab_size
+    if facts.file_bytes and not gpu_layers:  # the mapped header (vocabulary, merges) is resident too
+        w_host += max(0, facts.file_bytes - w_host)
+    terms = [
+        MemoryTerm("interpreter", baseline_bytes, "host", "python + numpy + llama_cpp import (calibrated)"),
+        MemoryTerm("weights", w_host, "host", "mmapped GGUF tensors kept on the CPU"),
+    ]
+    repack = repacked_bytes(facts, arch, n_gpu_layers)
+    if repack:
+        terms.append(MemoryTerm("weights_repacked", repack, "host", f"CPU repack copy for {arch} kernels"))
+    if kv_host:
+        terms.append(MemoryTerm("kv_cache", kv_host, "host", f"K {type_k} / V {type_v}"))
+    terms.append(MemoryTerm("runtime", runtime, "host", "vocab tables, scheduler (calibrated)"))
+    if gpu_layers:
+        terms += [MemoryTerm("weights", w_dev, "device", f"{gpu_layers} offloaded blocks"),
+                  MemoryTerm("kv_cache", kv_dev, "device", f"K {type_k} / V {type_v}"),
+                  MemoryTerm("compute", compute, "device", "CUDA compute buffer"),
+                  MemoryTerm("cuda_context", CUDA_CONTEXT_DEVICE_BYTES, "device", "uncalibrated"),
+                  MemoryTerm("cuda_context", CUDA_CONTEXT_HOST_BYTES, "host", "uncalibrated")]
+    else:
+        terms.append(MemoryTerm("compute", compute, "host", "touched compute buffer"))
+    return MemoryEstimate("llama.cpp", n_ctx, tuple(t for t in terms if t.bytes))
+
+
+def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, provider: str = "CPU",
+                         kv_dtype: str = "F32", prompt_tokens: int | None = None,
+                         baseline_bytes: int = ORT_INTERPRETER_BASELINE) -> MemoryEstimate:
+    """Peak process memory of onnxruntime serving an ONNX decoder with a preallocated n_ctx KV cache.
+
+    weights_bytes: the .onnx + external-data size. ORT reads initializers into memory (no mmap) and the CPU
+    EP's MatMulNBits prepacks int4 weights into its own layout; the original buffers are released after
+    prepacking, so weights count once.
+    """
+    where: Where = "device" if provider.upper().startswith("CUDA") else "host"
+    kv = kv_cache_bytes(facts, n_ctx, kv_dtype, kv_dtype)
+    tokens = min(prompt_tokens or n_ctx, n_ctx)
+    # No micro-batching: the whole prompt is one batch; attention scores are (heads, tokens, n_kv) in F32.
+    acts = compute_bytes(facts, n_ctx, n_ubatch=tokens, prompt_tokens=prompt_tokens)
+    acts += tokens * facts.vocab_size * 4 if prompt_tokens is None else 0  # logits of every prompt position
+    arena = int(acts * (1 + ORT_ARENA_FACTOR))
+    terms = [MemoryTerm("interpreter", baseline_bytes, "host", "python + numpy + onnxruntime import (calibrated)"),
+             MemoryTerm("weights", weights_bytes, where, "initializers (int4 MatMulNBits prepacked)"),
+             MemoryTerm("kv_cache", kv, where, f"past/present key-values, {kv_dtype}"),
+             MemoryTerm("compute", arena, where, "ORT arena for activations")]
+    if where == "device":
+        terms += [MemoryTerm("cuda_context", CUDA_CONTEXT_DEVICE_BYTES, "device", "uncalibrated"),
+                  MemoryTerm("cuda_context", CUDA_CONTEXT_HOST_BYTES, "host", "uncalibrated")]
+    return MemoryEstimate("onnxruntime", n_ctx, tuple(terms))

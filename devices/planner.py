@@ -1,0 +1,236 @@
+"""Planner: choose format, quant, runtime, provider, threads, GPU layers and context for a model on a Device.
+
+Input is plain data (ModelFacts, Device, parsed budgets); output is a Plan whose every choice carries a reason
+with numbers. Nothing is loaded: a model that cannot fit is refused here with InsufficientMemoryError.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from edgellm.errors import BudgetError, InsufficientMemoryError
+
+from .budgets import format_bytes
+from .memory import (MemoryEstimate, TensorFacts, estimate_llama_cpp, estimate_onnxruntime, kv_cache_bytes,
+                     layer_of, tensor_bytes)
+from .types import Device, ModelFacts
+
+
+@dataclass(frozen=True)
+class QuantOption:
+    name: str
+    format: str  # "gguf" | "onnx"
+    runtime: str  # "llama.cpp" | "onnxruntime"
+    bits_per_weight: float  # average over the 2-D weights, block scales included
+    quality_loss: float  # relative perplexity increase vs F16, llama.cpp's table for 7B-class models
+    main_type: str  # the GGML type most weights get (for per-tensor sizing)
+
+
+# The quant ladder, best quality first. Quality losses are the relative perplexity increases llama.cpp
+# publishes for LLaMA-7B (quantize README); models under 1B lose more, so treat them as lower bounds.
+QUANT_LADDER: tuple[QuantOption, ...] = (
+    QuantOption("F16", "gguf", "llama.cpp", 16.0, 0.0, "F16"),
+    QuantOption("Q8_0", "gguf", "llama.cpp", 8.5, 0.0001, "Q8_0"),
+    QuantOption("int8", "onnx", "onnxruntime", 8.5, 0.002, "Q8_0"),
+    QuantOption("Q6_K", "gguf", "llama.cpp", 6.5625, 0.0008, "Q6_K"),
+    QuantOption("Q5_K_M", "gguf", "llama.cpp", 5.69, 0.0024, "Q5_K"),
+    QuantOption("Q4_K_M", "gguf", "llama.cpp", 4.89, 0.009, "Q4_K"),
+    QuantOption("int4", "onnx", "onnxruntime", 4.625, 0.03, "Q4_1"),
+    QuantOption("Q4_0", "gguf", "llama.cpp", 4.55, 0.037, "Q4_0"),
+    QuantOption("Q3_K_M", "gguf", "llama.cpp", 3.91, 0.041, "Q3_K"),
+    QuantOption("Q2_K", "gguf", "llama.cpp", 3.35, 0.147, "Q2_K"),
+)
+CONTEXT_STEPS = (32768, 16384, 8192, 4096, 2048, 1024, 512)
+DEFAULT_CONTEXT = 4096
+BANDWIDTH_EFFICIENCY = 0.7  # share of the probed read bandwidth a decode step sustains
+# Effective matvec throughput per core (GFLOP/s) when weights are cached; decode of small models is compute
+# bound. avx512 was calibrated on the test machine (SmolLM2 Q8_0, 2 threads: 95 tok/s); others are scaled guesses.
+GFLOPS_PER_CORE: tuple[tuple[str, float], ...] = (("avx512f", 12.5), ("avx2", 8.0), ("i8mm", 8.0),
+                                                  ("dotprod", 5.0), ("neon", 2.5))
+GPU_MEMORY_MARGIN = 0.9  # plan to use at most 90% of free VRAM
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_memory: int | None = None
+    min_tps: float | None = None
+    max_quality_loss: float | None = None
+    context: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    device: Device
+    format: str
+    quant: str
+    runtime: str
+    provider: str
+    threads: int
+    n_gpu_layers: int
+    n_ctx: int
+    memory: MemoryEstimate
+    memory_limit_bytes: int
+    predicted_decode_tps: float
+    quality_loss: float
+    needs_conversion: bool
+    reasons: tuple[str, ...]
+
+    def summary(self) -> str:
+        return (f"{self.format} {self.quant} on {self.runtime}/{self.provider}, {self.threads} threads, "
+                f"{self.n_gpu_layers} GPU layers, n_ctx {self.n_ctx}: {format_bytes(self.memory.total_bytes)}, "
+                f"~{self.predicted_decode_tps:.0f} tokens/s")
+
+
+def _facts_at(facts: ModelFacts, option: QuantOption) -> ModelFacts:
+    """An HF model's facts as an artifact at `option` would hold them: 2-D weights at the quant's average
+    bits/weight (K-quant mixes folded into one number), 1-D tensors in F32. Ready artifacts stay as they are."""
+    if facts.source != "hf":
+        return facts
+    bpw = f"BPW:{option.bits_per_weight}"
+    tensors = tuple(TensorFacts(t.name, t.shape, "F32" if len(t.shape) < 2 else bpw) for t in facts.tensors)
+    return replace(facts, tensors=tensors, source="gguf", quant=option.name, file_bytes=None)
+
+
+def estimate(facts: ModelFacts, option: QuantOption, n_ctx: int, arch: str, n_gpu_layers: int = 0,
+             provider: str = "CPU") -> MemoryEstimate:
+    sized = _facts_at(facts, option)
+    if option.format == "onnx":
+        weights = facts.file_bytes if facts.source == "onnx" and facts.file_bytes else sum(
+            tensor_bytes(t) for t in sized.tensors)
+        return estimate_onnxruntime(sized, n_ctx, weights_bytes=weights, provider=provider)
+    return estimate_llama_cpp(sized, n_ctx, n_gpu_layers=n_gpu_layers, arch=arch)
+
+
+def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, threads: int, n_ctx: int,
+                       n_gpu_layers: int = 0) -> tuple[float, str]:
+    """Tokens/s of decode: the slower of the memory-bandwidth roof and the compute roof, with the reason."""
+    sized = _facts_at(facts, option)
+    per_layer: dict[int | None, int] = {}
+    for t in sized.tensors:
+        if "token_embd" in t.name and not facts.tie_word_embeddings:
+            continue  # an untied embedding table is read one row per token
+        per_layer[layer_of(t.name)] = per_layer.get(layer_of(t.name), 0) + tensor_bytes(t)
+    first_gpu = facts.num_layers - min(n_gpu_layers, facts.num_layers)
+    gpu_bytes = sum(v for k, v in per_layer.items() if k is not None and k >= first_gpu)
+    host_bytes = sum(per_layer.values()) - gpu_bytes
+    kv = kv_cache_bytes(facts, n_ctx // 2)  # average fill over a generation
+    host_bw = (device.bandwidth_gbs or 10.0) * 1e9 * BANDWIDTH_EFFICIENCY
+    t_mem = (host_bytes + kv * (facts.num_layers - min(n_gpu_layers, facts.num_layers)) / facts.num_layers) / host_bw
+    if gpu_bytes and device.gpu is not None:
+        gpu_bw = (device.gpu.bandwidth_gbs or 300.0) * 1e9 * BANDWIDTH_EFFICIENCY
+        t_mem += (gpu_bytes + kv * min(n_gpu_layers, facts.num_layers) / facts.num_layers) / gpu_bw
+    gflops = next((g for feature, g in GFLOPS_PER_CORE if feature in device.isa), 2.0)
+    host_share = host_bytes / max(1, host_bytes + gpu_bytes)
+    t_compute = 2 * facts.param_count * host_share / (gflops * 1e9 * max(1, threads))
+    if t_compute > t_mem:
+        return 1.0 / t_compute, (f"compute-bound: {2 * facts.param_count * host_share / 1e9:.2f} GFLOP/token on "
+                                 f"{threads} threads x {gflops:.1f} GFLOP/s")
+    return 1.0 / t_mem, (f"bandwidth-bound: {format_bytes(host_bytes + gpu_bytes)} read/token at "
+                         f"{BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbs or 10.0:.1f} GB/s")
+
+
+def _gpu_layers(facts: ModelFacts, option: QuantOption, n_ctx: int, device: Device) -> tuple[int, str]:
+    """All layers (+1 for the output head) when they fit 90% of free VRAM, else as many blocks as fit."""
+    gpu = device.gpu
+    if gpu is None:
+        return 0, ""
+    free = int(gpu.vram_free_bytes * GPU_MEMORY_MARGIN)
+    full = estimate(facts, option, n_ctx, device.arch, facts.num_layers + 1)
+    if full.device_bytes <= free:
+        return facts.num_layers + 1, (f"all {facts.num_layers} layers offloaded to {gpu.name}: "
+                                      f"{format_bytes(full.device_bytes)} of {format_bytes(free)} usable VRAM")
+    fixed = estimate(facts, option, n_ctx, device.arch, 1).device_bytes
+    per_layer = max(1, (full.device_bytes - fixed) // max(1, facts.num_layers))
+    layers = max(0, min(facts.num_layers, 1 + (free - fixed) // per_layer)) if free >= fixed else 0
+    return layers, (f"partial offload: {layers}/{facts.num_layers} layers on {gpu.name} "
+                    f"({format_bytes(full.device_bytes)} needed for all, {format_bytes(free)} usable VRAM)")
+
+
+def _options(facts: ModelFacts, device: Device) -> list[QuantOption]:
+    if facts.source != "hf":  # a ready artifact: plan what is there
+        fmt = "onnx" if facts.source == "onnx" else "gguf"
+        match = [o for o in QUANT_LADDER if o.format == fmt and o.name.upper() == (facts.quant or "").upper()]
+        return match or [QuantOption(facts.quant or "unknown", fmt, "onnxruntime" if fmt == "onnx" else "llama.cpp",
+                                     8 * (facts.file_bytes or 0) / max(1, facts.param_count), 0.0, "")]
+    preferred = {p.format for p in device.profile.preferred} if device.profile else {"gguf"}
+    if device.kind == "cuda" and not device.llama_gpu_offload and device.ort_cuda:
+        preferred = {"onnx"}
+    return [o for o in QUANT_LADDER if o.format in preferred]
+
+
+def _provider(option: QuantOption, device: Device) -> tuple[str, str]:
+    if device.kind == "cuda" and device.gpu is not None:
+        if option.format == "gguf" and device.llama_gpu_offload:
+            return "CUDA", "llama.cpp was built with GPU offload"
+        if option.format == "onnx" and device.ort_cuda:
+            return "CUDAExecutionProvider", "onnxruntime lists CUDAExecutionProvider"
+        return ("CPU" if option.format == "gguf" else "CPUExecutionProvider",
+                f"{option.runtime} has no CUDA support in this install; running on the CPU")
+    return ("CPU" if option.format == "gguf" else "CPUExecutionProvider"), f"device {device.name} is CPU-only"
+
+
+def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), model_name: str = "model") -> Plan:
+    """The best-quality plan that fits memory and meets the speed and quality budgets."""
+    limit = device.memory_bytes if budgets.max_memory is None else min(device.memory_bytes, budgets.max_memory)
+    limit_reason = (f"memory limit {format_bytes(limit)}: " + (
+        f"--max-memory {format_bytes(budgets.max_memory)}" if budgets.max_memory and budgets.max_memory <= device.memory_bytes
+        else f"{device.name} allows {format_bytes(device.memory_bytes)}"))
+    if budgets.context:
+        contexts = [budgets.context]
+    else:
+        top = min(facts.max_context, DEFAULT_CONTEXT)
+        contexts = [top] + [c for c in CONTEXT_STEPS if c < top]
+    rejected: list[str] = []
+    smallest: tuple[int, str] | None = None
+    for n_ctx in contexts:
+        for option in _options(facts, device):
+            if budgets.max_quality_loss is not None and option.quality_loss > budgets.max_quality_loss:
+                rejected.append(f"{option.name}: quality loss {option.quality_loss:.2%} > budget "
+                                f"{budgets.max_quality_loss:.2%}")
+                continue
+            provider, provider_reason = _provider(option, device)
+            gpu_layers, gpu_reason = (0, "")
+            if provider == "CUDA":
+                gpu_layers, gpu_reason = _gpu_layers(facts, option, n_ctx, device)
+            mem = estimate(facts, option, n_ctx, device.arch, gpu_layers, provider)
+            if smallest is None or mem.host_bytes < smallest[0]:
+                smallest = (mem.host_bytes, f"{option.name} at n_ctx={n_ctx}")
+            if mem.host_bytes > limit:
+                rejected.append(f"{option.name} at n_ctx={n_ctx}: needs {format_bytes(mem.host_bytes)} > "
+                                f"{format_bytes(limit)}")
+                continue
+            threads = device.threads
+            tps, tps_reason = predict_decode_tps(facts, option, device, threads, n_ctx, gpu_layers)
+            if budgets.min_tps is not None and tps < budgets.min_tps:
+                rejected.append(f"{option.name}: predicted {tps:.1f} tokens/s < budget {budgets.min_tps:.1f}")
+                continue
+            reasons = [
+                f"format {option.format} / runtime {option.runtime}: " + (
+                    "the model is already this artifact" if facts.source != "hf" else
+                    f"preferred by profile {device.profile.name}" if device.profile and any(
+                        p.format == option.format for p in device.profile.preferred) else "default for this device"),
+                f"quant {option.name}: highest quality that fits ({option.bits_per_weight:.2f} bits/weight, "
+                f"~{option.quality_loss:.2%} perplexity loss)",
+                f"provider {provider}: {provider_reason}",
+                f"threads {threads}: thread cap of {device.name}",
+                f"n_ctx {n_ctx}: " + ("as requested" if budgets.context else
+                                      f"largest of the model's {facts.max_context} up to {DEFAULT_CONTEXT} that fits"),
+                limit_reason, f"memory estimate {mem.describe()}",
+                f"decode ~{tps:.1f} tokens/s, {tps_reason}",
+            ]
+            if gpu_reason:
+                reasons.insert(3, f"n_gpu_layers {gpu_layers}: {gpu_reason}")
+            reasons += [f"rejected {r}" for r in rejected[:8]]
+            reasons += [f"note: {r}" for r in device.reasons]
+            return Plan(model_name, device, option.format, option.name, option.runtime, provider, threads,
+                        gpu_layers, n_ctx, mem, limit, tps, option.quality_loss, facts.source == "hf", tuple(reasons))
+    if smallest is not None and smallest[0] > limit:
+        raise InsufficientMemoryError(
+            f"{model_name} does not fit {device.name}: the smallest plan ({smallest[1]}) needs "
+            f"{format_bytes(smallest[0])} but {format_bytes(limit)} is available")
+    raise BudgetError(
+        f"no plan for {model_name} on {device.name} meets the budgets (available memory "
+        f"{format_bytes(limit)}): " + "; ".join(rejected[-6:]),
+        hint="relax --min-tps or --max-quality-loss, or allow more memory")

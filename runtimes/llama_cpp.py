@@ -45,11 +45,17 @@ class LlamaCppRuntime:
         self._eog: frozenset[int] | None = None
 
     def _open(self, logits_all: bool) -> Any:
+        extra = self.options.extra
+        kwargs: dict[str, Any] = {k: extra[k] for k in ("type_k", "type_v", "flash_attn", "n_batch") if k in extra}
+        if extra.get("speculative") == "prompt-lookup" and not logits_all:
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+            kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=int(extra.get("num_pred_tokens", 10)))
         try:
             return self._lc.Llama(
                 model_path=str(self.path), n_ctx=self.options.n_ctx, n_threads=self.threads,
                 n_threads_batch=self.threads, n_gpu_layers=self.options.n_gpu_layers, logits_all=logits_all,
-                verbose=False, seed=0)
+                verbose=False, seed=0, **kwargs)
         except ValueError as exc:  # llama-cpp-python raises ValueError when llama.cpp refuses the file
             raise ModelFormatError(f"llama.cpp could not load {self.path}: {exc}",
                                    "check the file with `edgellm info`; it may be truncated") from None

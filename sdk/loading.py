@@ -77,4 +77,13 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
     runtime = open_runtime(name, art.path, options)
     load_s = time.perf_counter() - t0
     log.info("loaded %s with %s in %.2fs", art.path, name, load_s)
-    return Model(runtime, device=label, load_s=load_s, artifact=str(art.path))
+    return Model(runtime, device=label, load_s=load_s, artifact=str(art.path), energy_meter=_energy_meter(device))
+
+
+def _energy_meter(device: str) -> Any:
+    """The device's energy meter (RAPL -> NVML -> estimate) when the devices room provides one."""
+    try:
+        from .devices.energy import default_meter
+    except ImportError:
+        return None
+    return default_meter(device)

@@ -53,6 +53,7 @@ class Metrics:
     energy_j: float | None = None
     energy_per_token_j: float | None = None
     energy_method: str = "unavailable"
+    detok_s: float = 0.0
 
     def to_dict(self, with_latencies: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -125,6 +126,7 @@ class RawCounters:
     peak_reset: bool = field(default_factory=reset_peak_rss)
     prompt_tokens: int = 0
     token_times: list[float] = field(default_factory=list)
+    detok_s: float = 0.0               # time spent turning tokens into text (incl. stop-string checks)
     end: float | None = None
     cpu_end: float | None = None
     rss_end: int | None = None
@@ -157,5 +159,5 @@ def compute_metrics(c: RawCounters, *, backend: str, device: str, threads: int |
         rss_delta_bytes=(c.rss_end - c.rss_start) if c.rss_end is not None and c.rss_start is not None else None,
         cpu_s=(c.cpu_end if c.cpu_end is not None else time.process_time()) - c.cpu_start, wall_s=end - c.start,
         energy_j=energy_j, energy_per_token_j=(energy_j / len(times)) if energy_j is not None and times else None,
-        energy_method=method,
+        energy_method=method, detok_s=c.detok_s,
     )

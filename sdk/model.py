@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -95,6 +96,7 @@ class Model:
                 if tok in eos:
                     finish = "stop"
                     break
+                t_detok = time.perf_counter()
                 pending += decoder.decode(self.runtime.token_bytes(tok))
                 hit = min(((pending.find(s), s) for s in params.stop if s in pending), default=None)
                 if hit is not None:
@@ -102,6 +104,7 @@ class Model:
                     break
                 hold = _held_back(pending, params.stop)
                 out, pending = (pending[: len(pending) - hold], pending[len(pending) - hold:]) if hold else (pending, "")
+                counters.detok_s += time.perf_counter() - t_detok
                 yield Chunk(text=out, token=tok, index=index)
                 index += 1
                 emitted += 1

@@ -54,6 +54,10 @@ class Metrics:
     energy_per_token_j: float | None = None
     energy_method: str = "unavailable"
     detok_s: float = 0.0
+    energy_prefill_j: float | None = None          # from start to the first token (prompt processing)
+    energy_decode_j: float | None = None           # from the first token to the end
+    energy_per_decode_token_j: float | None = None  # energy_decode_j / (generated_tokens - 1)
+    runtime_s: float | None = None                 # time spent inside the runtime (prefill + decode + sampling)
 
     def to_dict(self, with_latencies: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -126,6 +130,7 @@ class RawCounters:
     peak_reset: bool = field(default_factory=reset_peak_rss)
     prompt_tokens: int = 0
     token_times: list[float] = field(default_factory=list)
+    step_runtime_s: list[float] = field(default_factory=list)  # per token: time inside the runtime's step
     detok_s: float = 0.0               # time spent turning tokens into text (incl. stop-string checks)
     end: float | None = None
     cpu_end: float | None = None
@@ -142,15 +147,26 @@ class RawCounters:
         self.peak = peak_rss()
 
 
+def _energy_parts(energy: Any) -> tuple[float | None, str, float | None, float | None]:
+    """(total, method, prefill, decode) from a meter's `(joules, method)` tuple or an `EnergyReading`."""
+    if energy is None:
+        return None, "unavailable", None, None
+    if isinstance(energy, tuple):
+        return energy[0], energy[1], None, None
+    return energy.total_j, energy.method, energy.prefill_j, energy.decode_j
+
+
 def compute_metrics(c: RawCounters, *, backend: str, device: str, threads: int | None, load_s: float,
-                    energy: tuple[float | None, str] | None = None) -> Metrics:
+                    energy: Any = None) -> Metrics:
+    """`energy`: None, a `(joules, method)` tuple, or an EnergyReading (total, prefill, decode, method)."""
     end = c.end if c.end is not None else time.perf_counter()
     times = c.token_times
     ttft = times[0] - c.start if times else None
     prefill_tps = c.prompt_tokens / ttft if ttft and c.prompt_tokens else None
     gaps_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:])]
     decode_tps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-    energy_j, method = energy if energy is not None else (None, "unavailable")
+    energy_j, method, prefill_j, decode_j = _energy_parts(energy)
+    n_decode = len(times) - 1
     return Metrics(
         backend=backend, device=device, threads=threads, load_s=load_s, ttft_s=ttft, prompt_tokens=c.prompt_tokens,
         prefill_tps=prefill_tps, generated_tokens=len(times), decode_tps=decode_tps,
@@ -159,5 +175,7 @@ def compute_metrics(c: RawCounters, *, backend: str, device: str, threads: int |
         rss_delta_bytes=(c.rss_end - c.rss_start) if c.rss_end is not None and c.rss_start is not None else None,
         cpu_s=(c.cpu_end if c.cpu_end is not None else time.process_time()) - c.cpu_start, wall_s=end - c.start,
         energy_j=energy_j, energy_per_token_j=(energy_j / len(times)) if energy_j is not None and times else None,
-        energy_method=method, detok_s=c.detok_s,
+        energy_method=method, detok_s=c.detok_s, energy_prefill_j=prefill_j, energy_decode_j=decode_j,
+        energy_per_decode_token_j=(decode_j / n_decode) if decode_j is not None and n_decode > 0 else None,
+        runtime_s=sum(c.step_runtime_s) if c.step_runtime_s else None,
     )

@@ -87,12 +87,17 @@ class Model:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         counters = RawCounters(prompt_tokens=len(ids))
         energy = self._energy.start() if self._energy is not None else None
+        energy_mark: Any = None  # energy snapshot at the first token: splits prefill from decode
         pending, emitted, index, finish = "", 0, 0, "length"
         if budget == 0:
             finish = "length" if params.max_tokens == 0 else "context"
         else:
+            t_ask = counters.start  # when we last asked the runtime for a token
             for tok in self.runtime.generate(ids, params):
                 counters.stamp()
+                counters.step_runtime_s.append(counters.token_times[-1] - t_ask)
+                if index == 0 and self._energy is not None:
+                    energy_mark = self._energy.start()
                 if tok in eos:
                     finish = "stop"
                     break
@@ -111,10 +116,14 @@ class Model:
                 if emitted >= budget:
                     finish = "length" if emitted >= params.max_tokens else "context"
                     break
+                t_ask = time.perf_counter()
         counters.finish()
         if finish != "stop":
             pending += decoder.decode(b"", final=True)
-        reading = self._energy.stop(energy, counters) if self._energy is not None else None
+        reading: Any = None
+        if self._energy is not None:
+            measure = getattr(self._energy, "measure", None)
+            reading = measure(energy, energy_mark, counters) if measure else self._energy.stop(energy, counters)
         metrics = compute_metrics(counters, backend=self.runtime.name, device=self.device,
                                   threads=getattr(self.runtime, "threads", None), load_s=self.load_s, energy=reading)
         self.last_metrics = metrics

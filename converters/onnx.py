@@ -1,0 +1,183 @@
+"""HF folder -> ONNX artifact folder: model.onnx + model.onnx.data + genai_config.json + tokenizer + edgellm.json.
+
+Streaming: weights are read by memory map, quantized one tensor at a time and appended to the external
+data file; the graph keeps pointers only. Everything is written into a hidden staging folder beside the
+output and moved into place when complete, manifest last, so a failure leaves no partial artifact.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConversionError, OutputPathError
+from .architectures import get_architecture
+from .hf import HFModel, read_hf_model
+from .manifest import Manifest, sha256_file, write_manifest
+from .onnx_genai import write_genai_files
+from .quant import RECIPES, Recipe, check_blocks, get_recipe
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+ORT_FILE = "model.ort"
+REQUIRED_OPS_FILE = "required_operators.config"
+
+# Named recipes; they double as the CLI's --quant choices for --format onnx.
+ONNX_QUANTS: tuple[str, ...] = tuple(RECIPES)
+
+# (flag, argparse kwargs). Each dest is a keyword of convert_to_onnx; the lead's `edgellm convert` adds them.
+ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--block-size", {"dest": "block_size", "type": int, "default": 32, "choices": (16, 32, 64, 128, 256),
+                      "help": "int4/int8 block size along the input dimension (ONNX)"}),
+    ("--symmetric", {"dest": "symmetric", "action": "store_true", "default": False,
+                     "help": "symmetric int blocks (no zero points) (ONNX)"}),
+    ("--accuracy-level", {"dest": "accuracy_level", "type": int, "default": 4, "choices": (0, 1, 2, 3, 4),
+                          "help": "MatMulNBits compute precision: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 (ONNX)"}),
+    ("--standard-ops", {"dest": "fused", "action": "store_false", "default": True,
+                        "help": "only ai.onnx ops, no onnxruntime contrib ops (ONNX)"}),
+    ("--lm-head", {"dest": "lm_head", "default": None, "choices": ("int4", "int8", "fp16", "fp32"),
+                   "help": "precision of the LM head (default: the recipe's) (ONNX)"}),
+    ("--embeddings", {"dest": "embeddings", "default": None, "choices": ("fp16", "fp32"),
+                      "help": "precision of the embedding table (default: the recipe's) (ONNX)"}),
+    ("--ort-format", {"dest": "ort_format", "action": "store_true", "default": False,
+                      "help": "also write model.ort + required_operators.config for a reduced mobile build (ONNX)"}),
+)
+
+
+@dataclass
+class ONNXResult:
+    path: Path
+    manifest_path: Path
+    quant: str
+    fused: bool
+    tensor_types: dict[str, int]
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _check_recipe(model: HFModel, recipe: Recipe) -> None:
+    """Refuse block sizes that do not divide a weight's input dimension, before writing anything."""
+    c = model.config
+    attn = c.num_heads * c.head_dim
+    shapes = {
+        "weight": [("model.layers.0.self_attn.q_proj.weight", (attn, c.hidden_size)),
+                   ("model.layers.0.self_attn.o_proj.weight", (c.hidden_size, attn)),
+                   ("model.layers.0.mlp.down_proj.weight", (c.hidden_size, c.intermediate_size))],
+        "lm_head": [("lm_head.weight", (c.vocab_size, c.hidden_size))],
+    }
+    for role, rows in shapes.items():
+        spec = recipe.spec_for(role)  # type: ignore[arg-type]
+        if spec.bits:
+            for name, shape in rows:
+                check_blocks(name, shape, spec.block_size)
+
+
+def _stage_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as exc:
+        raise OutputPathError(f"cannot write beside {out_dir}: {exc.strerror or exc}") from None
+
+
+def _export_ort(stage: Path, threads: int | None) -> list[str]:
+    """model.ort (ORT format, basic optimizations) + required_operators.config for a reduced build."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ConversionError(f"--ort-format needs onnxruntime ({exc})", "pip install 'edgellm[onnx]'") from None
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(stage / ORT_FILE)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.intra_op_num_threads = threads or 1
+    ort.InferenceSession(str(stage / MODEL_FILE), so, providers=["CPUExecutionProvider"])
+    import onnx
+    ops: dict[tuple[str, int], set[str]] = {}
+    proto = onnx.load(str(stage / MODEL_FILE), load_external_data=False)
+    versions = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    for node in proto.graph.node:
+        domain = node.domain or "ai.onnx"
+        ops.setdefault((domain, versions.get(domain, 1)), set()).add(node.op_type)
+    lines = [f"{d};{v};{','.join(sorted(names))}" for (d, v), names in sorted(ops.items())]
+    (stage / REQUIRED_OPS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [ORT_FILE, REQUIRED_OPS_FILE]
+
+
+def _publish(stage: Path, out_dir: Path, files: list[str]) -> None:
+    """Move the finished files into `out_dir` (manifest last, by the caller)."""
+    if not out_dir.exists():
+        os.replace(stage, out_dir)
+        return
+    if not out_dir.is_dir():
+        raise OutputPathError(f"{out_dir} exists and is not a folder")
+    for name in files:
+        os.replace(stage / name, out_dir / name)
+
+
+def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int4", *, block_size: int = 32,
+                    symmetric: bool = False, accuracy_level: int = 4, fused: bool = True,
+                    lm_head: str | None = None, embeddings: str | None = None, recipe: Recipe | None = None,
+                    ort_format: bool = False, context_length: int | None = None, threads: int | None = None,
+                    progress: bool = False) -> ONNXResult:
+    """Convert an HF folder into an ONNX artifact folder `output/` (model.onnx + external data + genai files).
+
+    quant names a recipe (ONNX_QUANTS) unless `recipe` is given; block_size/symmetric/lm_head/embeddings
+    override it. fused=False writes only ai.onnx ops. Returns paths, the recipe name and tensor types."""
+    from .onnx_graph import GraphOptions, build_decoder
+    from .onnx_ops import GraphWriter
+
+    t0 = time.perf_counter()
+    base = recipe or get_recipe(quant)
+    rec = base.with_options(block_size=block_size, symmetric=symmetric, lm_head=lm_head, embeddings=embeddings)
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ConversionError(f"accuracy_level={accuracy_level} must be 0..4")
+    out_dir = Path(output)
+    if (out_dir / MODEL_FILE).exists() and out_dir.resolve() == Path(model_dir).resolve():
+        raise OutputPathError("the output folder is the input folder")
+    with read_hf_model(model_dir) as model:
+        arch = get_architecture(model.config.architecture)
+        _check_recipe(model, rec)
+        ctx = int(context_length or model.config.max_position_embeddings)
+        stage = _stage_dir(out_dir)
+        try:
+            writer = GraphWriter(stage / DATA_FILE, DATA_FILE)
+            try:
+                build_decoder(model, arch, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx))
+            finally:
+                writer.finish()
+            proto = writer.model(f"edgellm-{model.config.model_type or 'decoder'}", fused)
+            (stage / MODEL_FILE).write_bytes(proto.SerializeToString())
+            files = [MODEL_FILE, DATA_FILE]
+            files += write_genai_files(model, stage, filename=MODEL_FILE, context_length=ctx, share_buffer=fused)
+            if ort_format:
+                files += _export_ort(stage, threads)
+            size = sum((stage / f).stat().st_size for f in (MODEL_FILE, DATA_FILE))
+            manifest = Manifest(
+                format="onnx", file=MODEL_FILE, files=files, quant=rec.name, size_bytes=size,
+                sha256=sha256_file(stage / MODEL_FILE), context_length=ctx,
+                source={"path": str(Path(model_dir).resolve()), "architecture": arch.hf_name,
+                        "dtype": model.config.torch_dtype},
+                tokenizer={"model": "BPE", "vocab_size": model.config.vocab_size,
+                           "bos_id": model.config.bos_token_id, "eos_ids": list(model.config.eos_token_ids)},
+                tensor_types=dict(writer.tensor_types),
+                extra={"fused": fused, "weights": rec.weight.label, "lm_head": rec.lm_head.label,
+                       "embeddings": rec.embeddings.label, "accuracy_level": accuracy_level,
+                       "data_sha256": sha256_file(stage / DATA_FILE), "ort_format": ort_format,
+                       "genai_config": "genai_config.json"},
+            )
+            _publish(stage, out_dir, files)
+            manifest_path = write_manifest(out_dir, manifest)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    log.info("wrote %s (%s, %s) in %.1fs", out_dir / MODEL_FILE, rec.name, "fused" if fused else "standard", seconds)
+    return ONNXResult(out_dir / MODEL_FILE, manifest_path, rec.name, fused, dict(writer.tensor_types), files, seconds)

@@ -1,0 +1,193 @@
+"""A streaming ONNX graph writer and the layer-level ops the graph builder composes.
+
+Weights never accumulate in memory: each initializer's bytes are appended to the external data file
+the moment it is created (aligned), and the graph keeps only a pointer (location, offset, length).
+The protobuf itself stays small, so files past protobuf's 2 GB limit are handled by construction.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, BinaryIO, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import ConversionError
+from .quant import QuantSpec, pack_uint4, quantize_blocks
+
+log = logging.getLogger(__name__)
+
+MS_DOMAIN = "com.microsoft"
+OPSET = 21            # blocked DequantizeLinear with uint4 needs opset 21
+INLINE_LIMIT = 1024   # initializers up to this many bytes stay inside model.onnx
+ALIGN = 64
+
+_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
+               np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
+               np.dtype(np.bool_): TensorProto.BOOL}
+
+
+class GraphWriter:
+    """Collects nodes; appends initializer bytes to `data_path` as they come (refuses use after finish)."""
+
+    def __init__(self, data_path: Path, data_location: str) -> None:
+        self.data_location = data_location
+        self._data: BinaryIO | None = open(data_path, "wb")
+        self._offset = 0
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.tensor_types: Counter[str] = Counter()
+        self._names: Counter[str] = Counter()
+
+    # -- names and tensors ---------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        self._names[base] += 1
+        n = self._names[base]
+        return base if n == 1 else f"{base}_{n}"
+
+    def raw_initializer(self, name: str, data_type: int, dims: Sequence[int], raw: bytes, label: str) -> str:
+        t = TensorProto(name=name, data_type=data_type, dims=list(dims))
+        if len(raw) <= INLINE_LIMIT:
+            t.raw_data = raw
+        else:
+            if self._data is None:
+                raise ConversionError("the ONNX writer is closed; no tensor may be added after finish()")
+            pad = (-self._offset) % ALIGN
+            if pad:
+                self._data.write(b"\0" * pad)
+                self._offset += pad
+            self._data.write(raw)
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", self.data_location), ("offset", str(self._offset)), ("length", str(len(raw)))):
+                t.external_data.add(key=k, value=v)
+            self._offset += len(raw)
+            self.tensor_types[label] += 1
+        self.initializers.append(t)
+        return name
+
+    def initializer(self, name: str, array: np.ndarray, label: str | None = None) -> str:
+        a = np.ascontiguousarray(array)
+        dtype = _NP_TO_ONNX.get(a.dtype)
+        if dtype is None:
+            raise ConversionError(f"cannot store {a.dtype} tensor {name} in ONNX")
+        return self.raw_initializer(name, dtype, a.shape, a.tobytes(), label or a.dtype.name)
+
+    def const(self, value: Any, dtype: Any = np.int64, base: str = "const") -> str:
+        return self.initializer(self.fresh(base), np.asarray(value, dtype=dtype))
+
+    def node(self, op: str, inputs: Sequence[str], n_out: int = 1, domain: str = "", base: str | None = None,
+             **attrs: Any) -> list[str]:
+        name = self.fresh(base or op)
+        outs = [f"{name}/out{i}" if n_out > 1 else f"{name}/out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, list(inputs), outs, name=name, domain=domain or None, **attrs))
+        return outs
+
+    def op(self, op: str, *inputs: str, domain: str = "", base: str | None = None, **attrs: Any) -> str:
+        return self.node(op, inputs, 1, domain, base, **attrs)[0]
+
+    def output(self, op: str, inputs: Sequence[str], output: str, domain: str = "", **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=self.fresh(op), domain=domain or None,
+                                           **attrs))
+        return output
+
+    def finish(self) -> int:
+        """Close the data file; returns its size in bytes."""
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+        return self._offset
+
+    def model(self, graph_name: str, fused: bool) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
+        opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if fused else [])
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="edgellm")
+        model.ir_version = 10
+        return model
+
+
+# -- layer-level helpers ---------------------------------------------------------------------------
+def linear(g: GraphWriter, x: str, w: np.ndarray, spec: QuantSpec, name: str, fused: bool, accuracy_level: int,
+           bias: np.ndarray | None = None) -> str:
+    """y = x @ w.T (+ bias) for an HF weight w [N, K], stored as `spec` says."""
+    n, k = w.shape
+    if spec.bits and fused:
+        bq = quantize_blocks(w, spec, name)
+        nb = k // spec.block_size
+        ins = [x, g.initializer(name + ".qweight", bq.packed().reshape(n, nb, -1), spec.label),
+               g.initializer(name + ".scales", bq.scales.reshape(-1))]
+        ins.append("" if spec.symmetric else g.initializer(name + ".qzeros", bq.packed_zero_points()))
+        y = g.op("MatMulNBits", *ins, domain=MS_DOMAIN, base=name + "/MatMulNBits", K=k, N=n, bits=spec.bits,
+                 block_size=spec.block_size, accuracy_level=accuracy_level)
+    elif spec.bits:
+        # standard ops: blocked DequantizeLinear (opset 21) on w.T [K, N], blocks along K (axis 0)
+        bq = quantize_blocks(w, spec, name)
+        q_t = bq.values.reshape(n, k).T.reshape(-1)
+        s_t = np.ascontiguousarray(bq.scales.T)                  # [K/block, N]
+        z_t = np.ascontiguousarray(bq.zero_points.T)
+        if spec.bits == 4:
+            dtype = TensorProto.UINT4
+            q_raw = pack_uint4(np.pad(q_t, (0, q_t.size % 2))).tobytes()
+            z_raw = pack_uint4(np.pad(z_t.reshape(-1), (0, z_t.size % 2))).tobytes()
+        else:
+            dtype, q_raw, z_raw = TensorProto.UINT8, q_t.astype(np.uint8).tobytes(), z_t.tobytes()
+        qn = g.raw_initializer(name + ".qweight", dtype, (k, n), q_raw, spec.label)
+        zn = g.raw_initializer(name + ".qzeros", dtype, z_t.shape, z_raw, "zero_points")
+        wt = g.op("DequantizeLinear", qn, g.initializer(name + ".scales", s_t), zn, base=name + "/Dequantize",
+                  axis=0, block_size=spec.block_size)
+        y = g.op("MatMul", x, wt, base=name + "/MatMul")
+    else:
+        dtype = np.float16 if spec.kind == "fp16" else np.float32
+        wt = g.initializer(name + ".weight", np.asarray(w, dtype=np.float32).T.astype(dtype), spec.kind)
+        if dtype == np.float16:
+            wt = g.op("Cast", wt, to=TensorProto.FLOAT)
+        y = g.op("MatMul", x, wt, base=name + "/MatMul")
+    if bias is not None:
+        y = g.op("Add", y, g.initializer(name + ".bias", np.asarray(bias, np.float32)), base=name + "/Add")
+    return y
+
+
+def rms_norm(g: GraphWriter, x: str, weight: np.ndarray, eps: float, name: str, fused: bool) -> str:
+    gamma = g.initializer(name + ".weight", np.asarray(weight, np.float32))
+    if fused:
+        return g.op("SimplifiedLayerNormalization", x, gamma, base=name, axis=-1, epsilon=eps, stash_type=1)
+    ms = g.op("ReduceMean", g.op("Mul", x, x), g.const([-1]), keepdims=1)
+    inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, g.const(eps, np.float32))))
+    return g.op("Mul", g.op("Mul", x, inv), gamma, base=name)
+
+
+def skip_rms_norm(g: GraphWriter, x: str, residual: str, weight: np.ndarray, eps: float, name: str,
+                  fused: bool) -> tuple[str, str]:
+    """(rms_norm(x + residual), x + residual)."""
+    if fused:
+        gamma = g.initializer(name + ".weight", np.asarray(weight, np.float32))
+        out = g.node("SkipSimplifiedLayerNormalization", [x, residual, gamma], 4, MS_DOMAIN, name, epsilon=eps)
+        return out[0], out[3]
+    total = g.op("Add", x, residual)
+    return rms_norm(g, total, weight, eps, name, fused), total
+
+
+def rope_tables(head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [max_pos, head_dim/2] for HF's rotate-half convention."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "linear":
+            inv = inv / float(scaling["factor"])
+        elif kind == "llama3":
+            factor, lo, hi = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+            old = float(scaling["original_max_position_embeddings"])
+            wavelen = 2 * np.pi / inv
+            smooth = np.clip((old / wavelen - lo) / (hi - lo), 0.0, 1.0)
+            inv = np.where(wavelen > old / lo, inv / factor,
+                           np.where(wavelen < old / hi, inv, (1 - smooth) * inv / factor + smooth * inv))
+        else:
+            raise ConversionError(f"rope scaling {kind!r} is not supported by the ONNX converter",
+                                  "supported: default, linear, llama3")
+    angles = np.outer(np.arange(max_pos, dtype=np.float64), inv)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

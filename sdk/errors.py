@@ -91,3 +91,17 @@ class InsufficientMemoryError(EdgeLLMError):
 
 class BundleError(EdgeLLMError):
     default_hint = "rebuild the bundle with `edgellm bundle`; checksums protect against partial copies"
+
+
+class EvaluationError(EdgeLLMError):
+    """Perplexity/KLD evaluation cannot run (text too short, vocabularies differ)."""
+    default_hint = "pass a longer text (--text-file) and artifacts of the same model"
+
+
+class BudgetNotMetError(EdgeLLMError):
+    """No candidate (quant, pruning) meets the quality/speed budget; `table` holds what was measured."""
+    default_hint = "loosen the budget (--max-kld, --max-ppl-increase, --min-tps) or try other candidates"
+
+    def __init__(self, message: str, hint: str | None = None, table: list[dict] | None = None) -> None:
+        super().__init__(message, hint)
+        self.table = list(table or [])

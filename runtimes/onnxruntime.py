@@ -1,0 +1,322 @@
+"""The onnxruntime backend. Opens ONNX artifacts written by edgellm (or any genai-style decoder graph).
+
+onnxruntime (and onnx, used to inspect the graph) are imported inside `open_onnxruntime`, so a missing
+package is a `BackendUnavailableError` with an install hint. Generation prefills the prompt in one pass,
+then runs one token per step through IOBinding; with a fused graph (GroupQueryAttention) the KV cache is
+one preallocated buffer per layer, bound as both past and present, so nothing is copied per step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ArtifactError, BackendUnavailableError, ContextOverflowError, ModelFormatError, UnsafePathError
+from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, register_runtime
+from .llama_cpp import default_threads
+from .sampling import Sampler
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'edgellm[onnx]'"
+CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+# -- execution providers ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProviderChoice:
+    providers: tuple[str, ...]     # what the session is created with, in priority order
+    device: str                    # "cpu" | "cuda"
+    note: str | None               # why the request was not honoured, if it was not
+
+
+def select_providers(requested: str, available: Sequence[str]) -> ProviderChoice:
+    """Pick execution providers for `requested` ("cpu" | "cuda[:N]") from onnxruntime's available list."""
+    want = requested.split(":")[0].lower()
+    if want == "cuda":
+        if CUDA_EP in available:
+            return ProviderChoice((CUDA_EP, CPU_EP), "cuda", None)
+        return ProviderChoice((CPU_EP,), "cpu", f"{CUDA_EP} is not available in this onnxruntime build "
+                              f"(available: {', '.join(available) or 'none'}); install onnxruntime-gpu for CUDA. "
+                              "Running on CPU.")
+    if want not in ("cpu", "auto"):
+        return ProviderChoice((CPU_EP,), "cpu", f"execution provider {requested!r} is unknown; running on CPU")
+    return ProviderChoice((CPU_EP,), "cpu", None)
+
+
+# -- artifact inspection ---------------------------------------------------------------------------
+def check_external_data(onnx_module: Any, model_path: Path) -> Any:
+    """Parse model.onnx without its weights; refuse external data that points outside its folder."""
+    try:
+        proto = onnx_module.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for corrupt files
+        raise ModelFormatError(f"{model_path} is not a readable ONNX model ({exc})") from None
+    root = model_path.parent.resolve()
+    for t in proto.graph.initializer:
+        if t.data_location != onnx_module.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or (target != root and root not in target.parents):
+            raise UnsafePathError(f"{model_path.name}: tensor {t.name} reads external data from {location!r}, "
+                                  f"outside the artifact folder {root}")
+        if not target.is_file():
+            raise ModelFormatError(f"{model_path.name}: external data file {location!r} is missing")
+    return proto
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: every byte as a printable unicode character."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+class ArtifactTokenizer:
+    """tokenizer.json through the `tokenizers` library, with raw bytes per token for streaming."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ArtifactError(f"{folder} has no tokenizer.json", "rebuild the artifact with `edgellm convert`")
+        self.tok = Tokenizer.from_file(str(path))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        decoder = json.dumps(data.get("decoder") or {})
+        self.byte_level = "ByteLevel" in decoder
+        self.special = {a["id"] for a in data.get("added_tokens", []) if a.get("special")}
+        self._byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        self._cache: dict[int, bytes] = {}
+
+    def encode(self, text: str, parse_special: bool) -> list[int]:
+        self.tok.encode_special_tokens = not parse_special
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def token_bytes(self, token: int) -> bytes:
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        piece = self.tok.id_to_token(token)
+        if piece is None or token in self.special:
+            out = b""
+        elif self.byte_level and all(ch in self._byte_of for ch in piece):
+            out = bytes(self._byte_of[ch] for ch in piece)
+        elif piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:   # sentencepiece byte token
+            out = bytes([int(piece[3:5], 16)])
+        else:
+            out = piece.replace("\u2581", " ").encode("utf-8")
+        self._cache[token] = out
+        return out
+
+
+# -- the runtime -----------------------------------------------------------------------------------
+class OnnxRuntime:
+    name: ClassVar[str] = "onnxruntime"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        streaming=True, logits=True, gpu_offload=True, native_sampling=False, formats=("onnx",))
+
+    def __init__(self, path: Path, options: LoadOptions, ort: Any, onnx_module: Any) -> None:
+        self._ort = ort
+        self.path = path
+        self.folder = path.parent
+        self.options = options
+        proto = check_external_data(onnx_module, path)
+        self._ops = {n.op_type for n in proto.graph.node}
+        self._inputs = {i.name for i in proto.graph.input}
+        self.genai = self._read_json("genai_config.json")
+        self.tokenizer_config = self._read_json("tokenizer_config.json")
+        self._layers, self._kv_heads, self._head_dim = self._kv_geometry(proto)
+        del proto
+        self.shared_kv = "GroupQueryAttention" in self._ops
+        choice = select_providers(options.execution_provider, ort.get_available_providers())
+        self.threads = options.threads or default_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=list(choice.providers))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelFormatError(f"onnxruntime could not load {path}: {exc}") from None
+        actual = self.session.get_providers()
+        self._device = "cuda" if actual and actual[0] == CUDA_EP else "cpu"
+        self.provider_note = choice.note
+        if choice.device == "cuda" and self._device != "cuda":
+            self.provider_note = f"{CUDA_EP} failed to initialise; running on CPU"
+        if self.provider_note:
+            log.warning("%s", self.provider_note)
+        self.tokenizer = ArtifactTokenizer(self.folder)
+        self._n_ctx = min(options.n_ctx, int(self.genai.get("model", {}).get("context_length") or options.n_ctx))
+        self._tok_info: TokenizerInfo | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _read_json(self, name: str) -> dict[str, Any]:
+        p = self.folder / name
+        if not p.is_file():
+            return {}
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{p} is not valid JSON ({exc})") from None
+        return data if isinstance(data, dict) else {}
+
+    def _kv_geometry(self, proto: Any) -> tuple[int, int, int]:
+        past = [i for i in proto.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
+        if not past or "input_ids" not in self._inputs:
+            raise ModelFormatError(f"{self.path} is not a decoder graph with input_ids and past_key_values.*")
+        dims = past[0].type.tensor_type.shape.dim
+        if len(dims) != 4 or not dims[1].dim_value or not dims[3].dim_value:
+            raise ModelFormatError(f"{self.path}: past_key_values.0.key must be [batch, kv_heads, seq, head_dim]")
+        return len(past), dims[1].dim_value, dims[3].dim_value
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def provider(self) -> str:
+        return self._device
+
+    @property
+    def tokenizer_info(self) -> TokenizerInfo:
+        if self._tok_info is None:
+            tc, model_cfg = self.tokenizer_config, self.genai.get("model", {})
+
+            def text(key: str) -> str:
+                v = tc.get(key)
+                return v.get("content", "") if isinstance(v, dict) else (v or "")
+
+            bos_text, eos_text = text("bos_token"), text("eos_token")
+            bos = self.tokenizer.tok.token_to_id(bos_text) if bos_text else None
+            if bos is None and isinstance(model_cfg.get("bos_token_id"), int):
+                bos = model_cfg["bos_token_id"]
+            eos: set[int] = set()
+            cfg_eos = model_cfg.get("eos_token_id")
+            eos.update([cfg_eos] if isinstance(cfg_eos, int) else [e for e in cfg_eos or [] if isinstance(e, int)])
+            if eos_text and self.tokenizer.tok.token_to_id(eos_text) is not None:
+                eos.add(self.tokenizer.tok.token_to_id(eos_text))
+            if eos_text and not bos_text and bos is not None:
+                bos_text = self.tokenizer.tok.id_to_token(bos) or ""
+            self._tok_info = TokenizerInfo(bos_id=bos, eos_ids=tuple(sorted(eos)), bos_text=bos_text,
+                                           eos_text=eos_text, add_bos=bool(tc.get("add_bos_token", False)),
+                                           chat_template=tc.get("chat_template") if isinstance(
+                                               tc.get("chat_template"), str) else None)
+        return self._tok_info
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        ids = self.tokenizer.encode(text, parse_special)
+        bos = self.tokenizer_info.bos_id
+        if add_special and bos is not None:
+            ids.insert(0, bos)
+        return ids
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.token_bytes(token)
+
+    # -- compute -------------------------------------------------------------------------------
+    def _ortvalue(self, shape: tuple[int, ...]) -> Any:
+        return self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self._device, 0)
+
+    def _bind_inputs(self, binding: Any, ids: Sequence[int], start: int) -> None:
+        n = len(ids)
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
+        if "position_ids" in self._inputs:
+            binding.bind_cpu_input("position_ids", np.arange(start, start + n, dtype=np.int64)[None, :])
+
+    def _run(self, binding: Any) -> None:
+        self.session.run_with_iobinding(binding)
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        if not tokens:
+            return np.zeros((0, 0), dtype=np.float32)
+        binding = self.session.io_binding()
+        self._bind_inputs(binding, tokens, 0)
+        empty = self._ortvalue((1, self._kv_heads, 0, self._head_dim))
+        for i in range(self._layers):
+            for kind in ("key", "value"):
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", empty)
+                binding.bind_output(f"present.{i}.{kind}", self._device)
+        binding.bind_output("logits", self._device)
+        self._run(binding)
+        return np.asarray(binding.get_outputs()[-1].numpy()[0], dtype=np.float32)  # logits was bound last
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        if len(prompt) >= self.n_ctx:
+            raise ContextOverflowError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
+        sampler = Sampler(params)
+        history = list(prompt)
+        budget = self.n_ctx - len(prompt)
+        binding = self.session.io_binding()
+        names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self._layers) for k in ("key", "value")]
+        if self.shared_kv:
+            # one [1, kv, n_ctx, hd] buffer per tensor, bound as past and present: GQA writes in place
+            shape = (1, self._kv_heads, self.n_ctx, self._head_dim)
+            buffers = [self._ortvalue(shape) for _ in names]
+            for (past, present), buf in zip(names, buffers):
+                binding.bind_ortvalue_input(past, buf)
+                binding.bind_ortvalue_output(present, buf)
+        else:
+            empty = self._ortvalue((1, self._kv_heads, 0, self._head_dim))
+            for past, present in names:
+                binding.bind_ortvalue_input(past, empty)
+                binding.bind_output(present, self._device)
+        binding.bind_output("logits", self._device)
+        self._bind_inputs(binding, prompt, 0)
+        self._run(binding)
+        outputs = binding.get_outputs()
+        logits_index = -1   # logits was bound last
+        produced, pos = 0, len(prompt)
+        step_logits = self._ortvalue((1, 1, int(outputs[logits_index].shape()[-1])))
+        while True:
+            row = outputs[logits_index].numpy()[0, -1]
+            token = sampler(row, history)
+            history.append(token)
+            produced += 1
+            yield token
+            if produced >= budget:
+                return
+            if not self.shared_kv:
+                for (past, present), value in zip(names, outputs[:-1]):
+                    binding.bind_ortvalue_input(past, value)
+                    binding.bind_output(present, self._device)
+            binding.bind_ortvalue_output("logits", step_logits)
+            self._bind_inputs(binding, [token], pos)
+            pos += 1
+            self._run(binding)
+            outputs = binding.get_outputs()
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]  # onnxruntime frees its arenas with the session
+
+
+def open_onnxruntime(path: Path, options: LoadOptions) -> OnnxRuntime:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(f"onnxruntime is not importable ({exc})", INSTALL_HINT) from None
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.onnx"
+    if not p.is_file():
+        raise ArtifactError(f"{p} does not exist")
+    return OnnxRuntime(p, options, onnxruntime, onnx)
+
+
+register_runtime(OnnxRuntime.name, open_onnxruntime, OnnxRuntime.capabilities.formats)

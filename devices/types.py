@@ -130,6 +130,15 @@ class Device:
     def gpu(self) -> GPUInfo | None:
         return self.gpus[0] if self.gpus else None
 
+    @property
+    def max_threads(self) -> int:
+        """The thread cap, under the name edgellm.load reads."""
+        return self.threads
+
+    @property
+    def label(self) -> str:
+        return self.name
+
 
 @dataclass(frozen=True)
 class TensorFacts:

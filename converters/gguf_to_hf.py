@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 _OUT_DTYPES = ("BF16", "F16", "F32")
 
 
-def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, vocab: GGUFVocab) -> dict[str, Any]:
+def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, vocab: GGUFVocab,
+               dtype: str) -> dict[str, Any]:
     def key(k: str, default: Any = None) -> Any:
         return field_value(reader, f"{arch}.{k}", default)
 
@@ -51,7 +52,10 @@ def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, v
         "attention_bias": hf_name == "Qwen2ForCausalLM",
         "bos_token_id": vocab.special_ids.get("bos"),
         "eos_token_id": vocab.special_ids.get("eos"),
-        "torch_dtype": "bfloat16",
+        "torch_dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype],
+        "_name_or_path": "-".join(str(p) for p in (field_value(reader, "general.basename") or
+                                                   field_value(reader, "general.name") or "model",
+                                                   field_value(reader, "general.size_label")) if p),
     }
     scale = key("rope.scaling.factor")
     if key("rope.scaling.type") == "linear" and scale:
@@ -101,7 +105,7 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
     tensors = {t.name: t for t in reader.tensors}
     n_vocab = int(tensors["token_embd.weight"].shape[1])
     tied = "output.weight" not in tensors
-    cfg = _hf_config(reader, arch, hf_name, n_vocab, tied, vocab)
+    cfg = _hf_config(reader, arch, hf_name, n_vocab, tied, vocab, dtype)
     gguf_to_hf_names = {g: h for h, g in spec.tensor_map(cfg["num_hidden_layers"]).items()}
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
 

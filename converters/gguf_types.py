@@ -29,7 +29,7 @@ QUANT_TYPES: dict[str, GGUFQuant] = {q.name: q for q in (
     _q("F32", 0, "F32", native=True), _q("F16", 1, "F16", native=True), _q("BF16", 32, "BF16", native=True),
     _q("Q8_0", 7, "Q8_0", native=True),
     _q("Q4_0", 2, "Q4_0"), _q("Q4_1", 3, "Q4_1"), _q("Q5_0", 8, "Q5_0"), _q("Q5_1", 9, "Q5_1"),
-    _q("Q2_K", 10, "Q2_K"), _q("Q2_K_S", 21, "Q2_K"),
+    _q("Q2_K", 10, "Q2_K"), _q("Q2_K_S", 21, "Q2_K", imatrix=True),
     _q("Q3_K_S", 11, "Q3_K"), _q("Q3_K_M", 12, "Q3_K"), _q("Q3_K_L", 13, "Q3_K"),
     _q("Q4_K_S", 14, "Q4_K"), _q("Q4_K_M", 15, "Q4_K"),
     _q("Q5_K_S", 16, "Q5_K"), _q("Q5_K_M", 17, "Q5_K"), _q("Q6_K", 18, "Q6_K"),

@@ -1,0 +1,55 @@
+"""`edgellm run ARTIFACT PROMPT`: stream text, then a metrics line (`--json` for machines)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, seed: int | None = None,
+                 stop: list[str] | None = None, chat: bool = False, device: str = "auto", threads: int | None = None,
+                 n_ctx: int | None = None, json_out: bool = False) -> int:
+    from ..loading import load
+
+    sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                    repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop or ()))
+    with load(artifact, device=device, threads=threads, n_ctx=n_ctx) as model:
+        chunks = (model.chat_stream([{"role": "user", "content": prompt}], **sampling) if chat
+                  else model.stream(prompt, **sampling))
+        text, final = [], None
+        for chunk in chunks:
+            text.append(chunk.text)
+            if not json_out:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+            if chunk.finish_reason is not None:
+                final = chunk
+    assert final is not None and final.metrics is not None
+    if json_out:
+        print(json.dumps({"text": "".join(text), "finish_reason": final.finish_reason,
+                          "metrics": final.metrics.to_dict()}, indent=2))
+    else:
+        print()
+        print(final.metrics.summary(), file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="generate text from an artifact, with metrics")
+    p.add_argument("artifact", help="artifact folder, .gguf or .onnx file")
+    p.add_argument("prompt")
+    p.add_argument("-n", "--max-tokens", dest="max_tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", dest="top_k", type=int, default=40)
+    p.add_argument("--top-p", dest="top_p", type=float, default=0.95)
+    p.add_argument("--min-p", dest="min_p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", dest="repeat_penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or profile:NAME")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ctx", dest="n_ctx", type=int, default=None, help="context length")
+    p.add_argument("--json", dest="json_out", action="store_true")
+    p.set_defaults(func=run_generate)

@@ -1,0 +1,20 @@
+"""`edgellm unpack MODEL.gguf OUTPUT`: rebuild a Hugging Face folder from a GGUF file."""
+from __future__ import annotations
+
+import argparse
+
+
+def run_unpack(gguf_path: str, output: str, dtype: str = "BF16", overwrite: bool = False) -> int:
+    from ..convert import unpack
+
+    print(f"wrote {unpack(gguf_path, output, dtype=dtype, overwrite=overwrite)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("unpack", help="GGUF -> Hugging Face folder (dequantized, torch-free)")
+    p.add_argument("gguf_path", metavar="MODEL.gguf")
+    p.add_argument("output")
+    p.add_argument("--dtype", choices=("BF16", "F16", "F32"), default="BF16")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_unpack)

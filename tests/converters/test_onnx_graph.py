@@ -1,0 +1,101 @@
+"""Tiny random models through the ONNX converter, fused and standard graphs, against the numpy reference."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgellm.converters.onnx import convert_to_onnx
+from edgellm.converters.quant import get_recipe, quantize_blocks
+from tests.fixtures.reference_llama import ReferenceLlama, kl_divergence
+
+CASES = [("LlamaForCausalLM", True), ("MistralForCausalLM", False), ("Qwen2ForCausalLM", False),
+         ("Qwen2ForCausalLM", True)]
+IDS = [5, 17, 33, 2, 100, 7, 250, 9, 11, 12, 300, 42]
+
+
+def run_session(path: Path, ids: list[int], layers: int = 2, kv: int = 2, hd: int = 16) -> np.ndarray:
+    so = ort.SessionOptions()
+    # basic level: no QDQ fusion that would quantize activations, so the graph's own math is checked
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    n = len(ids)
+    feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, n), np.int64),
+            "position_ids": np.arange(n)[None]}
+    for i in range(layers):
+        for k in ("key", "value"):
+            feed[f"past_key_values.{i}.{k}"] = np.zeros((1, kv, 0, hd), np.float32)
+    return s.run(["logits"], feed)[0][0]
+
+
+def reference_for(folder: Path, quant: str) -> ReferenceLlama:
+    """The reference on the weights the artifact really holds (quantized then dequantized)."""
+    ref = ReferenceLlama(folder)
+    recipe = get_recipe(quant)
+
+    def transform(name: str, w: np.ndarray) -> np.ndarray:
+        role = "embeddings" if name == "model.embed_tokens.weight" else "lm_head" if name == "lm_head.weight" else "weight"
+        spec = recipe.spec_for(role)
+        if spec.bits:
+            return quantize_blocks(w.astype(np.float32), spec, name).dequantize()
+        return w.astype(np.float16).astype(np.float64) if spec.kind == "fp16" else w
+
+    out = ref.with_weights(transform)
+    if ref.c.tie_word_embeddings:  # tied: the LM head is quantized with the head's spec, the table with its own
+        spec = recipe.spec_for("lm_head")
+        e = ref.w["model.embed_tokens.weight"].astype(np.float32)
+        out.w["lm_head.weight"] = (quantize_blocks(e, spec).dequantize() if spec.bits else
+                                   e.astype(np.float16) if spec.kind == "fp16" else e).astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("arch,tied", CASES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard"])
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8", "int4"])
+def test_graph_matches_reference(tiny_models, tmp_path, arch, tied, fused, quant):
+    folder = tiny_models(arch, tied=tied)
+    res = convert_to_onnx(folder, tmp_path / "out", quant, fused=fused, accuracy_level=1)
+    got = run_session(res.path, IDS)
+    want = reference_for(folder, quant).logits(IDS)
+    kl = kl_divergence(want, got).mean()
+    assert got.shape == (len(IDS), 384)
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+    # fp32/fp16/quantized weights are reproduced exactly; what remains is float32 arithmetic
+    assert kl < 1e-4, f"{arch} {quant} fused={fused}: KL {kl:.2e}"
+    assert np.abs(got - want).max() < 5e-3 * max(1.0, np.abs(want).max())
+
+
+def test_fused_and_standard_use_their_op_sets(tiny_models, tmp_path):
+    folder = tiny_models("Qwen2ForCausalLM", tied=False)
+    fused = onnx.load(str(convert_to_onnx(folder, tmp_path / "f", "int4").path), load_external_data=False)
+    std = onnx.load(str(convert_to_onnx(folder, tmp_path / "s", "int4", fused=False).path), load_external_data=False)
+    fused_ops = {(n.domain, n.op_type) for n in fused.graph.node}
+    assert ("com.microsoft", "GroupQueryAttention") in fused_ops
+    assert ("com.microsoft", "MatMulNBits") in fused_ops
+    assert ("com.microsoft", "SkipSimplifiedLayerNormalization") in fused_ops
+    assert all(n.domain in ("", "ai.onnx") for n in std.graph.node)
+    assert {i.name for i in fused.graph.input} == {i.name for i in std.graph.input}
+    assert [o.name for o in fused.graph.output][:3] == ["logits", "present.0.key", "present.0.value"]
+    # weights live in the external data file, not inside the protobuf
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) <= 1024 for t in fused.graph.initializer)
+
+
+def test_int4_symmetric_and_block_sizes(tiny_models, tmp_path):
+    folder = tiny_models("LlamaForCausalLM")
+    for block, sym in ((16, True), (64, False)):
+        res = convert_to_onnx(folder, tmp_path / f"b{block}", "int4-rtn", block_size=block, symmetric=sym,
+                              accuracy_level=1)
+        got = run_session(res.path, IDS)
+        recipe = get_recipe("int4-rtn").with_options(block_size=block, symmetric=sym)
+        ref = ReferenceLlama(folder).with_weights(
+            lambda n, w: w if n == "model.embed_tokens.weight" else
+            quantize_blocks(w.astype(np.float32), recipe.spec_for("weight"), n).dequantize())
+        ref.w["lm_head.weight"] = quantize_blocks(ReferenceLlama(folder).w["lm_head.weight"].astype(np.float32),
+                                                  recipe.spec_for("lm_head")).dequantize().astype(np.float64)
+        ref.w["model.embed_tokens.weight"] = ref.w["model.embed_tokens.weight"].astype(np.float16).astype(np.float64)
+        assert kl_divergence(ref.logits(IDS), got).mean() < 1e-4
+        has_zp = any(t.name.endswith(".qzeros") for t in onnx.load(str(res.path), load_external_data=False).graph.initializer)
+        assert has_zp is (not sym)

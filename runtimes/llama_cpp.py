@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelFormatError
+from ..errors import BackendUnavailableError, GenerationError, ModelFormatError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, register_runtime
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class LlamaCppRuntime:
         self.path = path
         self.options = options
         self.threads = options.threads or default_threads()
-        self._llm = self._open(logits_all=False)
+        self._handle: Any = self._open(logits_all=False)
         self._eval_llm: Any = None
         self._tok_info: TokenizerInfo | None = None
         self._eog: frozenset[int] | None = None
@@ -60,10 +60,17 @@ class LlamaCppRuntime:
             raise ModelFormatError(f"llama.cpp could not load {self.path}: {exc}",
                                    "check the file with `edgellm info`; it may be truncated") from None
 
+    @property
+    def _llm(self) -> Any:
+        if self._handle is None:
+            raise GenerationError("this model was closed", "load it again with edgellm.load()")
+        return self._handle
+
     # -- properties ----------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:
-        return int(self._llm.n_ctx())
+        # llama.cpp may pad its context (e.g. to 256) but llama-cpp-python sizes its buffers by the request
+        return min(int(self._llm.n_ctx()), int(self.options.n_ctx))
 
     @property
     def provider(self) -> str:
@@ -123,10 +130,10 @@ class LlamaCppRuntime:
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
     def close(self) -> None:
-        for llm in (self._llm, self._eval_llm):
+        for llm in (self._handle, self._eval_llm):
             if llm is not None:
                 llm.close()
-        self._eval_llm = None
+        self._handle = self._eval_llm = None
 
 
 def open_llama_cpp(path: Path, options: LoadOptions) -> LlamaCppRuntime:

@@ -21,7 +21,10 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_
                 **options: Any) -> int:
     from ..convert import convert
 
-    options = {k: v for k, v in options.items() if v is not None}
+    _, onnx_options = _onnx_cli()
+    onnx_dests = {kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in onnx_options}
+    options = {k: v for k, v in options.items()
+               if v is not None and (format == "onnx" or k not in onnx_dests)}
     if quant.lower() == "auto":
         from ..autoquant import autoquant
 

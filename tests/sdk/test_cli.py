@@ -1,0 +1,65 @@
+"""The CLI is a thin dispatcher: each subcommand runs the library function on real (tiny) models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgellm.cli import build_parser, main
+
+
+def test_help_lists_the_core_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("convert", "run", "info", "unpack", "demo"):
+        assert cmd in out
+
+
+def test_parser_dests_match_library_keywords() -> None:
+    """`func(**vars(args))` only works when every dest is a keyword of the command function."""
+    import inspect
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        func = p.get_default("func")
+        params = inspect.signature(func).parameters
+        accepts_kwargs = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+        for action in p._actions:
+            if action.dest in ("help",):
+                continue
+            assert accepts_kwargs or action.dest in params, f"{name}: --{action.dest} is not a keyword of {func}"
+
+
+def test_convert_info_run_unpack_round_trip(tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    art = tmp_path / "art"
+    assert main(["convert", str(tiny_models()), str(art), "--quant", "Q8_0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["path"]).is_file() and result["tensor_types"]["Q8_0"] == 15
+
+    assert main(["info", str(art), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "gguf" and info["manifest"]["quant"] == "Q8_0" and info["tensors"] == 20
+
+    assert main(["run", str(art), "hello world", "-n", "5", "--temperature", "0", "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["metrics"]["generated_tokens"] >= 1 and run["finish_reason"] in ("length", "stop")
+    assert run["metrics"]["backend"] == "llama.cpp"
+
+    assert main(["run", str(art), "hello world", "-n", "4", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "decode" in captured.err and "tok/s" in captured.err
+
+    back = tmp_path / "back"
+    assert main(["unpack", result["path"], str(back), "--dtype", "F32"]) == 0
+    assert (back / "config.json").is_file() and (back / "tokenizer.json").is_file()
+
+
+def test_errors_exit_1_with_a_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "missing.gguf"), "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "hint:" in err
+    assert main(["convert", str(tmp_path), str(tmp_path / "o"), "--quant", "Q9_9"]) == 1
+    assert "unknown GGUF quant type" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""The onnxruntime backend on tiny models: load, tokens, KV-cache decoding, generation, providers."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import edgellm
+from edgellm.converters.onnx import convert_to_onnx
+from edgellm.errors import BackendUnavailableError
+from edgellm.runtimes import onnxruntime as ort_rt
+from edgellm.runtimes.base import LoadOptions, SamplingParams
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["fused", "standard"])
+def artifact(request, tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "art"
+    convert_to_onnx(tiny_models("LlamaForCausalLM"), out, "fp32", fused=request.param)
+    return out
+
+
+class RecordingSampler:
+    """Greedy, remembering every logits row it was shown."""
+    rows: list[np.ndarray] = []
+
+    def __init__(self, params: SamplingParams) -> None:
+        RecordingSampler.rows = []
+
+    def __call__(self, logits: np.ndarray, history=()) -> int:
+        RecordingSampler.rows.append(np.array(logits))
+        return int(np.argmax(logits))
+
+
+def test_step_decoding_matches_full_rerun(artifact, monkeypatch):
+    monkeypatch.setattr(ort_rt, "Sampler", RecordingSampler)
+    with edgellm.load(artifact, n_ctx=64) as m:
+        prompt = m.tokenize("The quick brown fox")
+        gen = m.runtime.generate(prompt, SamplingParams(temperature=0))
+        tokens = [next(gen) for _ in range(12)]
+        gen.close()
+        full = m.logits(prompt + tokens)
+    rows = np.stack(RecordingSampler.rows[-12:])
+    want = full[len(prompt) - 1: len(prompt) - 1 + 12]
+    assert rows.shape == want.shape
+    assert np.abs(rows - want).max() < 1e-3
+    assert [int(r.argmax()) for r in want] == tokens
+
+
+def test_generation_stops_at_the_context(artifact):
+    with edgellm.load(artifact, n_ctx=16) as m:
+        prompt = m.tokenize("hello world")
+        got = list(m.runtime.generate(prompt, SamplingParams(temperature=0.8, seed=1)))
+        assert len(got) == 16 - len(prompt)
+        r = m.generate("hello world", max_tokens=100, temperature=0.8, seed=1)
+        assert r.finish_reason in ("context", "stop") and len(r.tokens) <= 16 - len(prompt)
+
+
+def test_generate_and_chat_with_metrics(artifact):
+    with edgellm.load(artifact, threads=1) as m:
+        assert m.runtime.name == "onnxruntime" and m.runtime.threads == 1
+        assert m.runtime.session.get_session_options().intra_op_num_threads == 1
+        r = m.generate("The quick brown", max_tokens=8, temperature=0, stop=())
+        assert len(r.tokens) == 8 and r.metrics.decode_tps and r.metrics.prefill_tps and r.metrics.ttft_s
+        again = m.generate("The quick brown", max_tokens=8, temperature=0)
+        assert again.tokens == r.tokens
+        chat = m.chat([{"role": "user", "content": "hello"}], max_tokens=4, temperature=0.7, seed=3)
+        assert chat.metrics.backend == "onnxruntime" and chat.metrics.generated_tokens >= 1
+        ids = m.chat_prompt([{"role": "user", "content": "hi"}])
+        assert ids[0] == m.runtime.tokenizer_info.bos_id     # <|im_start|> parsed as one special token
+
+
+def test_token_bytes_reassemble_utf8(artifact):
+    with edgellm.load(artifact) as m:
+        text = "héllo wörld — 😀 def main():\n    return 42"
+        ids = m.tokenize(text)
+        assert b"".join(m.runtime.token_bytes(t) for t in ids) == text.encode("utf-8")
+        assert m.detokenize(ids) == text
+        info = m.runtime.tokenizer_info
+        assert info.eos_ids and info.eos_ids[0] == 2 and info.chat_template and not info.add_bos
+        assert m.runtime.token_bytes(info.eos_ids[0]) == b""   # special tokens render as nothing
+        # special-token text stays text unless asked for
+        assert m.runtime.tokenize("<|im_end|>", False, False) != [2]
+        assert m.runtime.tokenize("<|im_end|>", False, True) == [2]
+
+
+def test_cuda_selection_simulated():
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_rt.select_providers("cuda", both).providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert ort_rt.select_providers("cuda:0", both).device == "cuda"
+    cpu_only = ort_rt.select_providers("cuda", ["AzureExecutionProvider", "CPUExecutionProvider"])
+    assert cpu_only.providers == ("CPUExecutionProvider",) and cpu_only.device == "cpu"
+    assert "onnxruntime-gpu" in (cpu_only.note or "")
+    assert ort_rt.select_providers("cpu", both) == ort_rt.ProviderChoice(("CPUExecutionProvider",), "cpu", None)
+
+
+def test_cuda_request_falls_back_with_a_note_simulated(artifact):
+    rt = ort_rt.open_onnxruntime(artifact / "model.onnx", LoadOptions(execution_provider="cuda", threads=1))
+    try:
+        assert rt.provider == "cpu" and "CUDAExecutionProvider" in (rt.provider_note or "")
+    finally:
+        rt.close()
+
+
+def test_missing_onnxruntime_is_backend_unavailable(artifact, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailableError, match="onnxruntime") as exc:
+        ort_rt.open_onnxruntime(artifact / "model.onnx", LoadOptions())
+    assert "edgellm[onnx]" in exc.value.hint

@@ -114,29 +114,61 @@ def evaluation_ids(model: Model, text: str | None, max_tokens: int) -> list[int]
     return ids[:max_tokens]
 
 
-def evaluate(model: str | Path | Model, reference: str | Path | Model | None = None, *, text: str | None = None,
-             ids: Sequence[int] | None = None, max_tokens: int = 1024, n_ctx: int = 512,
-             threads: int | None = None) -> EvalResult:
-    """Perplexity of `model` on `text` (or token `ids`); with `reference`, KLD and top-1 agreement too."""
+@dataclass
+class ReferenceScores:
+    """A reference model's log-probabilities on fixed token ids, computed once and compared many times."""
+    artifact: str
+    tokens: list[int]
+    size: int
+    bos: int | None
+    log_probs: list[np.ndarray]  # per window: (len(window) - 1, vocab) float32
+
+
+def reference_scores(reference: str | Path | Model, ids: Sequence[int] | None = None, *, text: str | None = None,
+                     max_tokens: int = 1024, n_ctx: int = 512, threads: int | None = None) -> ReferenceScores:
     with ExitStack() as stack:
-        m = _open(model, stack, n_ctx, threads)
-        r = _open(reference, stack, n_ctx, threads) if reference is not None else None
-        tokens = list(ids) if ids is not None else evaluation_ids(r or m, text, max_tokens)
-        size = min(n_ctx, m.n_ctx, r.n_ctx if r is not None else n_ctx)
-        info = m.runtime.tokenizer_info
+        r = _open(reference, stack, n_ctx, threads)
+        tokens = list(ids) if ids is not None else evaluation_ids(r, text, max_tokens)
+        info = r.runtime.tokenizer_info
         bos = info.bos_id if info.add_bos else None
+        size = min(n_ctx, r.n_ctx)
+        lps = [_log_softmax(r.logits(w)[:-1]).astype(np.float32) for w in windows(tokens, size, bos)]
+        return ReferenceScores(str(getattr(r, "artifact", reference)), tokens, size, bos, lps)
+
+
+def evaluate(model: str | Path | Model, reference: str | Path | Model | ReferenceScores | None = None, *,
+             text: str | None = None, ids: Sequence[int] | None = None, max_tokens: int = 1024, n_ctx: int = 512,
+             threads: int | None = None) -> EvalResult:
+    """Perplexity of `model` on `text` (or token `ids`); with `reference`, KLD and top-1 agreement too.
+
+    `reference` may be precomputed `ReferenceScores` (then its token ids and window size are used)."""
+    with ExitStack() as stack:
+        ref: ReferenceScores | None = None
+        if isinstance(reference, ReferenceScores):
+            ref = reference
+            n_ctx = ref.size
+        m = _open(model, stack, n_ctx, threads)
+        if reference is not None and ref is None:
+            ref = reference_scores(reference, ids, text=text, max_tokens=max_tokens, n_ctx=min(n_ctx, m.n_ctx),
+                                   threads=threads)
+        if ref is not None:
+            tokens, size, bos = ref.tokens, ref.size, ref.bos
+        else:
+            tokens = list(ids) if ids is not None else evaluation_ids(m, text, max_tokens)
+            info = m.runtime.tokenizer_info
+            size, bos = min(n_ctx, m.n_ctx), (info.bos_id if info.add_bos else None)
         nll: list[np.ndarray] = []
         ref_nll: list[np.ndarray] = []
         kld: list[np.ndarray] = []
         agree = 0
         n_windows = 0
-        for win in windows(tokens, size, bos):
+        for i, win in enumerate(windows(tokens, size, bos)):
             n_windows += 1
             target = np.asarray(win[1:])
             lp = _log_softmax(m.logits(win)[:-1])               # (len(win) - 1, vocab)
             nll.append(-lp[np.arange(len(target)), target])
-            if r is not None:
-                rlp = _log_softmax(r.logits(win)[:-1])
+            if ref is not None:
+                rlp = ref.log_probs[i].astype(np.float64)
                 if rlp.shape != lp.shape:
                     raise EvaluationError(f"vocabularies differ: {rlp.shape[1]} vs {lp.shape[1]} tokens",
                                           "compare artifacts of the same model")
@@ -148,11 +180,11 @@ def evaluate(model: str | Path | Model, reference: str | Path | Model | None = N
         result: dict[str, Any] = {"artifact": str(getattr(m, "artifact", model)), "tokens": n,
                                   "nll": float(all_nll.mean()), "ppl": math.exp(float(all_nll.mean())),
                                   "windows": n_windows}
-        if r is not None:
+        if ref is not None:
             k = np.maximum(np.concatenate(kld), 0.0)
-            result.update(reference=str(getattr(r, "artifact", reference)),
-                          ref_ppl=math.exp(float(np.concatenate(ref_nll).mean())), kld_mean=float(k.mean()),
-                          kld_p99=float(np.percentile(k, 99)), kld_max=float(k.max()), top1=agree / n)
+            result.update(reference=ref.artifact, ref_ppl=math.exp(float(np.concatenate(ref_nll).mean())),
+                          kld_mean=float(k.mean()), kld_p99=float(np.percentile(k, 99)), kld_max=float(k.max()),
+                          top1=agree / n)
         log.info("evaluated %s on %d tokens: ppl %.3f", result["artifact"], n, result["ppl"])
         return EvalResult(**result)
 

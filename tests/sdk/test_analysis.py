@@ -50,7 +50,7 @@ def test_flat_latency_has_no_growth_and_time_shares_add_up() -> None:
 def test_real_generation_breakdown(smollm2_gguf) -> None:
     import edgellm
 
-    with edgellm.load(smollm2_gguf("Q4_0"), threads=2, n_ctx=512) as model:
+    with edgellm.load(smollm2_gguf("Q4_0"), threads=1, n_ctx=512) as model:
         m = model.generate("Write a list of fruits:", max_tokens=40, temperature=0.0).metrics
     a = analyze(m)
     assert a.steps == m.generated_tokens - 1

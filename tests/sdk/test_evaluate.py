@@ -32,10 +32,10 @@ def test_windows_cover_every_token_once_with_bos() -> None:
 @pytest.mark.slow
 def test_self_reference_has_zero_kld_and_full_agreement(smollm2_gguf) -> None:
     q8 = smollm2_gguf("Q8_0")
-    r = evaluate(q8, q8, max_tokens=100, n_ctx=64, threads=2)
+    r = evaluate(q8, q8, max_tokens=100, n_ctx=64, threads=1)
     assert r.windows == 2 and r.tokens == 99 - 1  # BOS + 99 body tokens, two windows each lose one target
     assert r.kld_mean == pytest.approx(0.0, abs=1e-6) and r.top1 == 1.0
-    assert r.ppl == pytest.approx(r.ref_ppl) and abs(r.ppl_increase) < 1e-9
+    assert r.ppl == pytest.approx(r.ref_ppl, rel=1e-6) and abs(r.ppl_increase) < 1e-6
     assert 1.5 < r.ppl < 200  # a trained model on English prose, not a random one (ppl ~ 49152)
 
 
@@ -43,8 +43,8 @@ def test_self_reference_has_zero_kld_and_full_agreement(smollm2_gguf) -> None:
 def test_quantization_ladder_orders_by_kld(smollm2_gguf) -> None:
     ref = smollm2_gguf("F16")
     text = default_text(min_chars=1500)
-    q8 = evaluate(smollm2_gguf("Q8_0"), ref, text=text, max_tokens=128, n_ctx=128, threads=2)
-    q4 = evaluate(smollm2_gguf("Q4_0"), ref, text=text, max_tokens=128, n_ctx=128, threads=2)
+    q8 = evaluate(smollm2_gguf("Q8_0"), ref, text=text, max_tokens=128, n_ctx=128, threads=1)
+    q4 = evaluate(smollm2_gguf("Q4_0"), ref, text=text, max_tokens=128, n_ctx=128, threads=1)
     assert 0 < q8.kld_mean < q4.kld_mean
     assert q8.top1 > q4.top1 and q8.top1 > 0.9
     assert math.isfinite(q4.ppl) and q4.ppl_increase > q8.ppl_increase
@@ -57,6 +57,6 @@ def test_eval_cli_prints_table(smollm2_gguf, capsys) -> None:
     from edgellm.cli import main
 
     q4 = str(smollm2_gguf("Q4_0"))
-    assert main(["eval", q4, "--reference", q4, "--max-tokens", "64", "--ctx", "64", "--markdown"]) == 0
+    assert main(["eval", q4, "--reference", q4, "--max-tokens", "64", "--ctx", "64", "--threads", "1", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| artifact |" in out and "100.00 %" in out

@@ -1,0 +1,224 @@
+"""Layer pruning for GGUF artifacts: rank transformer blocks by the KL divergence their removal costs on a
+calibration text, drop the cheapest, and report size, speed and quality against the unpruned artifact.
+
+Blocks are removed by llama.cpp's own quantizer in copy-only mode (`params.prune_layers`, a -1-terminated
+int32 list): it keeps every other tensor's type, renumbers the remaining blocks and rewrites
+`<arch>.block_count`. Pruning that cannot keep its quality budget is refused with the measured table.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import BudgetNotMetError, EdgeLLMError
+from .evaluate import EvalResult, evaluate, reference_scores
+
+log = logging.getLogger(__name__)
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    layer: int
+    kld: float       # mean KL(original || without this layer), nats/token
+    ppl: float
+    top1: float
+
+
+@dataclass
+class PruneResult:
+    output: Path | None
+    dropped: tuple[int, ...]
+    size_before: int
+    size_after: int
+    kld: float
+    ppl_before: float
+    ppl_after: float
+    top1: float
+    decode_tps_before: float | None = None
+    decode_tps_after: float | None = None
+    ranking: list[LayerCost] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["output"] = str(self.output) if self.output else None
+        return d
+
+
+def gguf_file(model: str | Path) -> Path:
+    """The .gguf file of an artifact folder or path; pruning works on GGUF only."""
+    from .loading import resolve_artifact
+
+    art = resolve_artifact(model)
+    if art.format != "gguf":
+        raise EdgeLLMError(f"{model} is {art.format}; layer pruning works on GGUF artifacts",
+                           "convert to GGUF first: edgellm convert MODEL OUT --format gguf")
+    return art.path
+
+
+def block_count(path: Path) -> int:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    for name, f in reader.fields.items():
+        if name.endswith(".block_count"):
+            return int(f.parts[f.data[0]][0])
+    raise EdgeLLMError(f"{path} has no block_count key")
+
+
+def drop_layers(src: Path, dst: Path, layers: Sequence[int], threads: int | None = None) -> Path:
+    """Write `dst`: `src` without the given blocks (types unchanged), via llama.cpp's quantizer."""
+    import llama_cpp
+
+    n = block_count(src)
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad or not layers or len(set(layers)) >= n:
+        raise EdgeLLMError(f"cannot drop layers {sorted(layers)} of a {n}-layer model",
+                           f"name between 1 and {n - 1} distinct layers in 0..{n - 1}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.only_copy = True  # keep every tensor's type; the ftype of the source is kept too
+    params.nthread = int(threads or 1)
+    arr = (ctypes.c_int * (len(layers) + 1))(*sorted(set(layers)), -1)
+    params.prune_layers = ctypes.cast(arr, ctypes.POINTER(ctypes.c_int))
+    with _LOCK:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0 or not dst.is_file():
+        raise EdgeLLMError(f"llama.cpp could not drop layers {sorted(layers)} from {src} (code {rc})")
+    return dst
+
+
+def _decode_tps(path: Path, threads: int | None, tokens: int = 32) -> float | None:
+    from .loading import load
+
+    with load(path, threads=threads, n_ctx=256) as m:
+        m.generate("The history of the printing press", max_tokens=4, temperature=0.0)  # warm-up
+        return m.generate("The history of the printing press", max_tokens=tokens, temperature=0.0).metrics.decode_tps
+
+
+class _Calibration:
+    """The original model's log-probabilities on the calibration ids, computed once."""
+
+    def __init__(self, src: Path, text: str | None, max_tokens: int, threads: int | None) -> None:
+        self.src, self.threads = src, threads
+        self.ref = reference_scores(src, text=text, max_tokens=max_tokens, n_ctx=max_tokens + 1, threads=threads)
+
+    def score(self, path: Path) -> EvalResult:
+        return evaluate(path, self.ref, threads=self.threads)
+
+    def close(self) -> None:
+        self.ref.log_probs.clear()
+
+
+def _rank(cal: _Calibration, workdir: Path, candidates: Sequence[int]) -> list[LayerCost]:
+    costs = []
+    for layer in candidates:
+        out = drop_layers(cal.src, workdir / f"drop-{layer}.gguf", [layer], cal.threads)
+        r = cal.score(out)
+        out.unlink()
+        costs.append(LayerCost(layer, float(r.kld_mean or 0.0), r.ppl, float(r.top1 or 0.0)))
+        log.info("without layer %d: KLD %.4f, ppl %.2f", layer, costs[-1].kld, r.ppl)
+    return sorted(costs, key=lambda c: c.kld)
+
+
+def rank_layers(model: str | Path, *, text: str | None = None, max_tokens: int = 128,
+                candidates: Sequence[int] | None = None, threads: int | None = None) -> list[LayerCost]:
+    """Every block (or `candidates`), cheapest to remove first."""
+    src = gguf_file(model)
+    cal = _Calibration(src, text, max_tokens, threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgellm-prune-") as tmp:
+            return _rank(cal, Path(tmp), candidates if candidates is not None else range(block_count(src)))
+    finally:
+        cal.close()
+
+
+def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[int] | str = "auto", *,
+          max_kld: float | None = None, max_ppl_increase: float | None = None, text: str | None = None,
+          max_tokens: int = 128, candidates: Sequence[int] | None = None, threads: int | None = None,
+          measure_speed: bool = True) -> PruneResult:
+    """Drop `layers` blocks (a count, explicit indices, or "auto": as many as `max_kld` allows) and write
+    the pruned artifact to `output` (a folder). Raises BudgetNotMetError with the measured table when the
+    result misses `max_kld` / `max_ppl_increase` (or "auto" cannot drop even one layer)."""
+    src = gguf_file(model)
+    if layers == "auto" and max_kld is None and max_ppl_increase is None:
+        raise EdgeLLMError("layers='auto' needs a quality budget", "pass max_kld (e.g. 0.05) or max_ppl_increase")
+    cal = _Calibration(src, text, max_tokens, threads)
+    table: list[dict[str, Any]] = []
+    try:
+        base = cal.score(src)
+        with tempfile.TemporaryDirectory(prefix="edgellm-prune-") as tmp:
+            work = Path(tmp)
+            ranking: list[LayerCost] = []
+            if isinstance(layers, (list, tuple)):
+                chosen = [int(i) for i in layers]
+            else:
+                ranking = _rank(cal, work, candidates if candidates is not None else range(block_count(src)))
+                chosen = [c.layer for c in ranking[: int(layers)]] if not isinstance(layers, str) else []
+
+            def within(r: EvalResult) -> bool:
+                ok_kld = max_kld is None or (r.kld_mean or 0.0) <= max_kld
+                ok_ppl = max_ppl_increase is None or r.ppl / base.ppl - 1.0 <= max_ppl_increase
+                return ok_kld and ok_ppl
+
+            def trial(drop: list[int]) -> tuple[Path, EvalResult]:
+                path = drop_layers(src, work / f"pruned-{len(table)}.gguf", drop, threads)
+                r = cal.score(path)
+                table.append({"dropped": sorted(drop), "kld": r.kld_mean, "ppl": r.ppl, "top1": r.top1,
+                              "ppl_increase": r.ppl / base.ppl - 1.0, "within_budget": within(r)})
+                return path, r
+
+            if layers == "auto":  # grow the set in rank order while the budget holds
+                best: tuple[list[int], Path, EvalResult] | None = None
+                for c in ranking:
+                    path, r = trial((best[0] if best else []) + [c.layer])
+                    if not within(r):
+                        break
+                    best = ((best[0] if best else []) + [c.layer], path, r)
+                if best is None:
+                    raise BudgetNotMetError(f"dropping even the cheapest layer misses the budget "
+                                            f"(max_kld={max_kld}, max_ppl_increase={max_ppl_increase})",
+                                            table=table)
+                chosen, path, r = best
+            else:
+                path, r = trial(chosen)
+                if not within(r):
+                    raise BudgetNotMetError(
+                        f"dropping layers {sorted(chosen)} costs KLD {r.kld_mean:.4f} / PPL {r.ppl:.2f} "
+                        f"(base {base.ppl:.2f}), over the budget (max_kld={max_kld}, "
+                        f"max_ppl_increase={max_ppl_increase})", table=table)
+            result = PruneResult(None, tuple(sorted(chosen)), src.stat().st_size, path.stat().st_size,
+                                 float(r.kld_mean or 0.0), base.ppl, r.ppl, float(r.top1 or 0.0), ranking=ranking)
+            if measure_speed:
+                result.decode_tps_before = _decode_tps(src, threads)
+                result.decode_tps_after = _decode_tps(path, threads)
+            if output is not None:
+                result.output = _write_artifact(src, path, Path(output), result, table)
+            return result
+    finally:
+        cal.close()
+
+
+def _write_artifact(src: Path, pruned: Path, out_dir: Path, result: PruneResult, table: list[dict]) -> Path:
+    from .converters.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, write_manifest
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{src.stem}-pruned{len(result.dropped)}.gguf"
+    final = out_dir / name
+    shutil.move(str(pruned), final)
+    if (src.parent / MANIFEST_NAME).is_file():
+        m = read_manifest(src.parent)
+    else:
+        m = Manifest(format="gguf", file=name, quant="?", size_bytes=0, sha256="", context_length=2048)
+    m.file, m.files, m.size_bytes, m.sha256 = name, [name], final.stat().st_size, sha256_file(final)
+    m.extra = {**m.extra, "prune": {"dropped_layers": list(result.dropped), "source": str(src),
+                                    "kld": result.kld, "ppl_before": result.ppl_before,
+                                    "ppl_after": result.ppl_after, "top1": result.top1, "trials": table,
+                                    "ranking": [asdict(c) for c in result.ranking]}}
+    write_manifest(out_dir, m)
+    return final

@@ -145,9 +145,9 @@ def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[i
     """Drop `layers` blocks (a count, explicit indices, or "auto": as many as `max_kld` allows) and write
     the pruned artifact to `output` (a folder). Raises BudgetNotMetError with the measured table when the
     result misses `max_kld` / `max_ppl_increase` (or "auto" cannot drop even one layer)."""
-    src = gguf_file(model)
     if layers == "auto" and max_kld is None and max_ppl_increase is None:
         raise EdgeLLMError("layers='auto' needs a quality budget", "pass max_kld (e.g. 0.05) or max_ppl_increase")
+    src = gguf_file(model)
     cal = _Calibration(src, text, max_tokens, threads)
     table: list[dict[str, Any]] = []
     try:

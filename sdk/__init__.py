@@ -10,8 +10,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "convert", "unpack", "Model", "Chunk", "GenerationResult", "Metrics",
-           "EdgeLLMError"]
+__all__ = ["__version__", "load", "convert", "unpack", "plan", "resolve_device", "Model", "Chunk",
+           "GenerationResult", "Metrics", "EdgeLLMError"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and loads no native library
@@ -19,8 +19,11 @@ def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and l
         from .loading import load
         return load
     if name in ("convert", "unpack"):
-        from . import convert as _convert
-        return getattr(_convert, name)
+        from . import converting
+        return getattr(converting, name)
+    if name in ("plan", "resolve_device"):
+        from . import planning
+        return getattr(planning, name)
     if name in ("Model", "Chunk", "GenerationResult"):
         from . import model
         return getattr(model, name)

@@ -19,7 +19,7 @@ def _onnx_cli() -> tuple[tuple[str, ...], tuple[tuple[str, dict[str, Any]], ...]
 
 def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_0", json_out: bool = False,  # noqa: A002
                 **options: Any) -> int:
-    from ..convert import convert
+    from ..converting import convert
 
     _, onnx_options = _onnx_cli()
     onnx_dests = {kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in onnx_options}

@@ -5,7 +5,7 @@ import argparse
 
 
 def run_unpack(gguf_path: str, output: str, dtype: str = "BF16", overwrite: bool = False) -> int:
-    from ..convert import unpack
+    from ..converting import unpack
 
     print(f"wrote {unpack(gguf_path, output, dtype=dtype, overwrite=overwrite)}")
     return 0

@@ -97,8 +97,9 @@ def _decode_tps(path: Path, threads: int | None, tokens: int = 32) -> float | No
     from .loading import load
 
     with load(path, threads=threads, n_ctx=256) as m:
-        m.generate("The history of the printing press", max_tokens=4, temperature=0.0)  # warm-up
-        return m.generate("The history of the printing press", max_tokens=tokens, temperature=0.0).metrics.decode_tps
+        messages = [{"role": "user", "content": "Tell me about the history of the printing press."}]
+        m.chat(messages, max_tokens=4, temperature=0.0)  # warm-up
+        return m.chat(messages, max_tokens=tokens, temperature=0.0).metrics.decode_tps
 
 
 class _Calibration:

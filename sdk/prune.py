@@ -223,3 +223,32 @@ def _write_artifact(src: Path, pruned: Path, out_dir: Path, result: PruneResult,
                                     "ranking": [asdict(c) for c in result.ranking]}}
     write_manifest(out_dir, m)
     return final
+
+
+def trade_table(model: str | Path, counts: Sequence[int] = (1, 2, 4), *, text: str | None = None,
+                max_tokens: int = 128, candidates: Sequence[int] | None = None, threads: int | None = None,
+                measure_speed: bool = True) -> tuple[list[LayerCost], list[PruneResult]]:
+    """Rank the blocks once, then drop the `n` cheapest for each n in `counts`: (ranking, one result per n).
+
+    Layers are chosen by their individual cost; the combined cost is measured, not assumed additive."""
+    src = gguf_file(model)
+    cal = _Calibration(src, text, max_tokens, threads)
+    try:
+        base = cal.score(src)
+        before = _decode_tps(src, threads) if measure_speed else None
+        with tempfile.TemporaryDirectory(prefix="edgellm-prune-") as tmp:
+            work = Path(tmp)
+            ranking = _rank(cal, work, candidates if candidates is not None else range(block_count(src)))
+            results = []
+            for n in counts:
+                drop = sorted(c.layer for c in ranking[:n])
+                path = drop_layers(src, work / f"pruned-{n}.gguf", drop, threads)
+                r = cal.score(path)
+                res = PruneResult(None, tuple(drop), src.stat().st_size, path.stat().st_size,
+                                  float(r.kld_mean or 0.0), base.ppl, r.ppl, float(r.top1 or 0.0),
+                                  before, _decode_tps(path, threads) if measure_speed else None)
+                results.append(res)
+                path.unlink()
+            return ranking, results
+    finally:
+        cal.close()

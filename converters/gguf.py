@@ -98,13 +98,45 @@ def _names(model: HFModel, quant: str, n_params: int) -> dict[str, str | None]:
             "file": gu.naming_convention(label, label, finetune, None, size, quant) + ".gguf"}
 
 
+_CHUNK_ELEMENTS = 1 << 22  # encode big tensors 4M elements at a time: temporaries stay small
+
+
+def _encode_tensor(model: HFModel, arch: Architecture, hf: str, gg: str, shape: tuple[int, ...],
+                   ggml_type: str) -> np.ndarray:
+    """One tensor, read and encoded to `ggml_type`; big 2-D tensors go slice by slice (rows are independent)."""
+    c = model.config
+    heads = {"attn_q": c.num_heads, "attn_k": c.num_kv_heads}.get(gg.split(".")[-2]) if arch.permute_qk else None
+    n = int(np.prod(shape))
+    if heads is not None or len(shape) != 2 or n <= _CHUNK_ELEMENTS:
+        w = model.tensor(hf)
+        if heads is not None:
+            w = permute_qk(w, heads)  # mixes rows within each head, so it needs the whole tensor
+        _check_finite(hf, w)
+        return encode(w, ggml_type)
+    step = max(1, _CHUNK_ELEMENTS // shape[1])
+    first = model.tensor_rows(hf, 0, step)
+    _check_finite(hf, first)
+    part = encode(first, ggml_type)
+    out = np.empty((shape[0], *part.shape[1:]), dtype=part.dtype)  # (rows, encoded bytes or values per row)
+    out[:step] = part
+    for r0 in range(step, shape[0], step):
+        rows = model.tensor_rows(hf, r0, r0 + step)
+        _check_finite(hf, rows)
+        out[r0:r0 + step] = encode(rows, ggml_type)
+    return out
+
+
+def _check_finite(name: str, w: np.ndarray) -> None:
+    if not np.isfinite(w).all():
+        raise ConversionError(f"tensor {name} holds NaN or Inf values", "the checkpoint is damaged")
+
+
 def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str, tuple[int, ...]]],
                   quant: GGUFQuant, out_file: Path, names: dict[str, str | None], vocab: Any,
                   context_length: int | None, progress: bool) -> Counter[str]:
     import gguf
     from tqdm import tqdm
 
-    c = model.config
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
     write_metadata(writer, model, arch.gguf_arch, vocab, names, quant.file_type, context_length)
     types: list[str] = []
@@ -119,14 +151,8 @@ def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str,
     try:
         for (hf, gg, shape), t in tqdm(list(zip(plan, types)), desc=f"writing {quant.name}", unit="tensor",
                                        disable=not progress, leave=False):
-            w = model.tensor(hf)
-            if arch.permute_qk and gg.endswith(("attn_q.weight", "attn_q.bias")):
-                w = permute_qk(w, c.num_heads)
-            elif arch.permute_qk and gg.endswith(("attn_k.weight", "attn_k.bias")):
-                w = permute_qk(w, c.num_kv_heads)
-            if not np.isfinite(w).all():
-                raise ConversionError(f"tensor {hf} holds NaN or Inf values", "the checkpoint is damaged")
-            writer.write_tensor_data(encode(w, t))
+            writer.write_tensor_data(_encode_tensor(model, arch, hf, gg, shape, t))
+            model.release(hf)
     finally:
         writer.close()
     return Counter(types)

@@ -183,10 +183,27 @@ class HFModel:
             raise ModelFormatError(f"tensor {name} is missing from {self.path}")
         if expect_shape is not None and tuple(info.shape) != tuple(expect_shape):
             raise ModelFormatError(f"tensor {name} has shape {info.shape}, config.json implies {expect_shape}")
+        return self._map(info).view(info)
+
+    def tensor_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a tensor as float32; lets converters stream one big tensor in slices."""
+        info = self._tensors.get(name)
+        if info is None:
+            raise ModelFormatError(f"tensor {name} is missing from {self.path}")
+        return self._map(info).rows(info, start, stop)
+
+    def _map(self, info: TensorInfo) -> MappedFile:
         mf = self._maps.get(info.file)
         if mf is None:
             mf = self._maps[info.file] = MappedFile(info.file)
-        return mf.view(info)
+        return mf
+
+    def release(self, name: str) -> None:
+        """Tell the OS this tensor's pages are no longer needed (keeps peak RSS near one tensor)."""
+        info = self._tensors.get(name)
+        mf = self._maps.get(info.file) if info is not None else None
+        if mf is not None and info is not None:
+            mf.release(info)
 
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._tensors:

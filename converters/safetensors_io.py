@@ -109,6 +109,20 @@ class MappedFile:
             return bf16_to_f32(arr) if as_float32 else arr
         return arr
 
+    def rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a tensor as float32, converting only that slice."""
+        raw = self.view(info, as_float32=False)[start:stop]
+        return bf16_to_f32(raw) if info.dtype == "BF16" else raw.astype(np.float32, copy=False)
+
+    def release(self, info: TensorInfo) -> None:
+        """Drop a tensor's pages from this process's resident set (they stay in the page cache), so
+        streaming a model through memory keeps RSS near one tensor, not the file size."""
+        page = mmap.PAGESIZE
+        start = info.start - info.start % page
+        length = info.start + info.nbytes - start
+        if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED") and length > 0:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, length)
+
     def close(self) -> None:
         try:
             self._mm.close()

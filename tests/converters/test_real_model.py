@@ -107,3 +107,31 @@ def test_requantizing_the_rebuilt_folder_to_q4_1_reproduces_the_wheel(reference,
     kld = float((p * (np.log(p + 1e-30) - lq)).sum(-1).mean())
     print(f"\nQ4_1 requantized: top-1 agreement {agree:.2%}, mean KL {kld:.2e}")
     assert agree >= 0.99 and kld < 1e-3
+
+
+PEAK_SNIPPET = """
+import json, re, sys
+def hwm():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+from edgellm.converters.gguf import convert_to_gguf
+base = hwm()
+convert_to_gguf(sys.argv[1], sys.argv[2], "Q8_0")
+print(json.dumps({"base": base, "peak": hwm()}))
+"""
+
+
+def test_conversion_peak_memory_stays_near_the_largest_tensor(smollm2_hf: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with read_hf_model(smollm2_hf) as m:
+        infos = m.tensor_infos().values()
+        largest = max(i.n_elements for i in infos) * 4
+        model_f32 = sum(i.n_elements for i in infos) * 4
+    out = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, str(smollm2_hf), str(tmp_path / "q8")],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    grew = r["peak"] - r["base"]
+    print(f"\nQ8_0 conversion: peak RSS grew {grew / 2**20:.0f} MiB; largest tensor {largest / 2**20:.0f} MiB (f32), "
+          f"model {model_f32 / 2**20:.0f} MiB (f32)")
+    assert grew < 3 * largest and grew < model_f32 / 2

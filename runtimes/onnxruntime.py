@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendUnavailableError, ContextOverflowError, ModelFormatError, UnsafePathError
+from ..errors import (ArtifactError, BackendUnavailableError, ConfigError, ContextOverflowError, ModelFormatError,
+                      UnsafePathError)
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, register_runtime
 from .llama_cpp import default_threads
 from .sampling import Sampler
@@ -46,6 +47,24 @@ def select_providers(requested: str, available: Sequence[str]) -> ProviderChoice
     if want not in ("cpu", "auto"):
         return ProviderChoice((CPU_EP,), "cpu", f"execution provider {requested!r} is unknown; running on CPU")
     return ProviderChoice((CPU_EP,), "cpu", None)
+
+
+# -- session options -------------------------------------------------------------------------------
+def session_config(extra: dict[str, object]) -> dict[str, str]:
+    """onnxruntime session config entries from LoadOptions.extra.
+
+    `allow_spinning` (bool): whether idle intra-op threads spin (onnxruntime's default, fastest on idle cores) or
+    sleep (kinder to a machine shared with other busy processes). `session_config` (dict): raw
+    `add_session_config_entry` pairs, e.g. {"session.dynamic_block_base": "4"}."""
+    out: dict[str, str] = {}
+    if "allow_spinning" in extra:
+        out["session.intra_op.allow_spinning"] = "1" if extra["allow_spinning"] else "0"
+    raw = extra.get("session_config") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"session_config must be a dict of onnxruntime config entries, not {type(raw).__name__}",
+                          "pass e.g. session_config={'session.dynamic_block_base': '4'}")
+    out.update({str(k): str(v) for k, v in raw.items()})
+    return out
 
 
 # -- artifact inspection ---------------------------------------------------------------------------
@@ -137,6 +156,7 @@ class OnnxRuntime:
         self.genai = self._read_json("genai_config.json")
         self.tokenizer_config = self._read_json("tokenizer_config.json")
         self._layers, self._kv_heads, self._head_dim = self._kv_geometry(proto)
+        self._vocab = self._logits_width(proto)
         del proto
         self.shared_kv = "GroupQueryAttention" in self._ops
         choice = select_providers(options.execution_provider, ort.get_available_providers())
@@ -147,6 +167,8 @@ class OnnxRuntime:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        for key, value in session_config(options.extra).items():
+            so.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=list(choice.providers))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -181,6 +203,15 @@ class OnnxRuntime:
         if len(dims) != 4 or not dims[1].dim_value or not dims[3].dim_value:
             raise ModelFormatError(f"{self.path}: past_key_values.0.key must be [batch, kv_heads, seq, head_dim]")
         return len(past), dims[1].dim_value, dims[3].dim_value
+
+    @staticmethod
+    def _logits_width(proto: Any) -> int:
+        """The vocab size from the graph's logits output (0 when it is symbolic)."""
+        for o in proto.graph.output:
+            if o.name == "logits":
+                dims = o.type.tensor_type.shape.dim
+                return int(dims[-1].dim_value) if dims else 0
+        return 0
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -232,6 +263,10 @@ class OnnxRuntime:
     def _ortvalue(self, shape: tuple[int, ...]) -> Any:
         return self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self._device, 0)
 
+    def _host_value(self, array: np.ndarray) -> Any:
+        """An OrtValue over `array`'s own memory: ORT reads inputs from it and writes outputs into it."""
+        return self._ort.OrtValue.ortvalue_from_numpy(array)
+
     def _bind_inputs(self, binding: Any, ids: Sequence[int], start: int) -> None:
         n = len(ids)
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
@@ -241,6 +276,15 @@ class OnnxRuntime:
 
     def _run(self, binding: Any) -> None:
         self.session.run_with_iobinding(binding)
+
+    def _logits_buffer(self, binding: Any, n: int) -> np.ndarray | None:
+        """Bind `logits` to a host array of [1, n, vocab] so reading it is free; None when the vocab is unknown."""
+        if not self._vocab:
+            binding.bind_output("logits", self._device)
+            return None
+        out = np.empty((1, n, self._vocab), dtype=np.float32)
+        binding.bind_ortvalue_output("logits", self._host_value(out))
+        return out
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         if not tokens:
@@ -252,54 +296,100 @@ class OnnxRuntime:
             for kind in ("key", "value"):
                 binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", empty)
                 binding.bind_output(f"present.{i}.{kind}", self._device)
-        binding.bind_output("logits", self._device)
+        out = self._logits_buffer(binding, len(tokens))
         self._run(binding)
-        return np.asarray(binding.get_outputs()[-1].numpy()[0], dtype=np.float32)  # logits was bound last
+        if out is None:
+            out = binding.get_outputs()[-1].numpy()  # logits was bound last
+        return np.asarray(out[0], dtype=np.float32)
 
     def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
         if len(prompt) >= self.n_ctx:
             raise ContextOverflowError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
+        if self.shared_kv:
+            return self._generate_shared(prompt, params)
+        return self._generate_copying(prompt, params)
+
+    def _generate_shared(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        """GroupQueryAttention path: one [1, kv, n_ctx, hd] buffer per KV tensor, bound as both past and present
+        (GQA appends the new rows in place, reading seqlens_k/total_sequence_length from attention_mask), and
+        every per-step input/output an OrtValue over a preallocated host array, so a decode step allocates
+        nothing, copies nothing and rebinds only attention_mask (its length is the total sequence length)."""
+        sampler = Sampler(params)
+        history = list(prompt)
+        budget = self.n_ctx - len(prompt)
+        binding = self.session.io_binding()
+        shape = (1, self._kv_heads, self.n_ctx, self._head_dim)
+        for i in range(self._layers):
+            for k in ("key", "value"):
+                buf = self._ortvalue(shape)   # the binding keeps it alive
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{k}", buf)
+                binding.bind_ortvalue_output(f"present.{i}.{k}", buf)
+        # prefill: the whole prompt at once; only the last logits row is read (no copy of [1, n, vocab])
+        self._bind_inputs(binding, prompt, 0)
+        prefill_out = self._logits_buffer(binding, len(prompt))
+        self._run(binding)
+        row = (prefill_out if prefill_out is not None else binding.get_outputs()[-1].numpy())[0, -1]
+        del prefill_out
+        # decode: fixed host arrays, written in place each step
+        ids = np.zeros((1, 1), dtype=np.int64)
+        positions = np.zeros((1, 1), dtype=np.int64)
+        mask = np.ones((1, self.n_ctx), dtype=np.int64)
+        binding.bind_ortvalue_input("input_ids", self._host_value(ids))
+        if "position_ids" in self._inputs:
+            binding.bind_ortvalue_input("position_ids", self._host_value(positions))
+        step = self._logits_buffer(binding, 1)
+        run = self.session.run_with_iobinding
+        bind_mask = binding.bind_ortvalue_input
+        host_value = self._host_value
+        pos = len(prompt)
+        for produced in range(1, budget + 1):
+            token = sampler(row, history)
+            history.append(token)
+            yield token
+            if produced >= budget:
+                return
+            ids[0, 0] = token
+            positions[0, 0] = pos
+            pos += 1
+            bind_mask("attention_mask", host_value(mask[:, :pos]))
+            run(binding)
+            row = (step if step is not None else binding.get_outputs()[-1].numpy())[0, -1]
+
+    def _generate_copying(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        """Standard-ops graph: past grows by concatenation, so each step binds the last presents as the pasts."""
         sampler = Sampler(params)
         history = list(prompt)
         budget = self.n_ctx - len(prompt)
         binding = self.session.io_binding()
         names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self._layers) for k in ("key", "value")]
-        if self.shared_kv:
-            # one [1, kv, n_ctx, hd] buffer per tensor, bound as past and present: GQA writes in place
-            shape = (1, self._kv_heads, self.n_ctx, self._head_dim)
-            buffers = [self._ortvalue(shape) for _ in names]
-            for (past, present), buf in zip(names, buffers):
-                binding.bind_ortvalue_input(past, buf)
-                binding.bind_ortvalue_output(present, buf)
-        else:
-            empty = self._ortvalue((1, self._kv_heads, 0, self._head_dim))
-            for past, present in names:
-                binding.bind_ortvalue_input(past, empty)
-                binding.bind_output(present, self._device)
-        binding.bind_output("logits", self._device)
+        empty = self._ortvalue((1, self._kv_heads, 0, self._head_dim))
+        for past, present in names:
+            binding.bind_ortvalue_input(past, empty)
+            binding.bind_output(present, self._device)
         self._bind_inputs(binding, prompt, 0)
+        prefill_out = self._logits_buffer(binding, len(prompt))
         self._run(binding)
         outputs = binding.get_outputs()
-        logits_index = -1   # logits was bound last
-        produced, pos = 0, len(prompt)
-        step_logits = self._ortvalue((1, 1, int(outputs[logits_index].shape()[-1])))
-        while True:
-            row = outputs[logits_index].numpy()[0, -1]
+        row = (prefill_out if prefill_out is not None else outputs[-1].numpy())[0, -1]
+        del prefill_out
+        step = np.empty((1, 1, self._vocab or row.shape[-1]), dtype=np.float32)
+        step_value = self._host_value(step)
+        pos = len(prompt)
+        for produced in range(1, budget + 1):
             token = sampler(row, history)
             history.append(token)
-            produced += 1
             yield token
             if produced >= budget:
                 return
-            if not self.shared_kv:
-                for (past, present), value in zip(names, outputs[:-1]):
-                    binding.bind_ortvalue_input(past, value)
-                    binding.bind_output(present, self._device)
-            binding.bind_ortvalue_output("logits", step_logits)
+            for (past, present), value in zip(names, outputs):   # presents were bound first, logits last
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_output(present, self._device)
+            binding.bind_ortvalue_output("logits", step_value)
             self._bind_inputs(binding, [token], pos)
             pos += 1
             self._run(binding)
             outputs = binding.get_outputs()
+            row = step[0, -1]
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]  # onnxruntime frees its arenas with the session

@@ -8,7 +8,7 @@ import pytest
 
 import edgellm
 from edgellm.converters.onnx import convert_to_onnx
-from edgellm.errors import BackendUnavailableError
+from edgellm.errors import BackendUnavailableError, ConfigError
 from edgellm.runtimes import onnxruntime as ort_rt
 from edgellm.runtimes.base import LoadOptions, SamplingParams
 
@@ -107,3 +107,47 @@ def test_missing_onnxruntime_is_backend_unavailable(artifact, monkeypatch):
     with pytest.raises(BackendUnavailableError, match="onnxruntime") as exc:
         ort_rt.open_onnxruntime(artifact / "model.onnx", LoadOptions())
     assert "edgellm[onnx]" in exc.value.hint
+
+
+def test_interleaved_generators_keep_their_own_cache(artifact):
+    """Each generate() owns its KV buffers (shared past/present for GQA) and host arrays: two live at once
+    must give what each gives alone, and the logits row a step shows is the last row of a full re-run."""
+    with edgellm.load(artifact, n_ctx=48) as m:
+        a, b = m.tokenize("The quick brown fox"), m.tokenize("hello world, once upon a")
+        greedy = SamplingParams(temperature=0)
+        alone_a = [t for _, t in zip(range(10), m.runtime.generate(a, greedy))]
+        alone_b = [t for _, t in zip(range(10), m.runtime.generate(b, greedy))]
+        ga, gb = m.runtime.generate(a, greedy), m.runtime.generate(b, greedy)
+        mixed_a, mixed_b = [], []
+        for _ in range(10):
+            mixed_a.append(next(ga))
+            mixed_b.append(next(gb))
+        assert (mixed_a, mixed_b) == (alone_a, alone_b)
+        full = m.logits(a + alone_a)
+        assert [int(r.argmax()) for r in full[len(a) - 1:-1]] == alone_a
+
+
+def test_prefill_of_one_token_and_a_context_of_exactly_prompt_plus_one(artifact):
+    with edgellm.load(artifact, n_ctx=8) as m:
+        one = m.tokenize("hello")[:1]
+        got = list(m.runtime.generate(one, SamplingParams(temperature=0)))
+        assert len(got) == 7
+        full = m.logits(one + got[:-1])
+        assert [int(r.argmax()) for r in full] == got
+        seven = (m.tokenize("the quick brown fox jumps over the lazy dog") * 2)[:7]
+        assert len(list(m.runtime.generate(seven, SamplingParams(temperature=0)))) == 1
+
+
+def test_session_config_from_load_extra(artifact):
+    assert ort_rt.session_config({}) == {}
+    assert ort_rt.session_config({"allow_spinning": False, "session_config": {"session.dynamic_block_base": 4}}) == {
+        "session.intra_op.allow_spinning": "0", "session.dynamic_block_base": "4"}
+    with pytest.raises(ConfigError):
+        ort_rt.session_config({"session_config": ["session.dynamic_block_base"]})
+    rt = ort_rt.open_onnxruntime(artifact / "model.onnx", LoadOptions(threads=2, extra={"allow_spinning": False}))
+    try:
+        so = rt.session.get_session_options()
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert so.intra_op_num_threads == 2
+    finally:
+        rt.close()

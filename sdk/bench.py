@@ -286,7 +286,8 @@ def _cells(r: BenchRow) -> list[str]:
 
 
 def to_markdown(result: BenchResult) -> str:
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines = [f"Command: `{result.command}`", ""] if result.command else []
+    lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result.rows]
     methods = sorted({r.energy_method for r in result.rows})
     bw = "n/a" if result.bandwidth_gbs is None else f"{result.bandwidth_gbs:.1f} GB/s"

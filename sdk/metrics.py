@@ -71,6 +71,8 @@ class Metrics:
         lat = self.token_latency_ms
         mem = "n/a" if self.peak_rss_bytes is None else f"{self.peak_rss_bytes / 2**20:.0f} MiB"
         energy = "n/a" if self.energy_per_token_j is None else f"{self.energy_per_token_j:.3f} J/tok ({self.energy_method})"
+        if self.energy_prefill_j is not None and self.energy_decode_j is not None:
+            energy += f" = prefill {self.energy_prefill_j:.2f} J + decode {self.energy_decode_j:.2f} J"
         return (f"[{self.backend} on {self.device}, {self.threads} threads] load {self.load_s:.2f}s | "
                 f"TTFT {f(self.ttft_s and self.ttft_s * 1000, '.0f')} ms | prefill {f(self.prefill_tps, '.1f')} tok/s "
                 f"({self.prompt_tokens} tok) | decode {f(self.decode_tps, '.1f')} tok/s ({self.generated_tokens} tok) | "

@@ -50,6 +50,13 @@ def test_rapl_fake_sysfs_unreadable_falls_back_with_reason(tmp_path: Path) -> No
     assert meter.method == "estimated:test" and "not readable" in meter.note
 
 
+def test_rapl_fake_sysfs_malformed_counter_falls_back(tmp_path: Path) -> None:
+    z = _zone(tmp_path, "intel-rapl:0", 1)
+    (z / "max_energy_range_uj").write_text("not-a-number\n")
+    meter = build_chain("cpu", powercap_root=tmp_path, power_model=PowerModel("test", 2.0, "test"))
+    assert meter.method == "estimated:test" and "cannot read" in meter.note
+
+
 def test_rapl_missing_tree_falls_back_to_labelled_estimate(tmp_path: Path) -> None:
     meter = build_chain("cpu", powercap_root=tmp_path / "absent")
     assert meter.method.startswith("estimated:tdp/")
@@ -147,3 +154,4 @@ def test_generation_reports_labelled_estimate_on_this_machine(smollm2_gguf) -> N
     assert m.energy_j is not None and m.energy_j > 0
     assert m.energy_prefill_j is not None and m.energy_decode_j is not None
     assert m.energy_prefill_j + m.energy_decode_j == pytest.approx(m.energy_j, rel=0.05)
+    assert "prefill" in m.summary() and m.energy_method in m.summary()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .converters.manifest import MANIFEST_NAME, read_manifest, safe_child
-from .errors import ArtifactError
+from .errors import ArtifactError, EdgeLLMError
 from .model import Model
 from .runtimes.base import LoadOptions, open_runtime, runtime_for_format
 
@@ -49,35 +49,62 @@ def resolve_artifact(path: str | Path) -> ResolvedArtifact:
 
 
 def _device(spec: str) -> tuple[str, int | None]:
-    """(device label, thread cap) for a device spec; profiles come from the devices room when present."""
-    try:
-        from .planning import resolve_device
-    except ImportError:
-        if spec not in ("auto", "cpu"):
-            raise ArtifactError(f"device {spec!r} needs the devices module, which this build lacks") from None
-        return "cpu", None
+    """(device label, thread cap) for a device spec."""
+    from .planning import resolve_device
+
     dev = resolve_device(spec)
-    return str(getattr(dev, "label", getattr(dev, "name", spec))), getattr(dev, "max_threads", None)
+    return dev.label, dev.max_threads
+
+
+def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
+    """Plan this artifact on the device before opening it: refuses (InsufficientMemoryError, with the
+    numbers) what cannot fit, and proposes threads and GPU layers. Returns the Plan, or None when the
+    artifact cannot be planned (the load then goes ahead on defaults, with a warning)."""
+    from .errors import InsufficientMemoryError
+    from .planning import plan
+
+    try:
+        return plan(art.path, device=device, context=n_ctx)
+    except InsufficientMemoryError:
+        raise
+    except EdgeLLMError as exc:
+        log.warning("could not plan %s before loading (%s); using defaults", art.path, exc.message)
+        return None
 
 
 def load(path: str | Path, device: str = "auto", *, backend: str | None = None, n_ctx: int | None = None,
-         threads: int | None = None, n_gpu_layers: int = 0, **extra: Any) -> Model:
-    """Open an artifact (folder with edgellm.json, .gguf or .onnx file) and return a `Model`."""
+         threads: int | str | None = None, n_gpu_layers: int | None = None, **extra: Any) -> Model:
+    """Open an artifact (folder with edgellm.json, .gguf or .onnx file) and return a `Model`.
+
+    device: "auto" | "cpu" | "cuda" | "cuda:N" | "profile:NAME" (runs here under the profile's thread and
+    memory caps, refusing what would not fit there). threads: a number, None (the device's plan) or "auto"
+    (a short measured sweep, cached per machine and model). n_gpu_layers: None lets the plan decide.
+    """
+    from .planning import resolve_device, tune_threads
+
     art = resolve_artifact(path)
-    label, cap = _device(device)
-    if threads is None:
-        threads = cap
-    elif cap is not None:
-        threads = min(threads, cap)
+    dev = resolve_device(device)
     ctx = n_ctx or min(art.context_length or 2048, 4096)
+    planned = _check_fit(art, dev, ctx)
+    cap = dev.max_threads
+    if threads == "auto":
+        threads = tune_threads(art.path).threads if art.format == "gguf" else None
+    if threads is None and planned is not None:
+        threads = planned.threads
+    if isinstance(threads, str):
+        raise ArtifactError(f"threads={threads!r} must be a number, None or 'auto'", "e.g. threads=4")
+    if threads is not None and cap is not None:
+        threads = min(threads, cap)
+    if n_gpu_layers is None:
+        n_gpu_layers = planned.n_gpu_layers if planned is not None and dev.kind == "cuda" else 0
     options = LoadOptions(n_ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers,
-                          execution_provider="cuda" if device.startswith("cuda") else "cpu", extra=dict(extra))
+                          execution_provider="cuda" if dev.kind == "cuda" else "cpu", extra=dict(extra))
     name = backend or runtime_for_format(art.format)
     t0 = time.perf_counter()
     runtime = open_runtime(name, art.path, options)
     load_s = time.perf_counter() - t0
     log.info("loaded %s with %s in %.2fs", art.path, name, load_s)
-    return Model(runtime, device=label, load_s=load_s, artifact=str(art.path), energy_meter=_energy_meter(device))
+    return Model(runtime, device=dev.label, load_s=load_s, artifact=str(art.path), energy_meter=_energy_meter(dev.label))
 
 
 def _energy_meter(device: str) -> Any:

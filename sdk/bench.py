@@ -69,6 +69,8 @@ class BenchRow:
     bytes_per_token: int | None = None
     bandwidth_gbs: float | None = None
     bandwidth_efficiency: float | None = None  # decode tok/s x bytes per token / device read bandwidth
+    time_share: dict[str, float] = field(default_factory=dict)  # prefill/decode/detok/other, last repetition
+    latency_slope_ms_per_1k: float | None = None               # step latency growth with context (analysis)
     kld: float | None = None
     ppl: float | None = None
     top1: float | None = None
@@ -190,6 +192,9 @@ def _row(cfg: BenchConfig, artifact: str, threads: int, p: int, g: int, d: int, 
     p99 = sorted(lat)[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None
     ept, _ = _mean_sd([m.energy_per_token_j for m in ms])
     epdt, _ = _mean_sd([m.energy_per_decode_token_j for m in ms])
+    from .analysis import analyze
+
+    steps = analyze(ms[-1])
     bpt = size  # decode streams every weight once per token (tied head included); KV reads are not counted
     eff = dec * bpt / (bandwidth * 1e9) if dec and bandwidth else None
     return BenchRow(
@@ -200,7 +205,8 @@ def _row(cfg: BenchConfig, artifact: str, threads: int, p: int, g: int, d: int, 
         generated=statistics.fmean(m.generated_tokens for m in ms), peak_rss_bytes=max(
             (m.peak_rss_bytes or 0) for m in ms) or None, energy_per_token_j=ept, energy_per_decode_token_j=epdt,
         energy_method=ms[0].energy_method, bytes_per_token=bpt, bandwidth_gbs=bandwidth,
-        bandwidth_efficiency=eff, latencies_ms=lat, text=results[0].text)
+        bandwidth_efficiency=eff, latencies_ms=lat, text=results[0].text, time_share=steps.time_share,
+        latency_slope_ms_per_1k=steps.slope_ms_per_1k_tokens)
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = True, bandwidth: float | None = None,

@@ -152,12 +152,22 @@ def render_html(result: BenchResult, title: str = "edgellm bench") -> str:
     plots = [plot_threads(rows), plot_tradeoff(rows)] + [plot_histogram(k, r.latencies_ms)
                                                          for k, r in hist_rows.items()]
     figures = "\n".join(f"<figure>{p}</figure>" for p in plots if p)
+    share_rows = "".join(
+        f"<tr><td>{html.escape(_series_name(r))}</td><td>{r.threads}</td><td>{r.depth}</td>"
+        + "".join(f"<td>{r.time_share.get(k, 0) * 100:.1f} %</td>" for k in ("prefill", "decode", "detokenization",
+                                                                             "other"))
+        + f"<td>{'n/a' if r.latency_slope_ms_per_1k is None else format(r.latency_slope_ms_per_1k, '.2f')}</td></tr>"
+        for r in rows if r.time_share)
+    shares = ("<h2>Where the time went (last repetition of each cell)</h2><table border='1' cellpadding='3'>"
+              "<tr><th>artifact</th><th>threads</th><th>depth</th><th>prefill</th><th>decode (incl. sampling)</th>"
+              "<th>detokenization</th><th>other</th><th>latency slope ms / 1k tokens</th></tr>"
+              f"{share_rows}</table>") if share_rows else ""
     cmd = f"<p><code>{html.escape(result.command)}</code></p>" if result.command else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}figure{display:inline-block;"
             "margin:4px}pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{cmd}<p>{html.escape(result.created)}; device {html.escape(result.device)}"
-            f"</p>{figures}<h2>Table</h2><pre>{md}</pre></body></html>")
+            f"</p>{figures}<h2>Table</h2><pre>{md}</pre>{shares}</body></html>")
 
 
 def write_report(result: BenchResult, path: str | Path, title: str = "edgellm bench") -> Path:

@@ -76,6 +76,14 @@ def format_table(table: Sequence[Candidate], chosen: Candidate | None = None) ->
     return "\n".join(lines)
 
 
+def _onnx_names() -> frozenset[str]:
+    try:
+        from .converters.onnx import ONNX_QUANTS
+    except ImportError:
+        return frozenset(ONNX_LADDER)
+    return frozenset(ONNX_QUANTS)
+
+
 def _decode_tps(path: str | Path, threads: int | None, tokens: int) -> float | None:
     from .loading import load
 
@@ -122,7 +130,7 @@ def autoquant(model: str | Path, output: str | Path, max_kld: float | None = Non
         ladder = GGUF_LADDER if fmt == "gguf" else ONNX_LADDER if fmt == "onnx" else None
         if ladder is None:
             raise EdgeLLMError(f"unknown format {fmt!r}", "formats are 'gguf' and 'onnx'")
-        names = [q for q in candidates if (q.lower().startswith("int") == (fmt == "onnx"))] if candidates else ladder
+        names = [q for q in candidates if (q in _onnx_names()) == (fmt == "onnx")] if candidates else ladder
         plan.extend((fmt, q) for q in names)
     if not plan:
         raise EdgeLLMError("no candidates to try", f"GGUF: {', '.join(GGUF_LADDER)}; ONNX: {', '.join(ONNX_LADDER)}")

@@ -24,43 +24,78 @@ def apply_repeat_penalty(logits: np.ndarray, history: Sequence[int], penalty: fl
     return out
 
 
+def _top_prefix(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest prefix, in (probability desc, index asc) order, whose mass reaches `top_p`.
+
+    Looks at the best `m` candidates first (argpartition, O(n)) and sorts only those, doubling `m` until the
+    prefix closes inside them: the same set a full stable argsort gives, without sorting the whole vocabulary."""
+    n = probs.shape[-1]
+    m = min(n, 64)
+    while True:
+        if m < n:
+            thresh = probs[np.argpartition(probs, n - m)[n - m]]
+            cand = np.flatnonzero(probs >= thresh)       # ties at the boundary all come along
+        else:
+            cand = np.arange(n)
+        order = cand[np.lexsort((cand, -probs[cand]))]
+        cum = np.cumsum(probs[order])
+        cut = int(np.searchsorted(cum, top_p)) + 1        # smallest prefix reaching top_p
+        if cut <= len(order) or m >= n:                  # reached inside the candidates, or they are all
+            return order[:cut]
+        m = min(n, m * 4)
+
+
 class Sampler:
-    """Chooses the next token from a logits row [vocab]."""
+    """Chooses the next token from a logits row [vocab].
+
+    Greedy is one argmax. Otherwise the work runs on the kept candidates only: top-k picks them with
+    argpartition (no full sort), top-p sorts only the head of the distribution, and the draw is
+    `Generator.choice`'s own rule (cumulative sum, one uniform, searchsorted) over the survivors in index order,
+    so a seed draws what a draw over the full [vocab] distribution would."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def probabilities(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
-        """The distribution the next draw uses (float64 [vocab], zeros outside the kept set)."""
+    def _kept(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ascending token ids, their float64 probabilities summing to 1) after every filter."""
         p = self.params
         x = apply_repeat_penalty(np.asarray(logits, dtype=np.float64), history, p.repeat_penalty, p.repeat_last_n)
+        n = x.shape[-1]
         if p.temperature == 0:
-            probs = np.zeros_like(x)
-            probs[int(np.argmax(x))] = 1.0
-            return probs
-        keep = np.ones(x.shape, dtype=bool)
-        if 0 < p.top_k < x.shape[-1]:
-            kth = np.partition(x, -p.top_k)[-p.top_k]
-            keep &= x >= kth
-        z = np.where(keep, x / p.temperature, -np.inf)
+            return np.array([int(np.argmax(x))]), np.ones(1)
+        if 0 < p.top_k < n:
+            kth = x[np.argpartition(x, n - p.top_k)[n - p.top_k]]
+            idx = np.flatnonzero(x >= kth)                 # ties with the k-th are kept, as before
+        else:
+            idx = np.arange(n)
+        z = x[idx] / p.temperature
         probs = np.exp(z - z.max())
         probs /= probs.sum()
         if p.top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
-            cum = np.cumsum(probs[order])
-            cut = int(np.searchsorted(cum, p.top_p)) + 1        # smallest prefix reaching top_p
-            mask = np.zeros_like(keep)
-            mask[order[:cut]] = True
-            probs = np.where(mask, probs, 0.0)
+            sel = np.sort(_top_prefix(probs, p.top_p))
+            idx, probs = idx[sel], probs[sel]
         if p.min_p > 0.0:
-            probs = np.where(probs >= p.min_p * probs.max(), probs, 0.0)
-        return probs / probs.sum()
+            sel = probs >= p.min_p * probs.max()
+            idx, probs = idx[sel], probs[sel]
+        return idx, probs / probs.sum()
+
+    def probabilities(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
+        """The distribution the next draw uses (float64 [vocab], zeros outside the kept set)."""
+        idx, probs = self._kept(logits, history)
+        out = np.zeros(np.shape(logits)[-1], dtype=np.float64)
+        out[idx] = probs
+        return out
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        if self.params.temperature == 0:
-            x = apply_repeat_penalty(np.asarray(logits, dtype=np.float32), history, self.params.repeat_penalty,
-                                     self.params.repeat_last_n)
+        p = self.params
+        if p.temperature == 0:
+            x = apply_repeat_penalty(np.asarray(logits), history, p.repeat_penalty, p.repeat_last_n)
             return int(np.argmax(x))
-        probs = self.probabilities(logits, history)
-        return int(self.rng.choice(probs.shape[-1], p=probs))
+        idx, probs = self._kept(logits, history)
+        if len(idx) == 1:
+            self.rng.random()                              # keep the seed's stream in step with a real draw
+            return int(idx[0])
+        cdf = np.cumsum(probs)
+        cdf /= cdf[-1]
+        return int(idx[int(np.searchsorted(cdf, self.rng.random(), side="right"))])

@@ -24,6 +24,7 @@ from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
 from .hf import HFModel, read_hf_model
 from .llama_quantize import quantize_gguf
+from .rope import llama_cpp_freq_factors, rope_kind
 from .manifest import Manifest, sha256_file, write_manifest
 from .tokenizer import vocab_from_tokenizer_json
 
@@ -139,12 +140,21 @@ def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str,
 
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
     write_metadata(writer, model, arch.gguf_arch, vocab, names, quant.file_type, context_length)
+    c = model.config
+    # tensors llama.cpp needs that the checkpoint does not hold: (GGUF name, float32 data)
+    extra: list[tuple[str, np.ndarray]] = []
+    factors = llama_cpp_freq_factors(c.head_dim, c.rope_theta, c.rope_scaling)
+    if factors is not None:
+        extra.append(("rope_freqs.weight", factors))
     types: list[str] = []
     for hf, gg, shape in plan:
         t = native_type_for(quant, gg, shape)
         types.append(t)
         writer.add_tensor_info(gg, shape, np.dtype(np.float32), tensor_nbytes(t, shape),
                                raw_dtype=gguf.GGMLQuantizationType[t])
+    for gg, data in extra:
+        types.append("F32")
+        writer.add_tensor_info(gg, data.shape, np.dtype(np.float32), data.nbytes, raw_dtype=gguf.GGMLQuantizationType.F32)
     writer.write_header_to_file(out_file)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -153,6 +163,8 @@ def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str,
                                        disable=not progress, leave=False):
             writer.write_tensor_data(_encode_tensor(model, arch, hf, gg, shape, t))
             model.release(hf)
+        for _, data in extra:
+            writer.write_tensor_data(data)
     finally:
         writer.close()
     return Counter(types)
@@ -181,6 +193,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     try:
         with read_hf_model(model_dir) as model:
             arch = get_architecture(model.config.architecture)
+            rope_kind(model.config.rope_scaling)  # refuse unsupported RoPE variants before writing anything
             if model.tokenizer_json is None:
                 raise ConversionError(f"{model.path} has no tokenizer.json", "GGUF embeds the tokenizer; add it")
             vocab = vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .hf import HFModel
+from .rope import rope_kind
 from .tokenizer import GGUFVocab
 
 # Special-token role -> GGUF key (tokenizer.ggml.<key>_token_id). "seperator" is llama.cpp's spelling.
@@ -41,14 +42,10 @@ def write_metadata(writer: Any, model: HFModel, arch: str, vocab: GGUFVocab, nam
         writer.add_key_length(c.head_dim)
         writer.add_value_length(c.head_dim)
     scaling = c.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind == "linear":
+    if rope_kind(c.rope_scaling) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
-    elif kind == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-        writer.add_rope_scaling_orig_ctx_len(int(scaling.get("original_max_position_embeddings", c.max_position_embeddings)))
+    # llama3 scaling travels as the rope_freqs.weight tensor (see gguf.py), not as metadata
 
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)

@@ -59,7 +59,7 @@ def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, v
     }
     scale = key("rope.scaling.factor")
     if key("rope.scaling.type") == "linear" and scale:
-        cfg["rope_scaling"] = {"type": "linear", "factor": float(scale)}
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(scale)}
     return cfg
 
 
@@ -114,7 +114,9 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
         hf = gguf_to_hf_names.get(t.name)
         if hf is None:
             if t.name == "rope_freqs.weight":
-                continue
+                raise UnsupportedArchitectureError(
+                    f"{src.name} carries llama3-style rope_freqs factors, which cannot be expressed back as an HF "
+                    "rope_scaling block without the original parameters")
             raise ConversionError(f"GGUF tensor {t.name} has no HF name in the {arch} table")
         order.append((hf, t))
 

@@ -174,20 +174,8 @@ def skip_rms_norm(g: GraphWriter, x: str, residual: str, weight: np.ndarray, eps
 
 def rope_tables(head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [max_pos, head_dim/2] for HF's rotate-half convention."""
-    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    if scaling:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind == "linear":
-            inv = inv / float(scaling["factor"])
-        elif kind == "llama3":
-            factor, lo, hi = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-            old = float(scaling["original_max_position_embeddings"])
-            wavelen = 2 * np.pi / inv
-            smooth = np.clip((old / wavelen - lo) / (hi - lo), 0.0, 1.0)
-            inv = np.where(wavelen > old / lo, inv / factor,
-                           np.where(wavelen < old / hi, inv, (1 - smooth) * inv / factor + smooth * inv))
-        else:
-            raise ConversionError(f"rope scaling {kind!r} is not supported by the ONNX converter",
-                                  "supported: default, linear, llama3")
+    from .rope import rope_inv_freq
+
+    inv = rope_inv_freq(head_dim, theta, scaling)
     angles = np.outer(np.arange(max_pos, dtype=np.float64), inv)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

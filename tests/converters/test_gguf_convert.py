@@ -15,7 +15,7 @@ from edgellm.converters.gguf_to_hf import gguf_to_hf
 from edgellm.converters.gguf_types import QUANT_TYPES, quantize_q8_0
 from edgellm.converters.hf import read_hf_model
 from edgellm.converters.manifest import read_manifest, sha256_file
-from edgellm.errors import (ConfigError, ModelFormatError, OutputPathError, QuantizationError, TokenizerError,
+from edgellm.errors import (ConfigError, ConversionError, ModelFormatError, OutputPathError, QuantizationError, TokenizerError,
                             UnsupportedArchitectureError)
 
 ARCHS = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
@@ -173,3 +173,32 @@ def test_output_path_unwritable(tiny_models, tmp_path: Path) -> None:  # noqa: A
     with pytest.raises(OutputPathError):
         convert_to_gguf(tiny_models(), "/proc/edgellm-out", "F16")
     assert blocker.read_text() == "not a folder"
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+
+
+def test_llama3_rope_scaling_becomes_rope_freqs_and_matches_the_reference(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+    from edgellm.converters.rope import rope_inv_freq
+    from tests.fixtures.reference_llama import ReferenceLlama, kl_divergence
+
+    src = tiny_models(config_overrides={"rope_scaling": LLAMA3_ROPE, "rope_theta": 500000.0})
+    res = convert_to_gguf(src, tmp_path / "l3", "F32")
+    reader = open_gguf(res.path)
+    freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    base = rope_inv_freq(16, 500000.0, None)
+    assert np.allclose(np.asarray(freqs.data), base / rope_inv_freq(16, 500000.0, LLAMA3_ROPE), rtol=1e-6)
+    ids = list(range(3, 120))  # past the original 64 positions, where the scaling matters
+    with edgellm.load(res.path, n_ctx=256) as model:
+        ours = model.logits(ids)
+    ref = ReferenceLlama(src).logits(ids)
+    assert float(kl_divergence(ref, ours).mean()) < 1e-3
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+
+
+def test_unsupported_rope_scaling_is_refused(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+    src = tiny_models(config_overrides={"rope_scaling": {"rope_type": "longrope", "factor": 4.0}})
+    with pytest.raises(ConversionError, match="longrope"):
+        convert_to_gguf(src, tmp_path / "x", "F16")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,48 @@
+"""Rotary-embedding frequencies for the RoPE variants HF configs name (shared by the GGUF and ONNX writers)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+
+SUPPORTED_ROPE = ("default", "linear", "llama3")
+
+
+def rope_kind(scaling: dict[str, Any] | None) -> str:
+    kind = str((scaling or {}).get("rope_type", (scaling or {}).get("type", "default")) or "default")
+    if kind not in SUPPORTED_ROPE:
+        raise ConversionError(f"rope scaling {kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE)}",
+                              "convert a model without this rope scaling, or open an issue naming the model")
+    return kind
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:
+    """Inverse frequencies, shape (head_dim/2,), float64, after any scaling (HF rotate-half convention)."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    kind = rope_kind(scaling)
+    if kind == "linear":
+        return inv / float(scaling["factor"])  # type: ignore[index]
+    if kind == "llama3":
+        s = scaling or {}
+        try:
+            factor, lo, hi = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+            old = float(s["original_max_position_embeddings"])
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError("llama3 rope scaling needs factor, low_freq_factor, high_freq_factor and "
+                                  "original_max_position_embeddings") from None
+        wavelen = 2 * np.pi / inv
+        smooth = np.clip((old / wavelen - lo) / (hi - lo), 0.0, 1.0)
+        return np.where(wavelen > old / lo, inv / factor,
+                        np.where(wavelen < old / hi, inv, (1 - smooth) * inv / factor + smooth * inv))
+    return inv
+
+
+def llama_cpp_freq_factors(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray | None:
+    """llama.cpp's `rope_freqs.weight` (it divides each base frequency by its factor), or None when the
+    scaling is expressed with metadata keys instead (default, linear)."""
+    if rope_kind(scaling) != "llama3":
+        return None
+    base = rope_inv_freq(head_dim, theta, None)
+    return (base / rope_inv_freq(head_dim, theta, scaling)).astype(np.float32)

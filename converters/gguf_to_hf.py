@@ -121,7 +121,7 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
         order.append((hf, t))
 
     def shape_of(t: Any) -> tuple[int, ...]:
-        return tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne order -> numpy order
+        return tuple(int(d) for d in reversed(tuple(t.shape)))  # ggml ne order -> numpy order
 
     def tensors_iter() -> Iterator[tuple[str, np.ndarray]]:
         for hf, t in order:

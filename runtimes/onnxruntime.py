@@ -309,21 +309,48 @@ class OnnxRuntime:
             return self._generate_shared(prompt, params)
         return self._generate_copying(prompt, params)
 
+    KV_ROUND = 64   # KV capacity grows in multiples of this many positions
+
+    def _kv_capacity(self, prompt_len: int, params: SamplingParams) -> int:
+        """Positions to allocate: what prompt + max_tokens needs (rounded up), not the whole context. On CPU the
+        buffers grow (doubling, one copy) if a caller iterates past max_tokens; on other devices they are full."""
+        if self._device != "cpu":
+            return self.n_ctx
+        want = prompt_len + max(1, params.max_tokens)
+        return min(self.n_ctx, -(-want // self.KV_ROUND) * self.KV_ROUND)
+
+    def _bind_kv(self, binding: Any, capacity: int, old: list[np.ndarray] | None = None,
+                 used: int = 0) -> list[Any]:
+        """One [1, kv, capacity, hd] buffer per KV tensor, bound as both past and present (GQA writes the new
+        rows in place). With `old`, its first `used` positions are copied over (growth)."""
+        shape = (1, self._kv_heads, capacity, self._head_dim)
+        bufs: list[Any] = []
+        for i in range(self._layers):
+            for k in ("key", "value"):
+                if self._device == "cpu":
+                    arr = np.empty(shape, dtype=np.float32)
+                    if old is not None:
+                        arr[:, :, :used] = old[len(bufs)][:, :, :used]
+                    bufs.append(arr)
+                    value = self._host_value(arr)
+                else:
+                    value = self._ortvalue(shape)
+                    bufs.append(value)
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{k}", value)
+                binding.bind_ortvalue_output(f"present.{i}.{k}", value)
+        return bufs
+
     def _generate_shared(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
-        """GroupQueryAttention path: one [1, kv, n_ctx, hd] buffer per KV tensor, bound as both past and present
-        (GQA appends the new rows in place, reading seqlens_k/total_sequence_length from attention_mask), and
-        every per-step input/output an OrtValue over a preallocated host array, so a decode step allocates
-        nothing, copies nothing and rebinds only attention_mask (its length is the total sequence length)."""
+        """GroupQueryAttention path: shared past/present KV buffers sized to prompt + max_tokens (GQA appends in
+        place, reading seqlens_k/total_sequence_length from attention_mask), and every per-step input/output an
+        OrtValue over a preallocated host array, so a decode step allocates nothing, copies nothing and rebinds
+        only attention_mask (its length is the total sequence length)."""
         sampler = Sampler(params)
         history = list(prompt)
         budget = self.n_ctx - len(prompt)
         binding = self.session.io_binding()
-        shape = (1, self._kv_heads, self.n_ctx, self._head_dim)
-        for i in range(self._layers):
-            for k in ("key", "value"):
-                buf = self._ortvalue(shape)   # the binding keeps it alive
-                binding.bind_ortvalue_input(f"past_key_values.{i}.{k}", buf)
-                binding.bind_ortvalue_output(f"present.{i}.{k}", buf)
+        capacity = self._kv_capacity(len(prompt), params)
+        kv = self._bind_kv(binding, capacity)
         # prefill: the whole prompt at once; only the last logits row is read (no copy of [1, n, vocab])
         self._bind_inputs(binding, prompt, 0)
         prefill_out = self._logits_buffer(binding, len(prompt))
@@ -348,6 +375,9 @@ class OnnxRuntime:
             yield token
             if produced >= budget:
                 return
+            if pos >= capacity:   # the caller went past max_tokens: double the buffers (CPU only)
+                capacity = min(self.n_ctx, 2 * capacity)
+                kv = self._bind_kv(binding, capacity, kv, pos)
             ids[0, 0] = token
             positions[0, 0] = pos
             pos += 1

@@ -2,12 +2,18 @@
 llama.cpp Q4_0 of the same SmolLM2 weights. Prefill and decode tokens/s (median of reps), KL vs fp32,
 conversion time and peak RSS. Prints JSON and a Markdown table of ratios. Not part of the test run.
 
-    python tests/benchmarks/bench_onnx.py [--reps 3] [--threads 2]
+    python tests/benchmarks/bench_onnx.py [--reps 5] [--threads 2]
+
+edgellm and genai run in the same process, one rep each in turn, so a busy machine slows both alike. Both are
+also run at each other's thread count: genai defaults to hardware threads / 2 (1 on a 2-core box), and on a
+shared 2-core machine a 2-thread onnxruntime pool can be *slower* than 1 thread (a preempted worker stalls
+every parallel op), so only same-thread-count ratios say anything about the runtime itself.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,42 +48,72 @@ def convert(hf: Path, out: Path, quant: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def bench_edgellm(path: Path, threads: int, reps: int, n_decode: int) -> dict:
-    import edgellm
-
-    pre, dec = [], []
-    with edgellm.load(path, threads=threads, n_ctx=1024) as m:
-        for _ in range(reps):
-            r = m.generate(PROMPT, max_tokens=n_decode, temperature=0)
-            pre.append(r.metrics.prefill_tps)
-            dec.append(r.metrics.decode_tps)
-        prompt_tokens = r.metrics.prompt_tokens
-    return {"prefill_tps": statistics.median(pre), "decode_tps": statistics.median(dec), "prompt_tokens": prompt_tokens}
+def genai_default_threads() -> int:
+    """onnxruntime-genai's intra-op default when genai_config.json sets none: hardware threads / 2 (1..16)."""
+    return min(16, max(1, (os.cpu_count() or 2) // 2))
 
 
-def bench_genai(folder: Path, threads: int, reps: int, n_decode: int) -> dict:
-    import onnxruntime_genai as og
+class EdgellmEngine:
+    def __init__(self, path: Path, threads: int, n_decode: int) -> None:
+        import edgellm
 
-    cfg = og.Config(str(folder))
-    model = og.Model(cfg)
-    tok = og.Tokenizer(model)
-    ids = tok.encode(PROMPT)
-    pre, dec = [], []
-    for _ in range(reps):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + n_decode + 1, do_sample=False)
-        gen = og.Generator(model, params)
+        self.model = edgellm.load(path, threads=threads, n_ctx=1024)
+        self.n_decode, self.threads = n_decode, threads
+
+    def rep(self) -> tuple[float, float, int]:
+        r = self.model.generate(PROMPT, max_tokens=self.n_decode, temperature=0)
+        return r.metrics.prefill_tps, r.metrics.decode_tps, r.metrics.prompt_tokens
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class GenaiEngine:
+    def __init__(self, folder: Path, threads: int | None, n_decode: int) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        cfg = og.Config(str(folder))
+        if threads is not None:
+            cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self.model = og.Model(cfg)
+        self.ids = og.Tokenizer(self.model).encode(PROMPT)
+        self.n_decode = n_decode
+        self.threads = threads if threads is not None else f"genai default ({genai_default_threads()})"
+
+    def rep(self) -> tuple[float, float, int]:
+        og, ids, n = self.og, self.ids, self.n_decode
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + n + 1, do_sample=False)
+        gen = og.Generator(self.model, params)
         t0 = time.perf_counter()
         gen.append_tokens(ids)
         gen.generate_next_token()
         t1 = time.perf_counter()
-        for _ in range(n_decode - 1):
+        for _ in range(n - 1):
             gen.generate_next_token()
         t2 = time.perf_counter()
-        pre.append(len(ids) / (t1 - t0))
-        dec.append((n_decode - 1) / (t2 - t1))
-    return {"prefill_tps": statistics.median(pre), "decode_tps": statistics.median(dec), "prompt_tokens": len(ids),
-            "threads": "genai default (session options from genai_config.json)"}
+        return len(ids) / (t1 - t0), (n - 1) / (t2 - t1), len(ids)
+
+    def close(self) -> None:
+        self.model = None
+
+
+def bench_alternating(engines: dict[str, object], reps: int) -> dict[str, dict]:
+    """One warm-up each, then `reps` rounds of one rep per engine in turn (the machine's load hits all alike);
+    medians per engine, with every rep kept."""
+    for e in engines.values():
+        e.rep()
+    runs: dict[str, list] = {name: [] for name in engines}
+    for _ in range(reps):
+        for name, e in engines.items():
+            runs[name].append(e.rep())
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"prefill_tps": statistics.median(r[0] for r in rs),
+                     "decode_tps": statistics.median(r[1] for r in rs), "prompt_tokens": rs[0][2],
+                     "threads": engines[name].threads, "decode_reps": [round(r[1], 1) for r in rs]}
+    return out
 
 
 def kl_vs(ref_logits: np.ndarray, path: Path, ids: list[int]) -> float:
@@ -89,7 +125,7 @@ def kl_vs(ref_logits: np.ndarray, path: Path, ids: list[int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode", type=int, default=64)
     args = ap.parse_args()
@@ -104,14 +140,25 @@ def main() -> None:
         ids = m.tokenize(KL_TEXT)[:200]
         ref = m.logits(ids)
     rows: dict[str, dict] = {}
-    rows["edgellm-onnx-int4"] = {**bench_edgellm(work / "int4", args.threads, args.reps, args.decode),
-                                 "kl_vs_fp32": kl_vs(ref, work / "int4", ids)}
+    kl_int4 = kl_vs(ref, work / "int4", ids)
+    gd = genai_default_threads()
+    engines: dict[str, object] = {f"edgellm-onnx-int4 (threads={args.threads})": EdgellmEngine(work / "int4", args.threads,
+                                                                                         args.decode)}
+    if gd != args.threads:
+        engines[f"edgellm-onnx-int4 (threads={gd})"] = EdgellmEngine(work / "int4", gd, args.decode)
     try:
-        rows["genai-on-our-artifact"] = {**bench_genai(work / "int4", args.threads, args.reps, args.decode),
-                                         "kl_vs_fp32": rows["edgellm-onnx-int4"]["kl_vs_fp32"],
-                                         "note": "same model file as edgellm-onnx-int4, so the same KL"}
+        engines["genai-on-our-artifact (default threads)"] = GenaiEngine(work / "int4", None, args.decode)
+        if gd != args.threads:
+            engines[f"genai-on-our-artifact (threads={args.threads})"] = GenaiEngine(work / "int4", args.threads,
+                                                                                   args.decode)
     except ImportError as exc:
         rows["genai-on-our-artifact"] = {"skipped": f"onnxruntime-genai not importable ({exc})"}
+    for name, r in bench_alternating(engines, args.reps).items():
+        rows[name] = {**r, "kl_vs_fp32": kl_int4}
+        if name.startswith("genai"):
+            rows[name]["note"] = "same model file as edgellm-onnx-int4, so the same KL"
+    for e in engines.values():
+        e.close()
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -121,20 +168,32 @@ def main() -> None:
         rows["genai-builder-int4"] = {"skipped": f"onnxruntime-genai's builder needs torch + transformers, "
                                                  f"not installed here ({exc})"}
     q40 = smollm2.smollm2_gguf("Q4_0")
-    rows["llama.cpp-Q4_0"] = {**bench_edgellm(q40, args.threads, args.reps, args.decode)}
+    llama = EdgellmEngine(q40, args.threads, args.decode)
+    rows["llama.cpp-Q4_0"] = bench_alternating({"llama.cpp-Q4_0": llama}, args.reps)["llama.cpp-Q4_0"]
+    llama.close()
     with edgellm.load(q40, n_ctx=1024) as m:
         rows["llama.cpp-Q4_0"]["kl_vs_fp32"] = float(kl_divergence(ref, m.logits(ids)).mean())
     results["rows"] = rows
     print(json.dumps(results, indent=2))
-    base = rows["edgellm-onnx-int4"]
-    print("\n| runtime | prefill tok/s | decode tok/s | KL vs fp32 | decode ratio (edgellm / this) |")
+    print("\n| runtime | threads | prefill tok/s | decode tok/s | KL vs fp32 |")
     print("|---|---|---|---|---|")
     for name, r in rows.items():
         if "skipped" in r:
             print(f"| {name} | skipped: {r['skipped']} | | | |")
             continue
-        print(f"| {name} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['kl_vs_fp32']:.4f} | "
-              f"{base['decode_tps'] / r['decode_tps']:.2f} |")
+        print(f"| {name} | {r['threads']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['kl_vs_fp32']:.4f} |")
+    print("\nratios, edgellm / genai at the same thread count (same run, alternating reps):")
+    for t in sorted({args.threads, gd}):
+        e = rows.get(f"edgellm-onnx-int4 (threads={t})")
+        g = rows.get(f"genai-on-our-artifact (threads={t})") or (
+            rows.get("genai-on-our-artifact (default threads)") if t == gd else None)
+        if e and g and "skipped" not in g:
+            print(f"  threads={t}: prefill {e['prefill_tps'] / g['prefill_tps']:.2f}x, "
+                  f"decode {e['decode_tps'] / g['decode_tps']:.2f}x")
+    e, g = rows[f"edgellm-onnx-int4 (threads={args.threads})"], rows.get("genai-on-our-artifact (default threads)")
+    if g and "skipped" not in g:
+        print(f"  edgellm threads={args.threads} vs genai default ({gd}): prefill "
+              f"{e['prefill_tps'] / g['prefill_tps']:.2f}x, decode {e['decode_tps'] / g['decode_tps']:.2f}x")
     print(f"\nconversion: " + ", ".join(f"{q}: {c['seconds']:.1f}s, peak RSS {c['peak_rss_mib']:.0f} MiB"
                                        for q, c in conv.items()))
 

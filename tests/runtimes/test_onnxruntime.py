@@ -151,3 +151,23 @@ def test_session_config_from_load_extra(artifact):
         assert so.intra_op_num_threads == 2
     finally:
         rt.close()
+
+
+def test_kv_buffers_sized_to_max_tokens_and_grow_past_it(artifact, monkeypatch):
+    """The shared KV buffers hold prompt + max_tokens (rounded up to KV_ROUND), not n_ctx; a caller iterating past
+    max_tokens makes them grow, and the logits after growing still equal a full re-run."""
+    monkeypatch.setattr(ort_rt, "Sampler", RecordingSampler)
+    monkeypatch.setattr(ort_rt.OnnxRuntime, "KV_ROUND", 4)
+    with edgellm.load(artifact, n_ctx=64) as m:
+        rt = m.runtime
+        prompt = m.tokenize("The quick brown fox")
+        if rt.shared_kv:
+            assert rt._kv_capacity(len(prompt), SamplingParams(max_tokens=2)) == -(-(len(prompt) + 2) // 4) * 4
+            assert rt._kv_capacity(len(prompt), SamplingParams(max_tokens=10_000)) == 64
+        gen = rt.generate(prompt, SamplingParams(temperature=0, max_tokens=2))
+        tokens = [next(gen) for _ in range(20)]          # several doublings
+        gen.close()
+        full = m.logits(prompt + tokens)
+    rows = np.stack(RecordingSampler.rows[-20:])
+    assert np.abs(rows - full[len(prompt) - 1: len(prompt) + 19]).max() < 1e-3
+    assert [int(r.argmax()) for r in rows] == tokens

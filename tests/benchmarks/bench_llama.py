@@ -89,7 +89,10 @@ def main() -> int:
     from edgellm.converters.hf import read_hf_model
     from edgellm.default_model import default_artifact, default_hf_dir
 
-    results: dict[str, object] = {"threads": THREADS, "tokens": N_TOKENS, "reps": REPS}
+    import os
+
+    results: dict[str, object] = {"threads": THREADS, "tokens": N_TOKENS, "reps": REPS,
+                                  "load_average_before": os.getloadavg()[0]}
     hf = default_hf_dir()
     with read_hf_model(hf) as m:
         largest = max(i.n_elements for i in m.tensor_infos().values()) * 4
@@ -104,6 +107,11 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    results["load_average_after"] = os.getloadavg()[0]
+    busy = max(float(results["load_average_before"]), float(results["load_average_after"]))  # type: ignore[arg-type]
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print(f"WARNING: load average {busy:.1f} on {os.cpu_count()} cores: other work competes for the cores; "
+              "ratios are still side by side, absolute numbers are not representative")
     lines = ["| artifact | raw llama-cpp-python decode tok/s | edgellm decode tok/s | ratio | prefill ratio |",
              "|---|---|---|---|---|"]
     for quant in ("Q4_K_M", "Q8_0"):

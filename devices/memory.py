@@ -2,8 +2,9 @@
 
 Estimates are of the *process total* (what peak RSS / VmHWM shows), so the Python interpreter and the
 imported runtime are explicit named terms. Constants marked "calibrated" were measured on this project's
-test machine (x86-64, llama-cpp-python 0.3.x, SmolLM2-135M; see tests/devices/test_memory_real.py);
-constants marked "uncalibrated" come from upstream documentation and could not be measured here (no GPU).
+test machine (x86-64, llama-cpp-python 0.3.x / onnxruntime 1.32, SmolLM2-135M; see
+tests/devices/test_memory_real.py); "fitted" ones were chosen to match several measurements (the points are
+listed next to them); "uncalibrated" ones come from upstream documentation and could not be measured here.
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ Where = Literal["host", "device"]
 # --- calibrated on the test machine (CPython 3.11, numpy 2, llama-cpp-python 0.3.x) ---------------------
 # RSS of `python -c "import llama_cpp"`: interpreter + numpy + libllama/libggml text pages.
 LLAMA_CPP_INTERPRETER_BASELINE = 43 * MiB
-# RSS of `python -c "import onnxruntime"` (interpreter + numpy + libonnxruntime).
-ORT_INTERPRETER_BASELINE = 55 * MiB
 # Anonymous memory llama.cpp and the bindings hold besides weights/KV/compute: vocabulary tables, BPE merge
 # map, token-piece cache, scheduler. 19.5 MiB measured for a 49152-token vocabulary; the split into a fixed
 # part and a per-vocabulary-entry part is an assumption (one vocabulary size measured).
@@ -31,10 +30,35 @@ LLAMA_CPP_FIXED_OVERHEAD = 7 * MiB
 LLAMA_CPP_BYTES_PER_VOCAB_ENTRY = 266
 # Touched compute memory per token of a batch: ~ (4 x hidden + 2 x ffn) float32 activations live at once.
 ACTIVATION_FLOATS = (4, 2)  # (per hidden unit, per ffn unit)
+# --- onnxruntime CPU, calibrated on the test machine (CPython 3.11, onnxruntime 1.32, SmolLM2-135M int4) ------
+# RSS after importing what edgellm.load imports for an ONNX artifact: interpreter + numpy + onnxruntime + onnx
+# + tokenizers + edgellm (63.5 MiB measured; `import onnxruntime` alone is 47 MiB).
+ORT_INTERPRETER_BASELINE = 63 * MiB + MiB // 2
+# What edgellm.load adds besides the tokenizer and the weights: the InferenceSession (graph, kernels, allocation
+# plan), libonnxruntime pages touched while loading, the rest of the load path including device="auto"'s probe
+# (it imports llama_cpp: ~12 MiB; device="cpu" skips it). Measured as the load with MatMulNBits prepacking
+# disabled (weights then stay mapped and untouched) minus imports and tokenizer: 40.4 MiB (runs vary +-4 MiB).
+ORT_RUNTIME_FIXED = 40 * MiB + 400 * 1024
+# tokenizers.Tokenizer of tokenizer.json plus edgellm's parsed copy of it (special tokens, byte table): 31.7 MiB
+# for a 49152-entry byte-level BPE. Per vocabulary entry is an assumption (one vocabulary size measured).
+ORT_TOKENIZER_BYTES_PER_VOCAB_ENTRY = 676
+# FITTED. Resident weights per stored byte of the non-embedding initializers (MatMulNBits int4 blocks + int8 LM
+# head + norms + rope caches): the CPU EP prepacks MatMulNBits into MLAS' layout (packed blocks + fp32 scales +
+# block sums) in anonymous memory and the mapped model.onnx.data keeps the pages it read. Measured: prepacking
+# on minus off = 141.0 MiB for 98.3 MiB stored -> 1.43. One artifact (int4 + int8 head, block 32) measured.
+ORT_PREPACK_FACTOR = 1.43
+# FITTED. The CPU arena's touched high-water mark during prefill, per prompt token, in float32 vectors of
+# (hidden + ffn) width. GroupQueryAttention's CPU kernel is a tiled flash attention in onnxruntime 1.32 (no
+# heads x tokens x tokens score buffer), so this is linear in the prompt. Arena minus nothing else, measured at
+# 200/500/1000/2000/4000/8150 prompt tokens: 7.2/13.8/47.5/105/222/469 MiB; 7 vectors give
+# 11.3/28.2/56.4/113/226/460 MiB (the arena grows in chunks, so small prompts touch less than the line).
+ORT_ACTIVATION_VECTORS = 7
+# edgellm's onnxruntime runtime rounds the KV capacity (prompt + max_tokens) up to this many positions on CPU.
+ORT_KV_ROUND = 64
+PAGE = 4096
 # --- uncalibrated (no GPU here): upstream figures --------------------------------------------------------
 CUDA_CONTEXT_DEVICE_BYTES = 300 * MiB  # CUDA context + cuBLAS workspace on the GPU
 CUDA_CONTEXT_HOST_BYTES = 250 * MiB  # libcudart/cublas pages and pinned staging buffers in the process
-ORT_ARENA_FACTOR = 0.10  # ORT's BFC arena over-allocates ~10% over the live activations
 
 # safetensors / numpy dtypes -> bytes per element
 _PLAIN_DTYPE_BYTES: dict[str, float] = {
@@ -245,26 +269,65 @@ def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, 
 
 
 def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, provider: str = "CPU",
-                         kv_dtype: str = "F32", prompt_tokens: int | None = None,
+                         kv_dtype: str = "F32", prompt_tokens: int | None = None, max_tokens: int = 1,
+                         embedding_dtype: str = "F16",
                          baseline_bytes: int = ORT_INTERPRETER_BASELINE) -> MemoryEstimate:
-    """Peak process memory of onnxruntime serving an ONNX decoder with a preallocated n_ctx KV cache.
+    """Peak process memory of edgellm's onnxruntime runtime serving an ONNX decoder (GroupQueryAttention graph).
 
-    weights_bytes: the .onnx + external-data size. ORT reads initializers into memory (no mmap) and the CPU
-    EP's MatMulNBits prepacks int4 weights into its own layout; the original buffers are released after
-    prepacking, so weights count once.
+    The workload: one prompt of `prompt_tokens` prefilled in a single pass, then decode. prompt_tokens=None is
+    the worst case at this n_ctx, what a plan must budget for: a prompt of n_ctx - 1 tokens (the most the
+    runtime accepts), so KV for the whole context. The peak is at the end of prefill, when all of these are live:
+
+    - interpreter: python + numpy + onnxruntime + onnx + tokenizers + edgellm imports (calibrated);
+    - tokenizer: tokenizers' BPE tables + edgellm's parsed tokenizer.json, per vocabulary entry (calibrated);
+    - runtime: InferenceSession structures and library pages touched by load and run (calibrated);
+    - weights: non-embedding initializers x ORT_PREPACK_FACTOR (MatMulNBits prepacked by the CPU EP, fitted);
+      the embedding table (`embedding_dtype`, fp16 in edgellm's int4/int8 recipes) stays memory-mapped;
+    - embedding_rows: the mapped embedding pages the prompt touches, at most one page per token (upper bound);
+    - kv_cache: 2 x layers x kv_heads x head_dim x capacity in `kv_dtype` (edgellm binds float32 buffers);
+      capacity = prompt + max_tokens rounded up to 64 positions on CPU, n_ctx on a GPU. Decoding past
+      max_tokens doubles the CPU buffers later, but by then the prefill logits are freed, so it is lower;
+    - logits: the graph returns logits for every prompt position, bound to a host array of tokens x vocab
+      float32 (plus one row for decode steps) - the largest term at long prompts;
+    - compute: the onnxruntime arena's high-water mark for prefill activations, linear in the prompt (fitted).
+
+    Not modelled: the ~15 MiB transient of parsing tokenizer.json at load (a peak only for prompts of a few
+    tokens), and the GPU path beyond the upstream CUDA context figures (uncalibrated, no GPU here).
     """
-    where: Where = "device" if provider.upper().startswith("CUDA") else "host"
-    kv = kv_cache_bytes(facts, n_ctx, kv_dtype, kv_dtype)
-    tokens = min(prompt_tokens or n_ctx, n_ctx)
-    # No micro-batching: the whole prompt is one batch; attention scores are (heads, tokens, n_kv) in F32.
-    acts = compute_bytes(facts, n_ctx, n_ubatch=tokens, prompt_tokens=prompt_tokens)
-    acts += tokens * facts.vocab_size * 4 if prompt_tokens is None else 0  # logits of every prompt position
-    arena = int(acts * (1 + ORT_ARENA_FACTOR))
-    terms = [MemoryTerm("interpreter", baseline_bytes, "host", "python + numpy + onnxruntime import (calibrated)"),
-             MemoryTerm("weights", weights_bytes, where, "initializers (int4 MatMulNBits prepacked)"),
-             MemoryTerm("kv_cache", kv, where, f"past/present key-values, {kv_dtype}"),
-             MemoryTerm("compute", arena, where, "ORT arena for activations")]
-    if where == "device":
-        terms += [MemoryTerm("cuda_context", CUDA_CONTEXT_DEVICE_BYTES, "device", "uncalibrated"),
+    on_gpu = provider.upper().startswith("CUDA")
+    where: Where = "device" if on_gpu else "host"
+    tokens = max(1, n_ctx - 1 if prompt_tokens is None else min(prompt_tokens, n_ctx - 1))
+    if on_gpu:
+        capacity = n_ctx
+    else:
+        capacity = min(n_ctx, _pad(tokens + max(1, max_tokens), ORT_KV_ROUND))
+    kv = kv_cache_bytes(facts, capacity, kv_dtype, kv_dtype)
+    embed = next((tensor_bytes(t) for t in facts.tensors if "embed_tokens" in t.name or "token_embd" in t.name),
+                 int(facts.vocab_size * facts.hidden_size * bytes_per_element(embedding_dtype)))
+    embed = min(embed, weights_bytes)
+    row_bytes = embed // max(1, facts.vocab_size)
+    embed_rows = min(embed, tokens * max(row_bytes, PAGE))
+    logits = (tokens + 1) * facts.vocab_size * 4
+    acts = tokens * ORT_ACTIVATION_VECTORS * (facts.hidden_size + facts.intermediate_size) * 4
+    tokenizer = ORT_TOKENIZER_BYTES_PER_VOCAB_ENTRY * facts.vocab_size
+    terms = [MemoryTerm("interpreter", baseline_bytes, "host",
+                        "python + numpy + onnxruntime + onnx + tokenizers imports (calibrated)"),
+             MemoryTerm("tokenizer", tokenizer, "host", "BPE tables + parsed tokenizer.json (calibrated)"),
+             MemoryTerm("runtime", ORT_RUNTIME_FIXED, "host", "session, kernels, library pages (calibrated)")]
+    if on_gpu:
+        terms += [MemoryTerm("weights", weights_bytes, "device", "initializers on the GPU (uncalibrated)"),
+                  MemoryTerm("kv_cache", kv, "device", f"{capacity} positions, {kv_dtype}"),
+                  MemoryTerm("compute", acts, "device", "arena for prefill activations (CPU-fitted)"),
+                  MemoryTerm("logits", logits, "host", f"{tokens + 1} rows x {facts.vocab_size} float32"),
+                  MemoryTerm("cuda_context", CUDA_CONTEXT_DEVICE_BYTES, "device", "uncalibrated"),
                   MemoryTerm("cuda_context", CUDA_CONTEXT_HOST_BYTES, "host", "uncalibrated")]
-    return MemoryEstimate("onnxruntime", n_ctx, tuple(terms))
+    else:
+        prepacked = int((weights_bytes - embed) * ORT_PREPACK_FACTOR)
+        terms += [MemoryTerm("weights", prepacked, "host",
+                             f"non-embedding initializers x {ORT_PREPACK_FACTOR} (MatMulNBits prepacked, fitted)"),
+                  MemoryTerm("embedding_rows", embed_rows, "host", "mapped embedding pages the prompt touches"),
+                  MemoryTerm("kv_cache", kv, "host", f"{capacity} positions, {kv_dtype}"),
+                  MemoryTerm("logits", logits, "host", f"{tokens + 1} rows x {facts.vocab_size} float32"),
+                  MemoryTerm("compute", acts, "host", f"arena: {tokens} tokens x {ORT_ACTIVATION_VECTORS} "
+                                                       "(hidden + ffn) float32 vectors (fitted)")]
+    return MemoryEstimate("onnxruntime", n_ctx, tuple(t for t in terms if t.bytes))

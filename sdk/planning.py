@@ -100,11 +100,24 @@ def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int |
     heads = int(config.get("num_attention_heads", hidden // head_dim if head_dim else 0))
     return ModelFacts(
         architecture=str(config.get("model_type", "llama")), num_layers=len(past), hidden_size=int(hidden),
-        intermediate_size=int(config.get("intermediate_size", 4 * hidden)), num_heads=heads,
+        intermediate_size=int(config.get("intermediate_size") or _onnx_ffn_width(model) or 4 * hidden), num_heads=heads,
         num_kv_heads=int(kv_heads), head_dim=int(head_dim), vocab_size=int(vocab),
         max_context=int(context_length or config.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), source="onnx", quant=quant,
         file_bytes=sum(f.stat().st_size for f in files if f.is_file()))
+
+
+def _onnx_ffn_width(model: Any) -> int:
+    """The MLP width from the first down_proj: MatMulNBits' K attribute, or a MatMul weight's rows (0 if none)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if "down_proj" not in node.name:
+            continue
+        if node.op_type == "MatMulNBits":
+            return next((int(a.i) for a in node.attribute if a.name == "K"), 0)
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
+            return int(inits[node.input[1]].dims[0])
+    return 0
 
 
 def _json_or_empty(path: Path) -> dict[str, Any]:

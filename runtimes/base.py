@@ -6,6 +6,7 @@ incremental UTF-8 decoding, chat templates and metrics, so every backend reports
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Protocol, runtime_checkable
@@ -106,6 +107,17 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
+def default_threads() -> int:
+    """Physical cores when known (matmul kernels scale with them, not with SMT siblings)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:  # noqa: BLE001 - psutil may not know on exotic platforms
+        n = None
+    return max(1, n or (os.cpu_count() or 2) // 2)
+
+
 RuntimeFactory = Callable[[Path, LoadOptions], Runtime]
 
 # name -> factory; built-ins are registered lazily (their native libraries import inside the factory).
@@ -120,9 +132,13 @@ def register_runtime(name: str, factory: RuntimeFactory, formats: tuple[str, ...
         _FORMATS.setdefault(fmt, name)
 
 
+_BUILTINS_LOADED: list[bool] = []
+
+
 def _builtins() -> None:
-    if _REGISTRY:
+    if _BUILTINS_LOADED:
         return
+    _BUILTINS_LOADED.append(True)
     from . import llama_cpp as _llama  # noqa: F401  (registers "llama.cpp")
     try:
         from . import onnxruntime as _ort  # noqa: F401  (registers "onnxruntime")

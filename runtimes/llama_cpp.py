@@ -6,27 +6,15 @@ install hint, never an import crash of edgellm itself.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, GenerationError, ModelFormatError
-from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, register_runtime
+from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
 
 log = logging.getLogger(__name__)
-
-
-def default_threads() -> int:
-    """Physical cores when known (llama.cpp scales with them, not with SMT siblings)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:  # noqa: BLE001 - psutil may not know on exotic platforms
-        n = None
-    return max(1, n or (os.cpu_count() or 2) // 2)
 
 
 class LlamaCppRuntime:

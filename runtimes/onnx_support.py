@@ -1,0 +1,128 @@
+"""onnxruntime backend support: execution-provider choice, session options, external-data checks and the
+artifact's tokenizer (byte-level BPE via `tokenizers`, with raw token bytes for streaming)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ArtifactError, ConfigError, ModelFormatError, UnsafePathError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'edgellm[onnx]'"
+CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+# -- execution providers ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProviderChoice:
+    providers: tuple[str, ...]     # what the session is created with, in priority order
+    device: str                    # "cpu" | "cuda"
+    note: str | None               # why the request was not honoured, if it was not
+
+
+def select_providers(requested: str, available: Sequence[str]) -> ProviderChoice:
+    """Pick execution providers for `requested` ("cpu" | "cuda[:N]") from onnxruntime's available list."""
+    want = requested.split(":")[0].lower()
+    if want == "cuda":
+        if CUDA_EP in available:
+            return ProviderChoice((CUDA_EP, CPU_EP), "cuda", None)
+        return ProviderChoice((CPU_EP,), "cpu", f"{CUDA_EP} is not available in this onnxruntime build "
+                              f"(available: {', '.join(available) or 'none'}); install onnxruntime-gpu for CUDA. "
+                              "Running on CPU.")
+    if want not in ("cpu", "auto"):
+        return ProviderChoice((CPU_EP,), "cpu", f"execution provider {requested!r} is unknown; running on CPU")
+    return ProviderChoice((CPU_EP,), "cpu", None)
+
+
+# -- session options -------------------------------------------------------------------------------
+def session_config(extra: dict[str, object]) -> dict[str, str]:
+    """onnxruntime session config entries from LoadOptions.extra.
+
+    `allow_spinning` (bool): whether idle intra-op threads spin (onnxruntime's default, fastest on idle cores) or
+    sleep (kinder to a machine shared with other busy processes). `session_config` (dict): raw
+    `add_session_config_entry` pairs, e.g. {"session.dynamic_block_base": "4"}."""
+    out: dict[str, str] = {}
+    if "allow_spinning" in extra:
+        out["session.intra_op.allow_spinning"] = "1" if extra["allow_spinning"] else "0"
+    raw = extra.get("session_config") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"session_config must be a dict of onnxruntime config entries, not {type(raw).__name__}",
+                          "pass e.g. session_config={'session.dynamic_block_base': '4'}")
+    out.update({str(k): str(v) for k, v in raw.items()})
+    return out
+
+
+# -- artifact inspection ---------------------------------------------------------------------------
+def check_external_data(onnx_module: Any, model_path: Path) -> Any:
+    """Parse model.onnx without its weights; refuse external data that points outside its folder."""
+    try:
+        proto = onnx_module.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for corrupt files
+        raise ModelFormatError(f"{model_path} is not a readable ONNX model ({exc})") from None
+    root = model_path.parent.resolve()
+    for t in proto.graph.initializer:
+        if t.data_location != onnx_module.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or (target != root and root not in target.parents):
+            raise UnsafePathError(f"{model_path.name}: tensor {t.name} reads external data from {location!r}, "
+                                  f"outside the artifact folder {root}")
+        if not target.is_file():
+            raise ModelFormatError(f"{model_path.name}: external data file {location!r} is missing")
+    return proto
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: every byte as a printable unicode character."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+class ArtifactTokenizer:
+    """tokenizer.json through the `tokenizers` library, with raw bytes per token for streaming."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ArtifactError(f"{folder} has no tokenizer.json", "rebuild the artifact with `edgellm convert`")
+        self.tok = Tokenizer.from_file(str(path))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        decoder = json.dumps(data.get("decoder") or {})
+        self.byte_level = "ByteLevel" in decoder
+        self.special = {a["id"] for a in data.get("added_tokens", []) if a.get("special")}
+        self._byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        self._cache: dict[int, bytes] = {}
+
+    def encode(self, text: str, parse_special: bool) -> list[int]:
+        self.tok.encode_special_tokens = not parse_special
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def token_bytes(self, token: int) -> bytes:
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        piece = self.tok.id_to_token(token)
+        if piece is None or token in self.special:
+            out = b""
+        elif self.byte_level and all(ch in self._byte_of for ch in piece):
+            out = bytes(self._byte_of[ch] for ch in piece)
+        elif piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:   # sentencepiece byte token
+            out = bytes([int(piece[3:5], 16)])
+        else:
+            out = piece.replace("\u2581", " ").encode("utf-8")
+        self._cache[token] = out
+        return out

@@ -268,8 +268,13 @@ def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, 
     return MemoryEstimate("llama.cpp", n_ctx, tuple(t for t in terms if t.bytes))
 
 
+# edgellm's onnxruntime backend prefills this many prompt tokens per graph run (LoadOptions extra `prefill_chunk`)
+ORT_PREFILL_CHUNK = 256
+
+
 def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, provider: str = "CPU",
                          kv_dtype: str = "F32", prompt_tokens: int | None = None, max_tokens: int = 1,
+                         prefill_chunk: int = ORT_PREFILL_CHUNK,
                          embedding_dtype: str = "F16",
                          baseline_bytes: int = ORT_INTERPRETER_BASELINE) -> MemoryEstimate:
     """Peak process memory of edgellm's onnxruntime runtime serving an ONNX decoder (GroupQueryAttention graph).
@@ -307,8 +312,9 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
     embed = min(embed, weights_bytes)
     row_bytes = embed // max(1, facts.vocab_size)
     embed_rows = min(embed, tokens * max(row_bytes, PAGE))
-    logits = (tokens + 1) * facts.vocab_size * 4
-    acts = tokens * ORT_ACTIVATION_VECTORS * (facts.hidden_size + facts.intermediate_size) * 4
+    chunk = max(1, min(tokens, prefill_chunk))  # the runtime prefills `prefill_chunk` tokens per graph run
+    logits = (chunk + 1) * facts.vocab_size * 4
+    acts = chunk * ORT_ACTIVATION_VECTORS * (facts.hidden_size + facts.intermediate_size) * 4
     tokenizer = ORT_TOKENIZER_BYTES_PER_VOCAB_ENTRY * facts.vocab_size
     terms = [MemoryTerm("interpreter", baseline_bytes, "host",
                         "python + numpy + onnxruntime + onnx + tokenizers imports (calibrated)"),
@@ -318,7 +324,7 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
         terms += [MemoryTerm("weights", weights_bytes, "device", "initializers on the GPU (uncalibrated)"),
                   MemoryTerm("kv_cache", kv, "device", f"{capacity} positions, {kv_dtype}"),
                   MemoryTerm("compute", acts, "device", "arena for prefill activations (CPU-fitted)"),
-                  MemoryTerm("logits", logits, "host", f"{tokens + 1} rows x {facts.vocab_size} float32"),
+                  MemoryTerm("logits", logits, "host", f"{chunk + 1} rows x {facts.vocab_size} float32 (prefill chunk)"),
                   MemoryTerm("cuda_context", CUDA_CONTEXT_DEVICE_BYTES, "device", "uncalibrated"),
                   MemoryTerm("cuda_context", CUDA_CONTEXT_HOST_BYTES, "host", "uncalibrated")]
     else:
@@ -327,7 +333,7 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
                              f"non-embedding initializers x {ORT_PREPACK_FACTOR} (MatMulNBits prepacked, fitted)"),
                   MemoryTerm("embedding_rows", embed_rows, "host", "mapped embedding pages the prompt touches"),
                   MemoryTerm("kv_cache", kv, "host", f"{capacity} positions, {kv_dtype}"),
-                  MemoryTerm("logits", logits, "host", f"{tokens + 1} rows x {facts.vocab_size} float32"),
-                  MemoryTerm("compute", acts, "host", f"arena: {tokens} tokens x {ORT_ACTIVATION_VECTORS} "
+                  MemoryTerm("logits", logits, "host", f"{chunk + 1} rows x {facts.vocab_size} float32 (prefill chunk)"),
+                  MemoryTerm("compute", acts, "host", f"arena: {chunk} tokens x {ORT_ACTIVATION_VECTORS} "
                                                        "(hidden + ffn) float32 vectors (fitted)")]
     return MemoryEstimate("onnxruntime", n_ctx, tuple(t for t in terms if t.bytes))

@@ -48,6 +48,9 @@ class OnnxRuntime:
         self._vocab = self._logits_width(proto)
         del proto
         self.shared_kv = "GroupQueryAttention" in self._ops
+        self.prefill_chunk = int(options.extra.get("prefill_chunk", 256))  # type: ignore[call-overload]
+        if self.prefill_chunk < 1:
+            raise ArtifactError(f"prefill_chunk={self.prefill_chunk} must be >= 1", "e.g. prefill_chunk=256")
         choice = select_providers(options.execution_provider, ort.get_available_providers())
         self.threads = options.threads or default_threads()
         so = ort.SessionOptions()
@@ -240,10 +243,14 @@ class OnnxRuntime:
         binding = self.session.io_binding()
         capacity = self._kv_capacity(len(prompt), params)
         kv = self._bind_kv(binding, capacity)
-        # prefill: the whole prompt at once; only the last logits row is read (no copy of [1, n, vocab])
-        self._bind_inputs(binding, prompt, 0)
-        prefill_out = self._logits_buffer(binding, len(prompt))
-        self._run(binding)
+        # prefill in chunks: GQA appends each chunk to the shared KV; the logits buffer (the graph emits a row per
+        # position) stays chunk x vocab instead of prompt x vocab (1.5 GiB for 8k tokens of a 49k vocabulary)
+        chunk = self.prefill_chunk
+        for start in range(0, len(prompt), chunk):
+            part = prompt[start:start + chunk]
+            self._bind_inputs(binding, part, start)
+            prefill_out = self._logits_buffer(binding, len(part))
+            self._run(binding)
         row = (prefill_out if prefill_out is not None else binding.get_outputs()[-1].numpy())[0, -1]
         del prefill_out
         # decode: fixed host arrays, written in place each step

@@ -171,3 +171,27 @@ def test_kv_buffers_sized_to_max_tokens_and_grow_past_it(artifact, monkeypatch):
     rows = np.stack(RecordingSampler.rows[-20:])
     assert np.abs(rows - full[len(prompt) - 1: len(prompt) + 19]).max() < 1e-3
     assert [int(r.argmax()) for r in rows] == tokens
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_chunked_prefill_matches_one_pass(artifact, monkeypatch, chunk):
+    """The prompt goes through the graph `prefill_chunk` tokens at a time (bounding the logits buffer); every
+    decode row must equal the full re-run's, whatever the chunking."""
+    monkeypatch.setattr(ort_rt, "Sampler", RecordingSampler)
+    with edgellm.load(artifact, n_ctx=64, prefill_chunk=chunk) as m:
+        assert m.runtime.prefill_chunk == chunk
+        prompt = m.tokenize("The quick brown fox jumps over the lazy dog again")
+        assert len(prompt) > 7
+        gen = m.runtime.generate(prompt, SamplingParams(temperature=0))
+        tokens = [next(gen) for _ in range(6)]
+        gen.close()
+        full = m.logits(prompt + tokens)
+    rows = np.stack(RecordingSampler.rows[-6:])
+    assert np.abs(rows - full[len(prompt) - 1: len(prompt) + 5]).max() < 1e-3
+
+
+def test_bad_prefill_chunk_is_a_typed_error(artifact):
+    from edgellm.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="prefill_chunk"):
+        edgellm.load(artifact, n_ctx=64, prefill_chunk=0)

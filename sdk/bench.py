@@ -228,6 +228,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, bandwidth: float | Non
     bar = tqdm(total=total, desc="bench", unit="cell", disable=not progress, leave=False)
     rows: list[BenchRow] = []
     device = "cpu"
+    started = BenchResult([], device, None, "")  # load average and time when the run starts
     try:
         for artifact in cfg.artifacts:
             for threads in threads_list:
@@ -250,7 +251,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, bandwidth: float | Non
                 _add_quality(rows, artifact, cfg)
     finally:
         bar.close()
-    return BenchResult(rows, device, bandwidth, bandwidth_source)
+    return BenchResult(rows, device, bandwidth, bandwidth_source, load_average=started.load_average,
+                       created=started.created)
 
 
 def _default_threads() -> int:

@@ -102,6 +102,8 @@ class LlamaCppRuntime:
     # -- compute -------------------------------------------------------------------------------
     def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
         llm = self._llm
+        if not self.options.extra.get("cache_prompt", True):
+            llm.reset()  # forget the evaluated prefix: a fresh prefill (what benchmarks of prefill need)
         llm.set_seed(params.seed if params.seed is not None else 0xFFFFFFFF)
         greedy = params.temperature == 0
         yield from llm.generate(

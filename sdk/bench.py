@@ -235,7 +235,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, bandwidth: float | Non
                 n_ctx = max(p + d for p, _, d in cells) + max(cfg.gen_tokens) + 16
                 if cfg.prompt_text is not None:
                     n_ctx = max(n_ctx, 2048)
-                with load(artifact, threads=threads, n_ctx=n_ctx, **cfg.load_options) as model:
+                options = {"cache_prompt": False, **cfg.load_options}  # every repetition prefills afresh
+                with load(artifact, threads=threads, n_ctx=n_ctx, **options) as model:
                     device = model.device
                     for p, g, d in cells:
                         bar.set_postfix_str(f"{Path(artifact).name[:24]} t={threads} p={p} g={g} d={d}")

@@ -150,3 +150,15 @@ def test_missing_native_library_gives_install_hint(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(builtins, "__import__", no_llama)
     with pytest.raises(BackendUnavailableError, match="pip install llama-cpp-python"):
         open_llama_cpp(next(tiny_gguf.glob("*.gguf")), LoadOptions(n_ctx=32))
+
+
+def test_prompt_prefix_cache_is_reused_unless_disabled(smollm2_artifact) -> None:  # noqa: ANN001
+    prompt = "The history of the lighthouse on the northern cape begins in the winter of a stormy year " * 6
+    with edgellm.load(smollm2_artifact("Q8_0"), n_ctx=512) as cached:
+        first = cached.generate(prompt, max_tokens=2, temperature=0.0)
+        again = cached.generate(prompt, max_tokens=2, temperature=0.0)
+    with edgellm.load(smollm2_artifact("Q8_0"), n_ctx=512, cache_prompt=False) as fresh:
+        fresh.generate(prompt, max_tokens=2, temperature=0.0)
+        cold = fresh.generate(prompt, max_tokens=2, temperature=0.0)
+    assert first.tokens == again.tokens == cold.tokens
+    assert again.metrics.ttft_s < cold.metrics.ttft_s / 3, (again.metrics.ttft_s, cold.metrics.ttft_s)

@@ -63,3 +63,19 @@ def test_errors_exit_1_with_a_hint(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "does not exist" in err and "hint:" in err
     assert main(["convert", str(tmp_path), str(tmp_path / "o"), "--quant", "Q9_9"]) == 1
     assert "unknown GGUF quant type" in capsys.readouterr().err
+
+
+def test_convert_quant_auto_and_prune_layers(tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    src = str(tiny_models(layers=4, hidden=256, heads=4, kv_heads=2, ffn=512))
+    assert main(["convert", src, str(tmp_path / "auto"), "--quant", "auto", "--max-kld", "5", "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tmp_path / "auto" / "edgellm.json").read_text())
+    assert Path(auto["path"]).is_file() and len(manifest["extra"]["autoquant"]["candidates"]) >= 2
+
+    assert main(["convert", src, str(tmp_path / "pruned"), "--quant", "Q8_0", "--prune-layers", "1", "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert len(pruned["dropped"]) == 1 and pruned["size_after"] < pruned["size_before"]
+    assert Path(pruned["path"]).is_file()
+
+    assert main(["convert", src, str(tmp_path / "x"), "--quant", "auto", "--prune-layers", "1"]) == 1
+    assert "one at a time" in capsys.readouterr().err

@@ -40,10 +40,18 @@ def test_rapl_fake_sysfs_handles_wraparound(tmp_path: Path) -> None:
     assert src.joules(a, src.snapshot()) == pytest.approx(0.501)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_rapl_fake_sysfs_unreadable_falls_back_with_reason(tmp_path: Path) -> None:
+def test_rapl_fake_sysfs_unreadable_falls_back_with_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     z = _zone(tmp_path, "intel-rapl:0", 1)
     (z / "energy_uj").chmod(0o000)
+    if os.geteuid() == 0:  # root reads any file: make the fake counter refuse as the kernel does for non-root
+        real = Path.read_text
+
+        def refuse(self: Path, *args: object, **kwargs: object) -> str:
+            if self.name == "energy_uj":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(SourceUnavailable, match="not readable"):
         RaplSource(tmp_path)
     meter = build_chain("cpu", powercap_root=tmp_path, power_model=PowerModel("test", 2.0, "test"))

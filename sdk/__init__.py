@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "convert", "unpack", "plan", "resolve_device", "evaluate", "bench", "autoquant",
-           "prune", "Model", "Chunk", "GenerationResult", "Metrics", "EdgeLLMError"]
+           "prune", "bundle", "Model", "Chunk", "GenerationResult", "Metrics", "EdgeLLMError"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and loads no native library
@@ -24,17 +24,20 @@ def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and l
     if name in ("plan", "resolve_device"):
         from . import planning
         return getattr(planning, name)
+    if name == "bundle":
+        from .bundling import bundle
+        return bundle
     if name == "evaluate":
-        from .evaluate import evaluate
+        from .evaluation import evaluate
         return evaluate
     if name == "bench":
-        from .bench import run_bench
+        from .benchmark import run_bench
         return run_bench
     if name == "autoquant":
-        from .autoquant import autoquant
+        from .quant_search import autoquant
         return autoquant
     if name == "prune":
-        from .prune import prune
+        from .pruning import prune
         return prune
     if name in ("Model", "Chunk", "GenerationResult"):
         from . import model

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgellm.commands.unpack",
     "edgellm.commands.devices",
     "edgellm.commands.plan",
+    "edgellm.commands.bundle",
     "edgellm.commands.bench",
     "edgellm.commands.eval",
     "edgellm.commands.demo",

@@ -74,7 +74,7 @@ def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
 
 def load(path: str | Path, device: str = "auto", *, backend: str | None = None, n_ctx: int | None = None,
          threads: int | str | None = None, n_gpu_layers: int | None = None, **extra: Any) -> Model:
-    """Open an artifact (folder with edgellm.json, .gguf or .onnx file) and return a `Model`.
+    """Open an artifact (folder with edgellm.json, .gguf or .onnx file, or a bundle) and return a `Model`.
 
     device: "auto" | "cpu" | "cuda" | "cuda:N" | "profile:NAME" (runs here under the profile's thread and
     memory caps, refusing what would not fit there). threads: a number, None (the device's plan) or "auto"
@@ -82,8 +82,14 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
     """
     from .planning import resolve_device, tune_threads
 
-    art = resolve_artifact(path)
     dev = resolve_device(device)
+    if (Path(path) / "bundle.json").is_file():
+        from .bundling import pick_variant, verify_variant
+
+        variant, why = pick_variant(path, device, dev, n_ctx)
+        log.info("bundle %s: variant %s (%s)", path, variant, why)
+        path = verify_variant(path, variant)
+    art = resolve_artifact(path)
     ctx = n_ctx or min(art.context_length or 2048, 4096)
     planned = _check_fit(art, dev, ctx)
     cap = dev.max_threads

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bench import BenchResult, BenchRow, to_markdown
+from .benchmark import BenchResult, BenchRow, to_markdown
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 W, H, L, R, T, B = 520, 300, 60, 20, 30, 45  # canvas and margins

@@ -23,7 +23,7 @@ def bench(artifacts: list[str], threads: str = "0", prompt_tokens: str = "64", g
           num_pred_tokens: int | None = None, prompt_file: str | None = None, label: str = "",
           output_format: str = "text", output: str | None = None, report: str | None = None,
           no_progress: bool = False) -> int:
-    from ..bench import BenchConfig, run_bench, to_csv, to_json, to_markdown, to_text
+    from ..benchmark import BenchConfig, run_bench, to_csv, to_json, to_markdown, to_text
 
     load_options: dict[str, object] = {}
     if speculative:

@@ -38,7 +38,7 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_
     target = output if prune_layers is None else tempfile.mkdtemp(prefix="edgellm-unpruned-")
     try:
         if quant.lower() == "auto":
-            from ..autoquant import autoquant
+            from ..quant_search import autoquant
 
             result = autoquant(model, target, max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_tps=min_tps,
                                formats=(format,), prefer=prefer, **options)
@@ -71,7 +71,7 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_
 
 def _prune(artifact: Path, output: str, layers: str, max_kld: float | None, max_ppl_increase: float | None,
            json_out: bool) -> int:
-    from ..prune import prune
+    from ..pruning import prune
 
     count: int | str = "auto" if layers == "auto" else int(layers)
     r = prune(artifact, output, layers=count, max_kld=max_kld, max_ppl_increase=max_ppl_increase)

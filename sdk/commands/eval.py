@@ -9,7 +9,7 @@ from pathlib import Path
 def eval_models(models: list[str], reference: str | None = None, text_file: str | None = None,
                 max_tokens: int = 1024, n_ctx: int = 512, threads: int | None = None, json_output: bool = False,
                 markdown: bool = False) -> int:
-    from ..evaluate import evaluate, format_table
+    from ..evaluation import evaluate, format_table
 
     text = Path(text_file).read_text(encoding="utf-8") if text_file else None
     results = [evaluate(m, reference, text=text, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)

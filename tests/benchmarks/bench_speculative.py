@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edgellm.bench import BenchConfig, run_bench  # noqa: E402
+from edgellm.benchmark import BenchConfig, run_bench  # noqa: E402
 from tests.fixtures import smollm2  # noqa: E402
 
 EDIT_TEXT = ("The old lighthouse stood on the northern cliff for two hundred years. Every night the keeper climbed "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edgellm.prune import trade_table  # noqa: E402
+from edgellm.pruning import trade_table  # noqa: E402
 from tests.fixtures import smollm2  # noqa: E402
 
 

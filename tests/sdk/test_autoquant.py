@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from edgellm.autoquant import autoquant
+from edgellm.quant_search import autoquant
 from edgellm.errors import BudgetNotMetError, EdgeLLMError
 
 LADDER = ("Q8_0", "Q4_K_M", "Q4_0")

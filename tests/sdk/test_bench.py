@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from edgellm.bench import BenchConfig, BenchResult, run_bench, to_csv, to_json, to_markdown, to_text
+from edgellm.benchmark import BenchConfig, BenchResult, run_bench, to_csv, to_json, to_markdown, to_text
 from edgellm.errors import EdgeLLMError
 from edgellm.report import plot_histogram, render_html
 

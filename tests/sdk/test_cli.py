@@ -79,3 +79,17 @@ def test_convert_quant_auto_and_prune_layers(tiny_models, tmp_path: Path, capsys
 
     assert main(["convert", src, str(tmp_path / "x"), "--quant", "auto", "--prune-layers", "1"]) == 1
     assert "one at a time" in capsys.readouterr().err
+
+
+def test_public_api_names_are_the_functions_even_after_submodule_imports() -> None:
+    import importlib
+
+    import edgellm
+
+    for module in ("converting", "planning", "bundling", "evaluation", "benchmark", "quant_search", "pruning"):
+        importlib.import_module(f"edgellm.{module}")
+    for name in edgellm.__all__:
+        if name == "__version__":
+            continue
+        value = getattr(edgellm, name)
+        assert callable(value), f"edgellm.{name} is {value!r}"

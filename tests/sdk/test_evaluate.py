@@ -6,7 +6,7 @@ import math
 import pytest
 
 from edgellm.errors import EvaluationError
-from edgellm.evaluate import default_text, evaluate, format_table, windows
+from edgellm.evaluation import default_text, evaluate, format_table, windows
 
 
 def test_default_text_is_built_from_installed_docstrings() -> None:

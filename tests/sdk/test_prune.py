@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgellm.errors import BudgetNotMetError, EdgeLLMError
-from edgellm.prune import block_count, drop_layers, prune, rank_layers
+from edgellm.pruning import block_count, drop_layers, prune, rank_layers
 
 CANDIDATES = (3, 15, 29)  # a few blocks keep the test short; the docs rank all 30
 

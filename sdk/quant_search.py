@@ -118,7 +118,7 @@ def autoquant(model: str | Path, output: str | Path, max_kld: float | None = Non
     convert_options go to the converter (pre_tokenizer, context_length, ONNX recipe options).
     Raises BudgetNotMetError (its `.table` holds every measured row) when none meets the budget."""
     from .converting import convert
-    from .evaluate import evaluate, reference_scores
+    from .evaluation import evaluate, reference_scores
 
     if prefer not in ("smallest", "fastest"):
         raise EdgeLLMError(f"prefer={prefer!r}", "choose 'smallest' or 'fastest'")

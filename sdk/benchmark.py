@@ -147,7 +147,7 @@ def _mean_sd(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
 
 
 def _filler_ids(model: Any, n: int) -> list[int]:
-    from .evaluate import default_text
+    from .evaluation import default_text
 
     ids = model.tokenize(default_text(min_chars=max(4000, n * 6)), add_special=False)
     while len(ids) < n:
@@ -263,7 +263,7 @@ def _default_threads() -> int:
 
 
 def _add_quality(rows: list[BenchRow], artifact: str, cfg: BenchConfig) -> None:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     assert cfg.quality_reference is not None
     r = evaluate(artifact, cfg.quality_reference, max_tokens=cfg.quality_tokens, n_ctx=cfg.quality_tokens)

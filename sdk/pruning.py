@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BudgetNotMetError, EdgeLLMError
-from .evaluate import EvalResult, evaluate, reference_scores
+from .evaluation import EvalResult, evaluate, reference_scores
 
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()

@@ -1,0 +1,146 @@
+"""Bundles: several artifact variants for several targets in one checksummed folder, picked by device at load.
+
+    edgellm.bundle("hf/SmolLM2", "dist/smollm2.bundle", targets=["raspberry-pi-5", "android-midrange"])
+    model = edgellm.load("dist/smollm2.bundle", device="profile:raspberry-pi-5")   # -> its GGUF Q4_0 variant
+
+Layout: `bundle.json` (variants with the sha256 of every file, target -> variant) and `variants/<name>/` (an
+ordinary artifact folder each). Built under a temp name and renamed when complete; every load verifies the
+chosen variant's checksums, so a partial copy is refused rather than run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .converters.manifest import safe_child, sha256_file
+from .errors import BundleError, EdgeLLMError, InsufficientMemoryError
+
+log = logging.getLogger(__name__)
+
+BUNDLE_NAME = "bundle.json"
+BUNDLE_SCHEMA = 1
+DEFAULT_TARGETS: tuple[str, ...] = ("laptop-8gb-cpu", "raspberry-pi-5", "android-midrange")
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    path: Path
+    variants: dict[str, dict[str, Any]]
+    targets: dict[str, str]
+
+
+def _variant_for(profile_name: str) -> tuple[str, str, str]:
+    """(variant name, format, quant) a target profile prefers (its first preferred artifact)."""
+    from .devices.profiles import get_profile
+
+    pref = get_profile(profile_name).preferred[0]
+    return f"{pref.format}-{pref.quant.lower()}", pref.format, pref.quant
+
+
+def bundle(model: str | Path, output: str | Path, targets: Sequence[str] = DEFAULT_TARGETS, *,
+           progress: bool = False, overwrite: bool = False) -> BundleResult:
+    """Convert `model` (an HF folder) once per distinct variant the `targets` prefer, into one bundle folder."""
+    from .converting import convert
+
+    if not targets:
+        raise BundleError("a bundle needs at least one target profile", "e.g. targets=['raspberry-pi-5']")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists", "pass overwrite=True (--overwrite) or choose another folder")
+    wanted = {t: _variant_for(t) for t in targets}   # unknown profiles fail here, before any work
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    variants: dict[str, dict[str, Any]] = {}
+    try:
+        tmp.mkdir(parents=True)
+        for name, fmt, quant in dict.fromkeys(wanted.values()):
+            folder = tmp / "variants" / name
+            convert(model, folder, format=fmt, quant=quant, progress=progress)
+            files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+            variants[name] = {"format": fmt, "quant": quant, "folder": f"variants/{name}", "files": files,
+                              "size_bytes": sum((folder / f).stat().st_size for f in files)}
+        doc = {"schema": BUNDLE_SCHEMA, "source": str(Path(model).resolve()), "variants": variants,
+               "targets": {t: v[0] for t, v in wanted.items()}}
+        (tmp / BUNDLE_NAME).write_text(json.dumps(doc, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BundleResult(out, variants, doc["targets"])  # type: ignore[arg-type]
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / BUNDLE_NAME).is_file()
+
+
+def read_bundle(folder: str | Path) -> dict[str, Any]:
+    root = Path(folder)
+    try:
+        doc = json.loads((root / BUNDLE_NAME).read_text(encoding="utf-8"))
+        variants, targets = doc["variants"], doc["targets"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{root / BUNDLE_NAME} is unreadable or incomplete ({exc})") from None
+    for name, v in variants.items():
+        safe_child(root, v["folder"])
+        for rel in v.get("files", {}):
+            safe_child(root / v["folder"], rel)
+    for target, name in targets.items():
+        if name not in variants:
+            raise BundleError(f"target {target} points at a variant {name!r} the bundle does not hold")
+    return doc
+
+
+def verify_variant(folder: str | Path, name: str, doc: dict[str, Any] | None = None) -> Path:
+    """Check every file of a variant against its recorded sha256; return the variant's artifact folder."""
+    root = Path(folder)
+    doc = doc or read_bundle(root)
+    v = doc["variants"][name]
+    base = root / v["folder"]
+    for rel, digest in v["files"].items():
+        path = base / rel
+        if not path.is_file():
+            raise BundleError(f"bundle variant {name}: {rel} is missing (a partial copy?)")
+        if sha256_file(path) != digest:
+            raise BundleError(f"bundle variant {name}: {rel} does not match its checksum (corrupt or modified)")
+    return base
+
+
+def _runtime_available(fmt: str) -> bool:
+    module = {"gguf": "llama_cpp", "onnx": "onnxruntime"}[fmt]
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def pick_variant(folder: str | Path, device_spec: str, device: Any, n_ctx: int | None = None) -> tuple[str, str]:
+    """(variant name, reason). A profile the bundle targets gets its variant; otherwise the largest variant
+    (the least quantized) whose runtime is installed and whose planned memory fits the device."""
+    from .planning import plan
+
+    doc = read_bundle(folder)
+    if device_spec.startswith("profile:"):
+        target = device_spec.split(":", 1)[1]
+        if target in doc["targets"]:
+            return doc["targets"][target], f"bundle target {target}"
+    misses = []
+    by_size = sorted(doc["variants"].items(), key=lambda kv: -int(kv[1].get("size_bytes", 0)))
+    for name, v in by_size:
+        if not _runtime_available(v["format"]):
+            misses.append(f"{name}: runtime for {v['format']} not installed")
+            continue
+        try:
+            plan(Path(folder) / v["folder"], device=device, context=n_ctx)
+        except InsufficientMemoryError as exc:
+            misses.append(f"{name}: {exc.message}")
+            continue
+        except EdgeLLMError as exc:  # cannot plan it: still a candidate, the load checks again
+            log.info("bundle variant %s could not be planned (%s)", name, exc.message)
+        return name, f"largest variant that fits {device_spec}" + (f" (skipped: {'; '.join(misses)})" if misses else "")
+    raise InsufficientMemoryError(f"no variant of bundle {folder} fits {device_spec}: " + "; ".join(misses))

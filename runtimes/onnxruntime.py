@@ -92,9 +92,14 @@ class OnnxRuntime:
         if not past or "input_ids" not in self._inputs:
             raise ModelFormatError(f"{self.path} is not a decoder graph with input_ids and past_key_values.*")
         dims = past[0].type.tensor_type.shape.dim
-        if len(dims) != 4 or not dims[1].dim_value or not dims[3].dim_value:
-            raise ModelFormatError(f"{self.path}: past_key_values.0.key must be [batch, kv_heads, seq, head_dim]")
-        return len(past), dims[1].dim_value, dims[3].dim_value
+        # genai builders leave the dims symbolic and state them in genai_config.json instead
+        decoder = self._read_json("genai_config.json").get("model", {}).get("decoder", {})
+        kv_heads = (dims[1].dim_value if len(dims) == 4 else 0) or int(decoder.get("num_key_value_heads", 0))
+        head_dim = (dims[3].dim_value if len(dims) == 4 else 0) or int(decoder.get("head_size", 0))
+        if len(dims) != 4 or not kv_heads or not head_dim:
+            raise ModelFormatError(f"{self.path}: past_key_values.0.key must be [batch, kv_heads, seq, head_dim] "
+                                   "with sizes in the graph or in genai_config.json")
+        return len(past), kv_heads, head_dim
 
     @staticmethod
     def _logits_width(proto: Any) -> int:

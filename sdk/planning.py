@@ -91,13 +91,20 @@ def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int |
     if not past:
         raise ModelFormatError(f"{p}: no past_key_values.N.key inputs; not an edgellm/genai-style decoder")
     dims = [d.dim_value for d in past[0].type.tensor_type.shape.dim]  # (batch, kv_heads, seq, head_dim)
-    kv_heads, head_dim = dims[1], dims[3]
+    decoder = _json_or_empty(p.parent / "genai_config.json").get("model", {})  # genai builders' graphs
+    dec = decoder.get("decoder", {}) if isinstance(decoder, dict) else {}
+    kv_heads = dims[1] if len(dims) == 4 and dims[1] else int(dec.get("num_key_value_heads", 0))
+    head_dim = dims[3] if len(dims) == 4 and dims[3] else int(dec.get("head_size", 0))
     embed = next((i for i in model.graph.initializer if "embed" in i.name), None)
-    vocab, hidden = (tuple(embed.dims)[:2] if embed is not None else (0, 0))
+    vocab, hidden = (tuple(embed.dims)[:2] if embed is not None and len(embed.dims) == 2
+                     else (int(decoder.get("vocab_size", 0)), int(dec.get("hidden_size", 0))))
+    if not (kv_heads and head_dim and hidden and vocab):
+        raise ModelFormatError(f"{p}: cannot tell the model's shape (kv heads {kv_heads}, head dim {head_dim}, "
+                               f"hidden {hidden}, vocab {vocab}) from the graph or genai_config.json")
     files = [p] + [p.parent / f for f in {e.value for i in model.graph.initializer for e in i.external_data
                                            if e.key == "location"}]
     config = _json_or_empty(p.parent / "config.json")
-    heads = int(config.get("num_attention_heads", hidden // head_dim if head_dim else 0))
+    heads = int(config.get("num_attention_heads", dec.get("num_attention_heads") or hidden // head_dim))
     return ModelFacts(
         architecture=str(config.get("model_type", "llama")), num_layers=len(past), hidden_size=int(hidden),
         intermediate_size=int(config.get("intermediate_size") or _onnx_ffn_width(model) or 4 * hidden), num_heads=heads,

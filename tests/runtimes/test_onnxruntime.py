@@ -195,3 +195,32 @@ def test_bad_prefill_chunk_is_a_typed_error(artifact):
 
     with pytest.raises(ArtifactError, match="prefill_chunk"):
         edgellm.load(artifact, n_ctx=64, prefill_chunk=0)
+
+
+def test_graph_with_symbolic_kv_dims_reads_sizes_from_genai_config(artifact, tmp_path):
+    """onnxruntime-genai's builder leaves past KV dims symbolic; the sizes then come from genai_config.json."""
+    import json
+    import shutil
+
+    import onnx
+
+    from edgellm.errors import ModelFormatError
+
+    copy = tmp_path / "symbolic"
+    shutil.copytree(artifact, copy)
+    model = onnx.load(str(copy / "model.onnx"), load_external_data=False)
+    for i in model.graph.input:
+        if i.name.startswith("past_key_values."):
+            dims = i.type.tensor_type.shape.dim
+            dims[1].dim_param, dims[3].dim_param = "kv_heads", "head_dim"
+    onnx.save(model, str(copy / "model.onnx"))
+    with edgellm.load(copy, n_ctx=64) as m:
+        expected = m.generate("hello world", max_tokens=4, temperature=0.0).tokens
+    cfg = json.loads((copy / "genai_config.json").read_text())
+    decoder = cfg["model"]["decoder"]
+    with edgellm.load(artifact, n_ctx=64) as m:
+        assert m.generate("hello world", max_tokens=4, temperature=0.0).tokens == expected
+    decoder.pop("num_key_value_heads")
+    (copy / "genai_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError):
+        edgellm.load(copy, n_ctx=64)

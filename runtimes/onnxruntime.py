@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -242,9 +242,6 @@ class OnnxRuntime:
         place, reading seqlens_k/total_sequence_length from attention_mask), and every per-step input/output an
         OrtValue over a preallocated host array, so a decode step allocates nothing, copies nothing and rebinds
         only attention_mask (its length is the total sequence length)."""
-        sampler = Sampler(params)
-        history = list(prompt)
-        budget = self.n_ctx - len(prompt)
         binding = self.session.io_binding()
         capacity = self._kv_capacity(len(prompt), params)
         kv = self._bind_kv(binding, capacity)
@@ -269,28 +266,22 @@ class OnnxRuntime:
         run = self.session.run_with_iobinding
         bind_mask = binding.bind_ortvalue_input
         host_value = self._host_value
-        pos = len(prompt)
-        for produced in range(1, budget + 1):
-            token = sampler(row, history)
-            history.append(token)
-            yield token
-            if produced >= budget:
-                return
+
+        def advance(token: int, pos: int) -> np.ndarray:
+            nonlocal capacity, kv
             if pos >= capacity:   # the caller went past max_tokens: double the buffers (CPU only)
                 capacity = min(self.n_ctx, 2 * capacity)
                 kv = self._bind_kv(binding, capacity, kv, pos)
             ids[0, 0] = token
             positions[0, 0] = pos
-            pos += 1
-            bind_mask("attention_mask", host_value(mask[:, :pos]))
+            bind_mask("attention_mask", host_value(mask[:, :pos + 1]))
             run(binding)
-            row = (step if step is not None else binding.get_outputs()[-1].numpy())[0, -1]
+            return (step if step is not None else binding.get_outputs()[-1].numpy())[0, -1]
+
+        yield from self._decode(params, prompt, row, advance)
 
     def _generate_copying(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
         """Standard-ops graph: past grows by concatenation, so each step binds the last presents as the pasts."""
-        sampler = Sampler(params)
-        history = list(prompt)
-        budget = self.n_ctx - len(prompt)
         binding = self.session.io_binding()
         names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self._layers) for k in ("key", "value")]
         empty = self._ortvalue((1, self._kv_heads, 0, self._head_dim))
@@ -305,22 +296,34 @@ class OnnxRuntime:
         del prefill_out
         step = np.empty((1, 1, self._vocab or row.shape[-1]), dtype=np.float32)
         step_value = self._host_value(step)
-        pos = len(prompt)
+
+        def advance(token: int, pos: int) -> np.ndarray:
+            nonlocal outputs
+            for (past, present), value in zip(names, outputs):   # presents were bound first, logits last
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_output(present, self._device)
+            binding.bind_ortvalue_output("logits", step_value)
+            self._bind_inputs(binding, [token], pos)
+            self._run(binding)
+            outputs = binding.get_outputs()
+            return step[0, -1]
+
+        yield from self._decode(params, prompt, row, advance)
+
+    def _decode(self, params: SamplingParams, prompt: list[int], row: np.ndarray,
+                advance: Callable[[int, int], np.ndarray]) -> Iterator[int]:
+        """The decode loop both graph kinds share: sample from `row`, yield the token, then `advance(token, pos)`
+        runs one step and returns the next logits row; stops when the context is full."""
+        sampler = Sampler(params)
+        history = list(prompt)
+        budget = self.n_ctx - len(prompt)
         for produced in range(1, budget + 1):
             token = sampler(row, history)
             history.append(token)
             yield token
             if produced >= budget:
                 return
-            for (past, present), value in zip(names, outputs):   # presents were bound first, logits last
-                binding.bind_ortvalue_input(past, value)
-                binding.bind_output(present, self._device)
-            binding.bind_ortvalue_output("logits", step_value)
-            self._bind_inputs(binding, [token], pos)
-            pos += 1
-            self._run(binding)
-            outputs = binding.get_outputs()
-            row = step[0, -1]
+            row = advance(token, len(prompt) + produced - 1)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]  # onnxruntime frees its arenas with the session

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConversionError, OutputPathError
 from .architectures import get_architecture
+from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, calibration_set
 from .hf import HFModel, read_hf_model
 from .manifest import Manifest, sha256_file, write_manifest
 from .onnx_genai import write_genai_files
@@ -34,9 +35,10 @@ ONNX_QUANTS: tuple[str, ...] = tuple(RECIPES)
 
 # (flag, argparse kwargs). Each dest is a keyword of convert_to_onnx; the lead's `edgellm convert` adds them.
 ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--block-size", {"dest": "block_size", "type": int, "default": 32, "choices": (16, 32, 64, 128, 256),
-                      "help": "int4/int8 block size along the input dimension (ONNX)"}),
-    ("--symmetric", {"dest": "symmetric", "action": "store_true", "default": False,
+    ("--block-size", {"dest": "block_size", "type": int, "default": None, "choices": (16, 32, 64, 128, 256),
+                      "help": "int4/int8 block size along the input dimension, for every quantized tensor "
+                              "(default: the recipe's, 32 with 64 for the MLP down projection) (ONNX)"}),
+    ("--symmetric", {"dest": "symmetric", "action": "store_true", "default": None,
                      "help": "symmetric int blocks (no zero points) (ONNX)"}),
     ("--accuracy-level", {"dest": "accuracy_level", "type": int, "default": 4, "choices": (0, 1, 2, 3, 4),
                           "help": "MatMulNBits compute precision: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 (ONNX)"}),
@@ -44,8 +46,15 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                         "help": "only ai.onnx ops, no onnxruntime contrib ops (ONNX)"}),
     ("--lm-head", {"dest": "lm_head", "default": None, "choices": ("int4", "int8", "fp16", "fp32"),
                    "help": "precision of the LM head (default: the recipe's) (ONNX)"}),
-    ("--embeddings", {"dest": "embeddings", "default": None, "choices": ("fp16", "fp32"),
-                      "help": "precision of the embedding table (default: the recipe's) (ONNX)"}),
+    ("--embeddings", {"dest": "embeddings", "default": None,
+                      "choices": ("shared", "int4", "int8", "fp16", "fp32"),
+                      "help": "precision of the embedding table; shared = the LM head's quantized table, "
+                              "stored once when the model ties them (default: the recipe's) (ONNX)"}),
+    ("--calibration-text", {"dest": "calibration_text", "default": None, "metavar": "FILE",
+                            "help": "text for GPTQ calibration (default: stdlib docstrings, disjoint from "
+                                    "`edgellm eval`'s default text) (ONNX)"}),
+    ("--calibration-tokens", {"dest": "calibration_tokens", "type": int, "default": DEFAULT_TOKENS,
+                              "help": "calibration tokens for GPTQ, cut into 512-token sequences (ONNX)"}),
     ("--ort-format", {"dest": "ort_format", "action": "store_true", "default": False,
                       "help": "also write model.ort + required_operators.config for a reduced mobile build (ONNX)"}),
 )
@@ -66,17 +75,16 @@ def _check_recipe(model: HFModel, recipe: Recipe) -> None:
     """Refuse block sizes that do not divide a weight's input dimension, before writing anything."""
     c = model.config
     attn = c.num_heads * c.head_dim
-    shapes = {
-        "weight": [("model.layers.0.self_attn.q_proj.weight", (attn, c.hidden_size)),
-                   ("model.layers.0.self_attn.o_proj.weight", (c.hidden_size, attn)),
-                   ("model.layers.0.mlp.down_proj.weight", (c.hidden_size, c.intermediate_size))],
-        "lm_head": [("lm_head.weight", (c.vocab_size, c.hidden_size))],
-    }
-    for role, rows in shapes.items():
-        spec = recipe.spec_for(role)  # type: ignore[arg-type]
+    linears = [("attn.qkv_proj", "model.layers.0.self_attn.q_proj.weight", (attn, c.hidden_size)),
+               ("attn.o_proj", "model.layers.0.self_attn.o_proj.weight", (c.hidden_size, attn)),
+               ("mlp.gate_up_proj", "model.layers.0.mlp.gate_proj.weight", (c.intermediate_size, c.hidden_size)),
+               ("mlp.down_proj", "model.layers.0.mlp.down_proj.weight", (c.hidden_size, c.intermediate_size))]
+    checks = [(recipe.spec_for_linear("layers.0." + short), name, shape) for short, name, shape in linears]
+    checks += [(recipe.spec_for(role), name, (c.vocab_size, c.hidden_size))
+               for role, name in (("lm_head", "lm_head.weight"), ("embeddings", "model.embed_tokens.weight"))]
+    for spec, name, shape in checks:
         if spec.bits:
-            for name, shape in rows:
-                check_blocks(name, shape, spec.block_size)
+            check_blocks(name, shape, spec.block_size)
 
 
 def _stage_dir(out_dir: Path) -> Path:
@@ -122,21 +130,28 @@ def _publish(stage: Path, out_dir: Path, files: list[str]) -> None:
         os.replace(stage / name, out_dir / name)
 
 
-def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int4", *, block_size: int = 32,
-                    symmetric: bool = False, accuracy_level: int = 4, fused: bool = True,
+def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int4", *, block_size: int | None = None,
+                    symmetric: bool | None = None, accuracy_level: int = 4, fused: bool = True,
                     lm_head: str | None = None, embeddings: str | None = None, recipe: Recipe | None = None,
                     ort_format: bool = False, context_length: int | None = None, threads: int | None = None,
+                    calibration_text: str | Path | None = None, calibration_tokens: int = DEFAULT_TOKENS,
                     progress: bool = False) -> ONNXResult:
     """Convert an HF folder into an ONNX artifact folder `output/` (model.onnx + external data + genai files).
 
     quant names a recipe (ONNX_QUANTS) unless `recipe` is given; block_size/symmetric/lm_head/embeddings
-    override it. fused=False writes only ai.onnx ops. Returns paths, the recipe name and tensor types."""
+    override it. fused=False writes only ai.onnx ops. GPTQ recipes calibrate on `calibration_tokens` of
+    `calibration_text` (default: standard-library docstrings). Returns paths, the recipe name and tensor types."""
     from .onnx_graph import GraphOptions, build_decoder
     from .onnx_ops import GraphWriter
 
     t0 = time.perf_counter()
     base = recipe or get_recipe(quant)
     rec = base.with_options(block_size=block_size, symmetric=symmetric, lm_head=lm_head, embeddings=embeddings)
+    if not fused and rec.embeddings.bits:
+        if embeddings is not None:
+            raise ConversionError(f"--embeddings {embeddings} needs onnxruntime's GatherBlockQuantized",
+                                  "drop --standard-ops, or pass --embeddings fp16")
+        rec = rec.with_options(embeddings="fp16")    # the standard-op graph keeps a float table
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConversionError(f"accuracy_level={accuracy_level} must be 0..4")
     out_dir = Path(output)
@@ -146,11 +161,14 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         arch = get_architecture(model.config.architecture)
         _check_recipe(model, rec)
         ctx = int(context_length or model.config.max_position_embeddings)
+        calib = (calibration_set(Path(model_dir), calibration_text, calibration_tokens, seq_len=min(DEFAULT_SEQ_LEN, ctx))
+                 if rec.calibrated else None)
         stage = _stage_dir(out_dir)
         try:
             writer = GraphWriter(stage / DATA_FILE, DATA_FILE)
             try:
-                build_decoder(model, arch, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx))
+                build_decoder(model, arch, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx,
+                                                                  calibration=calib))
             finally:
                 writer.finish()
             proto = writer.model(f"edgellm-{model.config.model_type or 'decoder'}", fused)
@@ -168,10 +186,12 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
                 tokenizer={"model": "BPE", "vocab_size": model.config.vocab_size,
                            "bos_id": model.config.bos_token_id, "eos_ids": list(model.config.eos_token_ids)},
                 tensor_types=dict(writer.tensor_types),
-                extra={"fused": fused, "weights": rec.weight.label, "lm_head": rec.lm_head.label,
+                extra={"fused": fused, "weights": rec.weights_label, "lm_head": rec.lm_head.label,
                        "embeddings": rec.embeddings.label, "accuracy_level": accuracy_level,
                        "data_sha256": sha256_file(stage / DATA_FILE), "ort_format": ort_format,
-                       "genai_config": "genai_config.json"},
+                       "genai_config": "genai_config.json",
+                       "shared_embeddings": rec.shares_embeddings(model.config.tie_word_embeddings),
+                       "calibration": None if calib is None else {"source": calib.source, "tokens": calib.tokens}},
             )
             _publish(stage, out_dir, files)
             manifest_path = write_manifest(out_dir, manifest)

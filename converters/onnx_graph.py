@@ -11,7 +11,7 @@ Two variants share every weight decision:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -19,8 +19,11 @@ from onnx import TensorProto, helper
 from ..errors import ModelFormatError
 from .architectures import Architecture
 from .hf import HFModel, ModelConfig
-from .onnx_ops import MS_DOMAIN, GraphWriter, linear, rms_norm, rope_tables, skip_rms_norm
-from .quant import Recipe
+from .calibration import CalibrationSet, Calibrator, LayerWeights
+from .gptq import gptq_quantize
+from .onnx_ops import (MS_DOMAIN, GraphWriter, linear, quantized_gather, rms_norm, rope_caches, rope_tables,
+                       skip_rms_norm, store_nbits)
+from .quant import BlockQuant, Recipe, quantize_blocks
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class GraphOptions:
     fused: bool = True
     accuracy_level: int = 4
     max_positions: int = 4096   # rows of the RoPE tables = the longest context the graph supports
+    calibration: CalibrationSet | None = None   # token ids for GPTQ (required when the recipe is calibrated)
 
 
 def _weight(model: HFModel, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -144,23 +148,19 @@ def build_decoder(model: HFModel, arch: Architecture, g: GraphWriter, opts: Grap
     hd, h, kv = c.head_dim, c.num_heads, c.num_kv_heads
     _declare_io(g, c)
     shapes = _Shapes(g)
-    cos_t, sin_t = rope_tables(hd, c.rope_theta, opts.max_positions, c.rope_scaling)
-    cos, sin = g.initializer("rope.cos_cache", cos_t), g.initializer("rope.sin_cache", sin_t)
+    cos, sin = rope_caches(g, hd, c.rope_theta, opts.max_positions, c.rope_scaling)
     attention = (_FusedAttention if fused else _StandardAttention)(g, c, shapes, cos, sin)
 
     embed = _weight(model, "model.embed_tokens.weight", (c.vocab_size, c.hidden_size))
-    emb_spec = recipe.spec_for("embeddings")
-    table = g.initializer("model.embed_tokens.weight",
-                          embed.astype(np.float16 if emb_spec.kind == "fp16" else np.float32), emb_spec.kind)
-    hidden = g.op("Gather", table, "input_ids", base="embed_tokens")
-    if emb_spec.kind == "fp16":
-        hidden = g.op("Cast", hidden, to=TensorProto.FLOAT)
-
-    wspec = recipe.spec_for("weight")
+    hidden = _embeddings(g, embed, recipe, c.tie_word_embeddings, fused)
+    calib = _calibrator(c, recipe, opts)
+    if calib is not None:
+        calib.embed(embed)
+    spec = recipe.spec_for_linear
     eps = c.rms_norm_eps
     residual, pending = hidden, None    # pending: output of the previous block, not yet added to residual
     for i in range(c.num_layers):
-        p = f"model.layers.{i}."
+        p, p_attn, p_mlp = f"model.layers.{i}.", f"layers.{i}.attn.", f"layers.{i}.mlp."
         ln1 = _weight(model, p + "input_layernorm.weight", (c.hidden_size,))
         if pending is None:
             x = rms_norm(g, residual, ln1, eps, f"layers.{i}.input_layernorm", fused)
@@ -174,24 +174,32 @@ def build_decoder(model: HFModel, arch: Architecture, g: GraphWriter, opts: Grap
             bias = np.concatenate([_weight(model, p + "self_attn.q_proj.bias", (h * hd,)),
                                    _weight(model, p + "self_attn.k_proj.bias", (kv * hd,)),
                                    _weight(model, p + "self_attn.v_proj.bias", (kv * hd,))])
-        qkv = linear(g, x, qkv_w, wspec, f"layers.{i}.attn.qkv_proj", fused, opts.accuracy_level, bias)
+        o_w = _weight(model, p + "self_attn.o_proj.weight", (c.hidden_size, h * hd))
+        ln2 = _weight(model, p + "post_attention_layernorm.weight", (c.hidden_size,))
+        ff = c.intermediate_size
+        gu_w = np.concatenate([_weight(model, p + "mlp.gate_proj.weight", (ff, c.hidden_size)),
+                               _weight(model, p + "mlp.up_proj.weight", (ff, c.hidden_size))])
+        down_w = _weight(model, p + "mlp.down_proj.weight", (c.hidden_size, ff))
+        bqs: dict[str, BlockQuant] = {}
+        if calib is not None:
+            bqs = calib.layer(i, LayerWeights(*(None if a is None else np.asarray(a, np.float32)
+                                                for a in (ln1, qkv_w, bias, o_w, ln2, gu_w, down_w))))
+        qkv = linear(g, x, qkv_w, spec(p_attn + "qkv_proj"), p_attn + "qkv_proj", fused, opts.accuracy_level, bias,
+                     bqs.get("qkv"))
         if fused:
             attn = attention(i, qkv)  # type: ignore[call-arg]
         else:
             q, k, v = g.node("Split", [qkv, g.const([h * hd, kv * hd, kv * hd])], 3, axis=-1)
             attn = attention(i, q, k, v)  # type: ignore[call-arg]
-        o_w = _weight(model, p + "self_attn.o_proj.weight", (c.hidden_size, h * hd))
-        attn_out = linear(g, attn, o_w, wspec, f"layers.{i}.attn.o_proj", fused, opts.accuracy_level)
-        ln2 = _weight(model, p + "post_attention_layernorm.weight", (c.hidden_size,))
+        attn_out = linear(g, attn, o_w, spec(p_attn + "o_proj"), p_attn + "o_proj", fused, opts.accuracy_level,
+                          bq=bqs.get("o"))
         x, residual = skip_rms_norm(g, attn_out, residual, ln2, eps, f"layers.{i}.post_attention_layernorm", fused)
-        ff = c.intermediate_size
-        gu_w = np.concatenate([_weight(model, p + "mlp.gate_proj.weight", (ff, c.hidden_size)),
-                               _weight(model, p + "mlp.up_proj.weight", (ff, c.hidden_size))])
-        gate_up = linear(g, x, gu_w, wspec, f"layers.{i}.mlp.gate_up_proj", fused, opts.accuracy_level)
+        gate_up = linear(g, x, gu_w, spec(p_mlp + "gate_up_proj"), p_mlp + "gate_up_proj", fused, opts.accuracy_level,
+                         bq=bqs.get("gate_up"))
         gate, up = g.node("Split", [gate_up, g.const([ff, ff])], 2, axis=-1)
         act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up, base=f"layers.{i}.mlp/SwiGLU")
-        down_w = _weight(model, p + "mlp.down_proj.weight", (c.hidden_size, ff))
-        pending = linear(g, act, down_w, wspec, f"layers.{i}.mlp.down_proj", fused, opts.accuracy_level)
+        pending = linear(g, act, down_w, spec(p_mlp + "down_proj"), p_mlp + "down_proj", fused, opts.accuracy_level,
+                         bq=bqs.get("down"))
 
     norm_w = _weight(model, "model.norm.weight", (c.hidden_size,))
     if pending is None:
@@ -201,5 +209,45 @@ def build_decoder(model: HFModel, arch: Architecture, g: GraphWriter, opts: Grap
         head = _weight(model, "lm_head.weight", (c.vocab_size, c.hidden_size))
     else:
         head = embed
-    logits = linear(g, x, head, recipe.spec_for("lm_head"), "lm_head", fused, opts.accuracy_level)
+    head_spec = recipe.spec_for("lm_head")
+    head_bq = None
+    if head_spec.method == "gptq":
+        assert calib is not None
+        head_bq = gptq_quantize(head, calib.final_hessian(np.asarray(norm_w, np.float32)), head_spec, "lm_head")
+    logits = linear(g, x, head, head_spec, "lm_head", fused, opts.accuracy_level, bq=head_bq)
     g.output("Identity", [logits], "logits")
+
+
+def _embeddings(g: GraphWriter, embed: np.ndarray, recipe: Recipe, tied: bool, fused: bool) -> str:
+    """Hidden states [B, S, D] for input_ids: a float table, its own quantized table, or the LM head's."""
+    spec = recipe.spec_for("embeddings")
+    rows = embed.shape[0]
+    if spec.bits:
+        if not fused:
+            raise ModelFormatError("quantized embeddings need onnxruntime's GatherBlockQuantized (fused graph)")
+        if not recipe.shares_embeddings(tied):   # its own table: rows are read directly, so weight error counts
+            table = replace(spec, method="mse") if spec.method == "gptq" else spec
+            store_nbits(g, "model.embed_tokens", spec, quantize_blocks(embed, table, "model.embed_tokens"))
+            return quantized_gather(g, "input_ids", "model.embed_tokens", spec, rows)
+        return quantized_gather(g, "input_ids", "lm_head", spec, rows)   # stored with the head, below
+    table = g.initializer("model.embed_tokens.weight",
+                          embed.astype(np.float16 if spec.kind == "fp16" else np.float32), spec.kind)
+    hidden = g.op("Gather", table, "input_ids", base="embed_tokens")
+    return g.op("Cast", hidden, to=TensorProto.FLOAT) if spec.kind == "fp16" else hidden
+
+
+def _calibrator(c: ModelConfig, recipe: Recipe, opts: GraphOptions) -> Calibrator | None:
+    if not recipe.calibrated:
+        return None
+    if opts.calibration is None:
+        raise ModelFormatError(f"recipe {recipe.name} is calibrated (GPTQ) but no calibration tokens were given")
+    cos, sin = rope_tables(c.head_dim, c.rope_theta, opts.calibration.ids.shape[1], c.rope_scaling)
+    def quantize(name: str, w: np.ndarray, hessian: np.ndarray) -> BlockQuant | None:
+        wspec = recipe.spec_for_linear(name)
+        if not wspec.bits:
+            return None
+        if wspec.method == "gptq":
+            return gptq_quantize(w, hessian, wspec, name)
+        return quantize_blocks(w, wspec, name)
+
+    return Calibrator(c, opts.calibration, cos, sin, quantize)

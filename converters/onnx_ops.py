@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ConversionError
-from .quant import QuantSpec, pack_uint4, quantize_blocks
+from .quant import BlockQuant, QuantSpec, pack_uint4, quantize_blocks
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ OPSET = 21            # blocked DequantizeLinear with uint4 needs opset 21
 INLINE_LIMIT = 1024   # initializers up to this many bytes stay inside model.onnx
 ALIGN = 64
 
-_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+               np.dtype(np.float16): TensorProto.FLOAT16,
                np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int32): TensorProto.INT32,
                np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
                np.dtype(np.bool_): TensorProto.BOOL}
@@ -72,7 +73,8 @@ class GraphWriter:
         return name
 
     def initializer(self, name: str, array: np.ndarray, label: str | None = None) -> str:
-        a = np.ascontiguousarray(array)
+        a = np.asarray(array)
+        a = a if a.flags.c_contiguous else np.ascontiguousarray(a)   # (ascontiguousarray makes scalars 1-D)
         dtype = _NP_TO_ONNX.get(a.dtype)
         if dtype is None:
             raise ConversionError(f"cannot store {a.dtype} tensor {name} in ONNX")
@@ -112,21 +114,36 @@ class GraphWriter:
 
 
 # -- layer-level helpers ---------------------------------------------------------------------------
+def nbits_names(name: str, spec: QuantSpec) -> tuple[str, str, str]:
+    """Initializer names of a MatMulNBits weight (qweight, scales, zero points or "" when symmetric)."""
+    return name + ".qweight", name + ".scales", "" if spec.symmetric else name + ".qzeros"
+
+
+def store_nbits(g: GraphWriter, name: str, spec: QuantSpec, bq: BlockQuant) -> tuple[str, str, str]:
+    """MatMulNBits' B [N, blocks, bytes], scales [N, blocks] and packed zero points [N, bytes]."""
+    n, k = bq.shape
+    nb = k // spec.block_size
+    qn, sn, zn = nbits_names(name, spec)
+    g.initializer(qn, bq.packed().reshape(n, nb, -1), spec.label)
+    g.initializer(sn, bq.scales.reshape(n, nb))
+    if zn:
+        g.initializer(zn, bq.packed_zero_points().reshape(n, -1))
+    return qn, sn, zn
+
+
 def linear(g: GraphWriter, x: str, w: np.ndarray, spec: QuantSpec, name: str, fused: bool, accuracy_level: int,
-           bias: np.ndarray | None = None) -> str:
-    """y = x @ w.T (+ bias) for an HF weight w [N, K], stored as `spec` says."""
+           bias: np.ndarray | None = None, bq: BlockQuant | None = None) -> str:
+    """y = x @ w.T (+ bias) for an HF weight w [N, K], stored as `spec` says (`bq`: already quantized)."""
     n, k = w.shape
-    if spec.bits and fused:
+    if spec.bits and bq is None:
         bq = quantize_blocks(w, spec, name)
-        nb = k // spec.block_size
-        ins = [x, g.initializer(name + ".qweight", bq.packed().reshape(n, nb, -1), spec.label),
-               g.initializer(name + ".scales", bq.scales.reshape(-1))]
-        ins.append("" if spec.symmetric else g.initializer(name + ".qzeros", bq.packed_zero_points()))
-        y = g.op("MatMulNBits", *ins, domain=MS_DOMAIN, base=name + "/MatMulNBits", K=k, N=n, bits=spec.bits,
+    if spec.bits and fused:
+        assert bq is not None
+        y = g.op("MatMulNBits", x, *store_nbits(g, name, spec, bq), domain=MS_DOMAIN, base=name + "/MatMulNBits", K=k, N=n, bits=spec.bits,
                  block_size=spec.block_size, accuracy_level=accuracy_level)
     elif spec.bits:
         # standard ops: blocked DequantizeLinear (opset 21) on w.T [K, N], blocks along K (axis 0)
-        bq = quantize_blocks(w, spec, name)
+        assert bq is not None
         q_t = bq.values.reshape(n, k).T.reshape(-1)
         s_t = np.ascontiguousarray(bq.scales.T)                  # [K/block, N]
         z_t = np.ascontiguousarray(bq.zero_points.T)
@@ -152,6 +169,16 @@ def linear(g: GraphWriter, x: str, w: np.ndarray, spec: QuantSpec, name: str, fu
     return y
 
 
+def quantized_gather(g: GraphWriter, ids: str, name: str, spec: QuantSpec, rows: int) -> str:
+    """Embedding rows looked up straight from a MatMulNBits weight `name` (stored by `linear`, before or
+    after this node): GatherBlockQuantized over a [rows, K*bits/8] view of its packed bytes."""
+    qn, sn, zn = nbits_names(name, spec)
+    view = g.op("Reshape", qn, g.const([rows, -1]), base=name + "/rows")
+    ins = [view, ids, sn] + ([zn] if zn else [])
+    return g.op("GatherBlockQuantized", *ins, domain=MS_DOMAIN, base=name + "/GatherBlockQuantized",
+                bits=spec.bits, block_size=spec.block_size, gather_axis=0, quantize_axis=1)
+
+
 def rms_norm(g: GraphWriter, x: str, weight: np.ndarray, eps: float, name: str, fused: bool) -> str:
     gamma = g.initializer(name + ".weight", np.asarray(weight, np.float32))
     if fused:
@@ -170,6 +197,21 @@ def skip_rms_norm(g: GraphWriter, x: str, residual: str, weight: np.ndarray, eps
         return out[0], out[3]
     total = g.op("Add", x, residual)
     return rms_norm(g, total, weight, eps, name, fused), total
+
+
+def rope_caches(g: GraphWriter, head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None
+                ) -> tuple[str, str]:
+    """cos/sin caches [max_pos, head_dim/2] float32, computed in the graph from the inverse frequencies in
+    float64: onnxruntime folds these constant nodes once at load, so the file does not carry 2 tables
+    (2 MiB at 8k context) and the values equal rope_tables' to float32 rounding."""
+    from .rope import rope_inv_freq
+
+    inv = g.initializer("rope.inv_freq", rope_inv_freq(head_dim, theta, scaling)[None, :].astype(np.float64))
+    pos = g.op("Range", g.const(0.0, np.float64), g.const(float(max_pos), np.float64), g.const(1.0, np.float64))
+    angles = g.op("Mul", g.op("Unsqueeze", pos, g.const([1])), inv, base="rope/angles")    # [max_pos, hd/2]
+    cos = g.output("Cast", [g.op("Cos", angles)], "rope.cos_cache", to=TensorProto.FLOAT)
+    sin = g.output("Cast", [g.op("Sin", angles)], "rope.sin_cache", to=TensorProto.FLOAT)
+    return cos, sin
 
 
 def rope_tables(head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:

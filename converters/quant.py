@@ -1,10 +1,15 @@
 """Weight-only quantization for the ONNX path: int4/int8 block-wise (MatMulNBits layout), fp16, fp32.
 
-Two scale choices for block-wise integers:
+Three ways to pick block-wise integers:
 - ``rtn``: plain round-to-nearest over each block's full [min, max] (or [-absmax, absmax]) range;
 - ``mse``: per block, a grid search over range shrink factors keeps the clipping that minimises the
-  block's squared reconstruction error (outliers get clipped when that lowers the total error).
-Both produce the same bytes per weight, so the search is free at inference time.
+  block's squared reconstruction error (outliers get clipped when that lowers the total error);
+- ``gptq``: calibrated; each column's rounding error is compensated on the columns not yet quantized so
+  that the layer's *output* error on calibration activations is low (converters/gptq.py).
+All produce the same bytes per weight, so the choice is free at inference time.
+
+Tied embeddings can share the LM head's quantized weights (GatherBlockQuantized reads the same
+initializers MatMulNBits does) when both roles have the same spec: the table is then stored once.
 
 Quantization policy is data: a `Recipe` maps (tensor role, shape) to a `QuantSpec`; the named recipes
 double as the CLI's choices (`ONNX_QUANTS` in converters/onnx.py).
@@ -19,7 +24,7 @@ import numpy as np
 from ..errors import QuantizationError
 
 Kind = Literal["int4", "int8", "fp16", "fp32"]
-Method = Literal["rtn", "mse"]
+Method = Literal["rtn", "mse", "gptq"]
 Role = Literal["weight", "lm_head", "embeddings"]
 
 # Shrink factors tried by the MSE search (1.0 = the plain RTN range).
@@ -51,13 +56,36 @@ class Recipe:
     weight: QuantSpec
     lm_head: QuantSpec
     embeddings: QuantSpec
+    # (linear name suffix, spec) pairs that replace `weight` for matching linears, e.g. ("mlp.down_proj", ...)
+    overrides: tuple[tuple[str, QuantSpec], ...] = ()
+
+    def spec_for_linear(self, name: str) -> QuantSpec:
+        """The spec of a decoder linear such as "layers.3.mlp.down_proj"."""
+        return next((spec for suffix, spec in self.overrides if name.endswith(suffix)), self.weight)
+
+    @property
+    def weights_label(self) -> str:
+        extra = "".join(f", {suffix}: {spec.label}" for suffix, spec in self.overrides)
+        return self.weight.label + extra
 
     def spec_for(self, role: Role) -> QuantSpec:
         return {"weight": self.weight, "lm_head": self.lm_head, "embeddings": self.embeddings}[role]
 
+    @property
+    def calibrated(self) -> bool:
+        """True when some role is quantized with GPTQ (the converter then runs a calibration pass)."""
+        specs = (self.weight, self.lm_head, *(spec for _, spec in self.overrides))
+        return any(spec.method == "gptq" for spec in specs)
+
+    def shares_embeddings(self, tied: bool) -> bool:
+        """Tied embeddings read the LM head's quantized weights (one stored table)."""
+        return tied and bool(self.embeddings.bits) and self.embeddings == self.lm_head
+
     def with_options(self, *, block_size: int | None = None, symmetric: bool | None = None,
                      lm_head: str | None = None, embeddings: str | None = None) -> "Recipe":
-        """A copy with the CLI's overrides applied (block size and symmetry apply to every integer spec)."""
+        """A copy with the CLI's overrides applied (block size and symmetry apply to every integer spec).
+
+        embeddings="shared" stores them as the LM head is stored (one table when the model ties them)."""
         def adjust(spec: QuantSpec) -> QuantSpec:
             changes: dict[str, object] = {}
             if block_size is not None:
@@ -67,11 +95,16 @@ class Recipe:
             return replace(spec, **changes) if spec.bits else spec
 
         head = adjust(self.lm_head if lm_head is None else _spec_from_name(lm_head, self.weight))
-        emb = self.embeddings if embeddings is None else _spec_from_name(embeddings, self.weight)
-        if emb.bits:
-            raise QuantizationError(f"embeddings={embeddings!r}: embeddings are stored as fp32 or fp16",
-                                    "pass --embeddings fp16 or fp32")
-        return Recipe(self.name, adjust(self.weight), head, emb)
+        was_shared = self.embeddings.bits and self.embeddings == self.lm_head
+        if embeddings == "shared" or (embeddings is None and was_shared):
+            emb = head
+        else:
+            emb = adjust(self.embeddings if embeddings is None else _spec_from_name(embeddings, self.weight))
+        if emb.method == "gptq" and emb != head:
+            raise QuantizationError("GPTQ embeddings are only possible as a table shared with the LM head",
+                                    "pass --embeddings shared, or an rtn precision such as int8-rtn")
+        overrides = tuple((suffix, adjust(spec)) for suffix, spec in self.overrides)
+        return Recipe(self.name, adjust(self.weight), head, emb, overrides)
 
 
 def _spec_from_name(name: str, like: QuantSpec) -> QuantSpec:
@@ -79,15 +112,20 @@ def _spec_from_name(name: str, like: QuantSpec) -> QuantSpec:
         return QuantSpec(name)  # type: ignore[arg-type]
     if name in ("int4", "int8"):
         return QuantSpec(name, like.method, like.block_size, like.symmetric)  # type: ignore[arg-type]
-    if name in ("int4-rtn", "int4-mse", "int8-rtn", "int8-mse"):
+    if name in ("int4-rtn", "int4-mse", "int4-gptq", "int8-rtn", "int8-mse", "int8-gptq"):
         kind, method = name.split("-")
         return QuantSpec(kind, method, like.block_size, like.symmetric)  # type: ignore[arg-type]
-    raise QuantizationError(f"unknown precision {name!r}", "choose int4, int8, fp16 or fp32")
+    raise QuantizationError(f"unknown precision {name!r}", "choose int4, int8, fp16 or fp32 (or int4-gptq, ...)")
 
 
+_GPTQ4 = QuantSpec("int4", "gptq")
+# The down projection's long input rows (the MLP width) tolerate 64-wide blocks best; that pays for the
+# zero points of every other int4 block, so the calibrated recipe is no larger than plain symmetric int4.
+_DOWN64 = (("mlp.down_proj", QuantSpec("int4", "gptq", 64)),)
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    # name, linear weights, LM head, embeddings
-    Recipe("int4", QuantSpec("int4", "mse"), QuantSpec("int8", "rtn"), QuantSpec("fp16")),
+    # name, linear weights, LM head, embeddings[, per-linear overrides]
+    Recipe("int4", _GPTQ4, _GPTQ4, _GPTQ4, _DOWN64),       # calibrated; one int4 table for head + embeddings
+    Recipe("int4-gptq", _GPTQ4, _GPTQ4, _GPTQ4, _DOWN64),
     Recipe("int4-mse", QuantSpec("int4", "mse"), QuantSpec("int8", "rtn"), QuantSpec("fp16")),
     Recipe("int4-rtn", QuantSpec("int4", "rtn"), QuantSpec("int8", "rtn"), QuantSpec("fp16")),
     Recipe("int8", QuantSpec("int8", "rtn"), QuantSpec("int8", "rtn"), QuantSpec("fp16")),

@@ -8,8 +8,6 @@ is copied into edgellm and the text is the same for every artifact evaluated on 
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import math
 from contextlib import ExitStack
@@ -35,27 +33,12 @@ DEFAULT_TEXT_MODULES: tuple[str, ...] = (
 
 def default_text(min_chars: int = 12000, modules: Sequence[str] = DEFAULT_TEXT_MODULES) -> str:
     """Docstrings of installed standard-library modules and their public callables, in a fixed order."""
-    parts: list[str] = []
-    total = 0
-    for name in modules:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        docs = [inspect.getdoc(mod)]
-        for attr in sorted(getattr(mod, "__all__", ()) or ()):
-            obj = getattr(mod, attr, None)
-            if inspect.isclass(obj) or inspect.isfunction(obj):
-                docs.append(inspect.getdoc(obj))
-        for doc in docs:
-            if doc and len(doc) > 80:
-                parts.append(doc.strip())
-                total += len(doc)
-        if total >= min_chars:
-            break
-    if not parts:
+    from .converters.calibration import docstring_text
+
+    text = docstring_text(modules, min_chars)
+    if not text:
         raise EvaluationError("no documentation strings found to build a default text", "pass --text-file FILE")
-    return "\n\n".join(parts)
+    return text
 
 
 @dataclass(frozen=True)

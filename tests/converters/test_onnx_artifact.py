@@ -22,8 +22,12 @@ def test_artifact_files_manifest_and_genai_config(tiny_models, tmp_path):
     for name in m.files:
         assert (tmp_path / "art" / name).is_file(), name
     assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "tokenizer_config.json"} <= set(m.files)
-    assert m.extra["weights"] == "int4-mse-b32" and m.extra["lm_head"].startswith("int8")
-    assert m.tensor_types["int4-mse-b32"] == 2 * 4  # qkv, o, gate_up, down per layer
+    assert m.extra["weights"] == "int4-gptq-b32, mlp.down_proj: int4-gptq-b64"
+    assert m.extra["lm_head"] == m.extra["embeddings"] == "int4-gptq-b32"
+    assert m.extra["shared_embeddings"] is False          # untied: the table is stored on its own
+    assert m.extra["calibration"]["source"] == "edgellm-mix" and m.extra["calibration"]["tokens"] >= 512
+    assert m.tensor_types["int4-gptq-b32"] == 2 * 3 + 2   # qkv, o, gate_up per layer; LM head; embeddings
+    assert m.tensor_types["int4-gptq-b64"] == 2           # down per layer
     cfg = json.loads((tmp_path / "art" / "genai_config.json").read_text())
     dec = cfg["model"]["decoder"]
     assert (dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]) == (2, 2, 16)

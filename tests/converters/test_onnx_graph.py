@@ -1,15 +1,19 @@
 """Tiny random models through the ONNX converter, fused and standard graphs, against the numpy reference."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from tokenizers import Tokenizer
 import pytest
 
 from edgellm.converters.onnx import convert_to_onnx
 from edgellm.converters.quant import get_recipe, quantize_blocks
+from tests.fixtures.texts import PROSE
 from tests.fixtures.reference_llama import ReferenceLlama, kl_divergence
 
 CASES = [("LlamaForCausalLM", True), ("MistralForCausalLM", False), ("Qwen2ForCausalLM", False),
@@ -54,7 +58,7 @@ def reference_for(folder: Path, quant: str) -> ReferenceLlama:
 
 @pytest.mark.parametrize("arch,tied", CASES)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard"])
-@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8", "int4"])
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8", "int4-rtn"])
 def test_graph_matches_reference(tiny_models, tmp_path, arch, tied, fused, quant):
     folder = tiny_models(arch, tied=tied)
     res = convert_to_onnx(folder, tmp_path / "out", quant, fused=fused, accuracy_level=1)
@@ -66,6 +70,44 @@ def test_graph_matches_reference(tiny_models, tmp_path, arch, tied, fused, quant
     # fp32/fp16/quantized weights are reproduced exactly; what remains is float32 arithmetic
     assert kl < 1e-4, f"{arch} {quant} fused={fused}: KL {kl:.2e}"
     assert np.abs(got - want).max() < 5e-3 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("arch,tied", CASES)
+def test_gptq_graph_computes_with_the_weights_it_stores(tiny_models, tmp_path, arch, tied):
+    """The calibrated recipe (GPTQ weights, one int4 table for head and tied embeddings): the graph's logits
+    equal the numpy reference run on the weights read back from the artifact's initializers."""
+    folder = tiny_models(arch, tied=tied)
+    res = convert_to_onnx(folder, tmp_path / "out", "int4", accuracy_level=1, calibration_tokens=512)
+    proto = onnx.load(str(res.path), load_external_data=False)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("GatherBlockQuantized") == 1
+    names = {t.name for t in proto.graph.initializer}
+    assert ("model.embed_tokens.weight" in names) is False
+    assert ("model.embed_tokens.qweight" in names) is (not tied)     # untied: its own int4 table
+    got = run_session(res.path, IDS)
+    ref = ReferenceLlama(folder).with_stored(res.path)
+    if not tied:   # the separate embedding table: the same int4 layout, MSE-searched scales
+        spec = replace(get_recipe("int4").spec_for("embeddings"), method="mse")
+        ref.w["model.embed_tokens.weight"] = quantize_blocks(
+            ReferenceLlama(folder).w["model.embed_tokens.weight"].astype(np.float32), spec).dequantize()
+    kl = kl_divergence(ref.logits(IDS), got).mean()
+    assert kl < 1e-4, f"{arch}: KL {kl:.2e}"
+    m = json.loads((tmp_path / "out" / "edgellm.json").read_text())
+    assert m["extra"]["calibration"]["tokens"] >= 512 and m["extra"]["shared_embeddings"] is tied
+
+
+def test_gptq_lowers_output_error_against_rtn(tiny_models, tmp_path):
+    """Same bytes, calibrated rounding: GPTQ's logits are closer to fp32 than round-to-nearest's."""
+    folder = tiny_models("LlamaForCausalLM", tied=False)
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(PROSE).ids[:96]
+    want = ReferenceLlama(folder).logits(ids)
+    kls = {}
+    for q in ("int4-rtn", "int4"):
+        res = convert_to_onnx(folder, tmp_path / q, q, lm_head="int8", embeddings="fp32", accuracy_level=1,
+                              calibration_tokens=1024)
+        kls[q] = float(kl_divergence(want, run_session(res.path, ids)).mean())
+    print(f"\ntiny Llama int4 KL vs fp32: RTN {kls['int4-rtn']:.4f}, GPTQ {kls['int4']:.4f}")
+    assert kls["int4"] < 0.8 * kls["int4-rtn"]
 
 
 def test_fused_and_standard_use_their_op_sets(tiny_models, tmp_path):

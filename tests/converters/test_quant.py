@@ -62,6 +62,14 @@ def test_recipes_are_named_data():
     assert (r.weight.block_size, r.weight.symmetric, r.lm_head.kind) == (64, True, "fp16")
     with pytest.raises(QuantizationError):
         get_recipe("q4_k_m")
-    with pytest.raises(QuantizationError):
-        get_recipe("int4").with_options(embeddings="int4")
+    int4 = get_recipe("int4")
+    assert int4.calibrated and int4.shares_embeddings(tied=True) and not int4.shares_embeddings(tied=False)
+    assert int4.spec_for_linear("layers.7.mlp.down_proj").block_size == 64
+    assert int4.spec_for_linear("layers.7.mlp.gate_up_proj").block_size == 32
+    assert int4.with_options(block_size=32).spec_for_linear("layers.0.mlp.down_proj").block_size == 32
+    kept = int4.with_options(lm_head="int8")          # a shared table follows the head's precision
+    assert kept.embeddings == kept.lm_head and kept.lm_head.bits == 8
+    assert not get_recipe("int4-rtn").calibrated
+    with pytest.raises(QuantizationError, match="shared"):
+        int4.with_options(lm_head="int8", embeddings="int4-gptq")   # GPTQ table only as the shared head
     assert set(RECIPES) >= {"int4", "int8", "fp16", "fp32"}

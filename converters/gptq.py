@@ -1,0 +1,94 @@
+"""GPTQ for block-wise int4/int8 weights (MatMulNBits layout), in numpy.
+
+GPTQ (Frantar et al., 2022) quantizes a linear layer's weight one input column at a time and spreads each
+column's rounding error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
+inputs, H = X^T X over calibration activations. The output error ||X W^T - X Q^T|| is what it lowers, not the
+weight error, so it needs a calibration pass (converters/calibration.py) but nothing at inference time:
+the codes, scales and zero points have exactly the layout round-to-nearest produces.
+
+Each block's scale and zero point are chosen when the block's first column is reached, from the weights as
+updated so far (with the per-block MSE clipping search of converters/quant.py when the spec asks for it).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import QuantizationError
+from .quant import BlockQuant, QuantSpec, check_blocks, quantize_blocks
+
+DAMP = 0.10      # fraction of the mean Hessian diagonal added to its diagonal (0.10 generalised best, see docs)
+LAZY = 128       # columns updated together before the rest of the matrix is touched
+BLOCK_SEARCH = "mse"   # how each block's scale is picked from the updated weights: "rtn" or "mse"
+
+
+def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """Upper-triangular U with U^T U = H^-1 (float64), retrying with more damping if H is not positive."""
+    k = h.shape[0]
+    mean_diag = float(np.mean(np.diag(h))) or 1.0
+    damp = DAMP
+    for _ in range(6):
+        try:
+            hd = h + np.eye(k) * (damp * mean_diag)
+            inv = np.linalg.inv(np.linalg.cholesky(hd))          # L^-1, with H = L L^T
+            return np.linalg.cholesky(inv.T @ inv).T              # H^-1 = L^-T L^-1
+        except np.linalg.LinAlgError:
+            damp *= 10
+    raise QuantizationError("GPTQ: the calibration Hessian is not positive definite even with damping",
+                            "use more calibration text, or a non-calibrated recipe such as int4-mse")
+
+
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str = "tensor", *,
+                  act_order: bool = True) -> BlockQuant:
+    """Quantize a float [N, K] weight along K with `spec`, lowering the error on inputs whose X^T X is `hessian`.
+
+    act_order: visit columns by decreasing Hessian diagonal (largest inputs first); block scales are then
+    fixed up front from the original weights ("static groups"), so the stored layout is unchanged."""
+    if not spec.bits:
+        raise QuantizationError(f"{spec.kind} is not a block-wise integer type")
+    check_blocks(name, tuple(w.shape), spec.block_size)
+    n, k = w.shape
+    if hessian.shape != (k, k):
+        raise QuantizationError(f"GPTQ: {name} has {k} inputs but its Hessian is {hessian.shape}")
+    bs = spec.block_size
+    block_spec = replace(spec, method=BLOCK_SEARCH)
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    weights = np.array(w, dtype=np.float32)
+    weights[:, dead] = 0.0
+    qmax = (1 << spec.bits) - 1
+    codes = np.zeros((n, k), np.uint8)
+    scales = np.zeros((n, k // bs), np.float32)
+    zeros = np.zeros((n, k // bs), np.float32)
+    perm = np.arange(k)
+    if act_order:
+        perm = np.argsort(-np.diag(h), kind="stable")
+        static = quantize_blocks(weights, block_spec, name)
+        scales, zeros = static.scales.copy(), static.zero_points.astype(np.float32)
+        weights, h = weights[:, perm], h[np.ix_(perm, perm)]
+    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+    u = _inverse_cholesky(h).astype(np.float32)
+    lazy = max(bs, (LAZY // bs) * bs)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = weights[:, i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = int(perm[i1 + i])
+            b = j // bs
+            if not act_order and j % bs == 0:
+                bq = quantize_blocks(w1[:, i:i + bs], block_spec, name)
+                scales[:, b], zeros[:, b] = bq.scales[:, 0], bq.zero_points[:, 0]
+                inverse[:, b] = np.divide(1.0, scales[:, b], out=np.zeros(n, np.float32), where=scales[:, b] != 0)
+            x = w1[:, i]
+            q = np.clip(np.rint(x * inverse[:, b]) + zeros[:, b], 0, qmax)
+            codes[:, j] = q
+            e = (x - (q - zeros[:, b]) * scales[:, b]) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err1[:, i] = e
+        weights[:, i2:] -= err1 @ u[i1:i2, i2:]
+    return BlockQuant(values=codes.reshape(n, k // bs, bs), scales=scales, zero_points=zeros.astype(np.uint8),
+                      bits=spec.bits, block_size=bs, symmetric=spec.symmetric)

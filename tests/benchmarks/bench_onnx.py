@@ -1,8 +1,14 @@
-"""Benchmark: edgellm ONNX int4 vs onnxruntime-genai (same artifact; its own builder if installable) vs
-llama.cpp Q4_0 of the same SmolLM2 weights. Prefill and decode tokens/s (median of reps), KL vs fp32,
-conversion time and peak RSS. Prints JSON and a Markdown table of ratios. Not part of the test run.
+"""Benchmark: edgellm ONNX int4 vs onnxruntime-genai running its own builder's int4 model of the same HF
+folder, vs llama.cpp Q4_0 of the same SmolLM2 weights. Prefill and decode tokens/s (median of reps), size,
+KL vs fp32 on two texts, conversion time and peak RSS. Prints JSON and Markdown tables. Not part of the test run.
 
-    python tests/benchmarks/bench_onnx.py [--reps 5] [--threads 2]
+    python tests/benchmarks/bench_onnx.py [--reps 5] [--threads 2] [--builder-python PY]
+
+onnxruntime-genai's builder needs torch + transformers, which edgellm never installs; give the python of a
+separate venv that has them (`--builder-python`, or $EDGELLM_GENAI_BUILDER_PYTHON), e.g.
+    python3 -m venv /tmp/genai-venv && /tmp/genai-venv/bin/pip install torch transformers onnxruntime-genai \
+        onnx onnxruntime onnx_ir onnxscript
+Without it the builder rows are marked skipped.
 
 edgellm and genai run in the same process, one rep each in turn, so a busy machine slows both alike. Both are
 also run at each other's thread count: genai defaults to hardware threads / 2 (1 on a 2-core box), and on a
@@ -27,12 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.fixtures import smollm2  # noqa: E402
 from tests.fixtures.reference_llama import kl_divergence  # noqa: E402
+from tests.fixtures.texts import PROSE, VARIED  # noqa: E402
 
 PROMPT = ("Write a short note to a neighbour explaining that the garden hose will be borrowed for the weekend, "
           "that it will be returned on Monday morning, and thanking them for the tomatoes they left on the step. ") * 3
-KL_TEXT = ("Maps of the old harbour show a narrow channel between two sandbanks. Sailors learned the safe line by "
-           "lining up the church tower with a white stone on the hill, and every apprentice had to draw it from "
-           "memory before he was allowed to steer. ") * 4
 
 CONVERT = """
 import resource, sys, time, json
@@ -42,10 +46,32 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mib": resource.g
 """
 
 
+BUILD_GENAI = """
+import json, resource, runpy, sys, time
+sys.argv = ["builder"] + sys.argv[1:]
+t = time.perf_counter()
+runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
 def convert(hf: Path, out: Path, quant: str) -> dict:
     r = subprocess.run([sys.executable, "-c", CONVERT, str(hf), str(out), quant], check=True, capture_output=True,
                        text=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def build_with_genai(python: str, hf: Path, out: Path) -> dict:
+    """onnxruntime-genai's own builder, int4 for CPU, in its venv; wall time and the child's peak RSS."""
+    r = subprocess.run([python, "-c", BUILD_GENAI, "-m", str(hf), "-i", str(hf), "-o", str(out), "-p", "int4",
+                        "-e", "cpu"], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"genai builder failed: {r.stderr[-800:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def artifact_mib(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.glob("model.onnx*")) / 2**20
 
 
 def genai_default_threads() -> int:
@@ -128,6 +154,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--builder-python", default=None, help="python of a venv with onnxruntime-genai's builder")
     args = ap.parse_args()
     import edgellm
 
@@ -135,66 +162,72 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     results: dict = {"model": "SmolLM2-135M-Instruct (rebuilt)", "threads": args.threads, "reps": args.reps}
     conv = {q: convert(hf, work / q, q) for q in ("fp32", "int4")}
+    builder = args.builder_python or os.environ.get("EDGELLM_GENAI_BUILDER_PYTHON")
+    arts = {"edgellm-int4": work / "int4"}
+    if builder:
+        conv["genai-builder-int4"] = build_with_genai(builder, hf, work / "genai-int4")
+        arts["genai-builder-int4"] = work / "genai-int4"
     results["conversion"] = conv
+    from edgellm.evaluation import default_text
+
     with edgellm.load(work / "fp32", n_ctx=1024) as m:
-        ids = m.tokenize(KL_TEXT)[:200]
-        ref = m.logits(ids)
+        texts = {"docs": m.tokenize(default_text())[:512],
+                 "prose": m.tokenize(PROSE + "\n\n" + "\n".join(VARIED))[:512]}
+        refs = {k: m.logits(v) for k, v in texts.items()}
+    quality = {}
+    for name, folder in arts.items():
+        with edgellm.load(folder / "model.onnx", n_ctx=1024) as m:
+            quality[name] = {"size_mib": artifact_mib(folder), **{
+                f"kl_{k}": float(kl_divergence(refs[k], m.logits(ids)).mean()) for k, ids in texts.items()}}
+    results["quality"] = quality
     rows: dict[str, dict] = {}
-    kl_int4 = kl_vs(ref, work / "int4", ids)
     gd = genai_default_threads()
-    engines: dict[str, object] = {f"edgellm-onnx-int4 (threads={args.threads})": EdgellmEngine(work / "int4", args.threads,
-                                                                                         args.decode)}
-    if gd != args.threads:
-        engines[f"edgellm-onnx-int4 (threads={gd})"] = EdgellmEngine(work / "int4", gd, args.decode)
-    try:
-        engines["genai-on-our-artifact (default threads)"] = GenaiEngine(work / "int4", None, args.decode)
-        if gd != args.threads:
-            engines[f"genai-on-our-artifact (threads={args.threads})"] = GenaiEngine(work / "int4", args.threads,
-                                                                                   args.decode)
-    except ImportError as exc:
-        rows["genai-on-our-artifact"] = {"skipped": f"onnxruntime-genai not importable ({exc})"}
+    engines: dict[str, object] = {}
+    for t in sorted({args.threads, gd}):
+        engines[f"edgellm on edgellm-int4 (threads={t})"] = EdgellmEngine(work / "int4" / "model.onnx", t, args.decode)
+        try:
+            for art, folder in arts.items():
+                engines[f"genai on {art} (threads={t})"] = GenaiEngine(folder, t, args.decode)
+        except ImportError as exc:
+            rows["genai"] = {"skipped": f"onnxruntime-genai not importable ({exc})"}
+        if "genai-builder-int4" in arts:
+            engines[f"edgellm on genai-builder-int4 (threads={t})"] = EdgellmEngine(
+                work / "genai-int4" / "model.onnx", t, args.decode)
     for name, r in bench_alternating(engines, args.reps).items():
-        rows[name] = {**r, "kl_vs_fp32": kl_int4}
-        if name.startswith("genai"):
-            rows[name]["note"] = "same model file as edgellm-onnx-int4, so the same KL"
+        rows[name] = r
     for e in engines.values():
         e.close()
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        from onnxruntime_genai.models import builder  # noqa: F401
-        rows["genai-builder-int4"] = {"skipped": "builder importable but not wired in this run"}
-    except ImportError as exc:
-        rows["genai-builder-int4"] = {"skipped": f"onnxruntime-genai's builder needs torch + transformers, "
-                                                 f"not installed here ({exc})"}
+    if not builder:
+        rows["genai-builder-int4"] = {"skipped": "no --builder-python (the builder needs torch + transformers)"}
     q40 = smollm2.smollm2_gguf("Q4_0")
     llama = EdgellmEngine(q40, args.threads, args.decode)
     rows["llama.cpp-Q4_0"] = bench_alternating({"llama.cpp-Q4_0": llama}, args.reps)["llama.cpp-Q4_0"]
     llama.close()
     with edgellm.load(q40, n_ctx=1024) as m:
-        rows["llama.cpp-Q4_0"]["kl_vs_fp32"] = float(kl_divergence(ref, m.logits(ids)).mean())
+        quality["llama.cpp-Q4_0"] = {"size_mib": q40.stat().st_size / 2**20, **{
+            f"kl_{k}": float(kl_divergence(refs[k], m.logits(ids)).mean()) for k, ids in texts.items()}}
     results["rows"] = rows
     print(json.dumps(results, indent=2))
-    print("\n| runtime | threads | prefill tok/s | decode tok/s | KL vs fp32 |")
-    print("|---|---|---|---|---|")
+    print("\n| artifact | size MiB | KL vs fp32 (docs, 512 tok) | KL vs fp32 (prose, 512 tok) |")
+    print("|---|---:|---:|---:|")
+    for name, q in quality.items():
+        print(f"| {name} | {q['size_mib']:.1f} | {q['kl_docs']:.4f} | {q['kl_prose']:.4f} |")
+    print("\n| runtime on artifact | threads | prefill tok/s | decode tok/s |")
+    print("|---|---|---:|---:|")
     for name, r in rows.items():
         if "skipped" in r:
-            print(f"| {name} | skipped: {r['skipped']} | | | |")
-            continue
-        print(f"| {name} | {r['threads']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['kl_vs_fp32']:.4f} |")
-    print("\nratios, edgellm / genai at the same thread count (same run, alternating reps):")
+            print(f"| {name} | skipped: {r['skipped']} | | |")
+        else:
+            print(f"| {name} | {r['threads']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} |")
+    print("\nratios at the same thread count (same run, alternating reps):")
     for t in sorted({args.threads, gd}):
-        e = rows.get(f"edgellm-onnx-int4 (threads={t})")
-        g = rows.get(f"genai-on-our-artifact (threads={t})") or (
-            rows.get("genai-on-our-artifact (default threads)") if t == gd else None)
-        if e and g and "skipped" not in g:
-            print(f"  threads={t}: prefill {e['prefill_tps'] / g['prefill_tps']:.2f}x, "
-                  f"decode {e['decode_tps'] / g['decode_tps']:.2f}x")
-    e, g = rows[f"edgellm-onnx-int4 (threads={args.threads})"], rows.get("genai-on-our-artifact (default threads)")
-    if g and "skipped" not in g:
-        print(f"  edgellm threads={args.threads} vs genai default ({gd}): prefill "
-              f"{e['prefill_tps'] / g['prefill_tps']:.2f}x, decode {e['decode_tps'] / g['decode_tps']:.2f}x")
-    print(f"\nconversion: " + ", ".join(f"{q}: {c['seconds']:.1f}s, peak RSS {c['peak_rss_mib']:.0f} MiB"
+        ours = rows.get(f"edgellm on edgellm-int4 (threads={t})")
+        for other in (f"genai on genai-builder-int4 (threads={t})", f"genai on edgellm-int4 (threads={t})"):
+            g = rows.get(other)
+            if ours and g:
+                print(f"  edgellm on edgellm-int4 / {other}: prefill {ours['prefill_tps'] / g['prefill_tps']:.2f}x, "
+                      f"decode {ours['decode_tps'] / g['decode_tps']:.2f}x")
+    print("\nconversion: " + ", ".join(f"{q}: {c['seconds']:.1f}s, peak RSS {c['peak_rss_mib']:.0f} MiB"
                                        for q, c in conv.items()))
 
 

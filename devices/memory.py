@@ -287,7 +287,8 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
     - tokenizer: tokenizers' BPE tables + edgellm's parsed tokenizer.json, per vocabulary entry (calibrated);
     - runtime: InferenceSession structures and library pages touched by load and run (calibrated);
     - weights: non-embedding initializers x ORT_PREPACK_FACTOR (MatMulNBits prepacked by the CPU EP, fitted);
-      the embedding table (`embedding_dtype`, fp16 in edgellm's int4/int8 recipes) stays memory-mapped;
+      a float embedding table (`embedding_dtype`, fp16 in edgellm's int8/int4-mse recipes) stays memory-mapped,
+      a quantized one (GatherBlockQuantized, facts.embedding_bytes == 0; edgellm int4, genai int4) is a weight;
     - embedding_rows: the mapped embedding pages the prompt touches, at most one page per token (upper bound);
     - kv_cache: 2 x layers x kv_heads x head_dim x capacity in `kv_dtype` (edgellm binds float32 buffers);
       capacity = prompt + max_tokens rounded up to 64 positions on CPU, n_ctx on a GPU. Decoding past
@@ -307,8 +308,11 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
     else:
         capacity = min(n_ctx, _pad(tokens + max(1, max_tokens), ORT_KV_ROUND))
     kv = kv_cache_bytes(facts, capacity, kv_dtype, kv_dtype)
-    embed = next((tensor_bytes(t) for t in facts.tensors if "embed_tokens" in t.name or "token_embd" in t.name),
-                 int(facts.vocab_size * facts.hidden_size * bytes_per_element(embedding_dtype)))
+    if facts.embedding_bytes is not None:    # known from the artifact; 0 = a quantized table among the weights
+        embed = facts.embedding_bytes
+    else:
+        embed = next((tensor_bytes(t) for t in facts.tensors if "embed_tokens" in t.name or "token_embd" in t.name),
+                     int(facts.vocab_size * facts.hidden_size * bytes_per_element(embedding_dtype)))
     embed = min(embed, weights_bytes)
     row_bytes = embed // max(1, facts.vocab_size)
     embed_rows = min(embed, tokens * max(row_bytes, PAGE))

@@ -164,6 +164,9 @@ class ModelFacts:
     source: Literal["hf", "gguf", "onnx"] = "hf"
     quant: str | None = None  # the quant of a ready artifact ("Q4_K_M", "int4"); None for an HF folder
     file_bytes: int | None = None  # size of the ready artifact's weights file(s)
+    # bytes of a float embedding table stored apart from the quantized weights; 0 when the table is itself
+    # quantized (ONNX GatherBlockQuantized, e.g. shared with the LM head); None when unknown
+    embedding_bytes: int | None = None
 
     @property
     def param_count(self) -> int:

@@ -96,6 +96,7 @@ def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int |
     kv_heads = dims[1] if len(dims) == 4 and dims[1] else int(dec.get("num_key_value_heads", 0))
     head_dim = dims[3] if len(dims) == 4 and dims[3] else int(dec.get("head_size", 0))
     embed = next((i for i in model.graph.initializer if "embed" in i.name), None)
+    quantized_table = any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
     vocab, hidden = (tuple(embed.dims)[:2] if embed is not None and len(embed.dims) == 2
                      else (int(decoder.get("vocab_size", 0)), int(dec.get("hidden_size", 0))))
     if not (kv_heads and head_dim and hidden and vocab):
@@ -111,7 +112,8 @@ def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int |
         num_kv_heads=int(kv_heads), head_dim=int(head_dim), vocab_size=int(vocab),
         max_context=int(context_length or config.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), source="onnx", quant=quant,
-        file_bytes=sum(f.stat().st_size for f in files if f.is_file()))
+        file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+        embedding_bytes=0 if quantized_table else None)
 
 
 def _onnx_ffn_width(model: Any) -> int:

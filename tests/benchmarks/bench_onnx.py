@@ -83,7 +83,8 @@ class EdgellmEngine:
     def __init__(self, path: Path, threads: int, n_decode: int) -> None:
         import edgellm
 
-        self.model = edgellm.load(path, threads=threads, n_ctx=1024)
+        extra = {"cache_prompt": False} if str(path).endswith(".gguf") else {}   # every rep prefills afresh
+        self.model = edgellm.load(path, threads=threads, n_ctx=1024, **extra)
         self.n_decode, self.threads = n_decode, threads
 
     def rep(self) -> tuple[float, float, int]:

@@ -168,7 +168,7 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
             writer = GraphWriter(stage / DATA_FILE, DATA_FILE)
             try:
                 build_decoder(model, arch, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx,
-                                                                  calibration=calib))
+                                                                  calibration=calib, progress=progress))
             finally:
                 writer.finish()
             proto = writer.model(f"edgellm-{model.config.model_type or 'decoder'}", fused)

@@ -33,6 +33,7 @@ class GraphOptions:
     accuracy_level: int = 4
     max_positions: int = 4096   # rows of the RoPE tables = the longest context the graph supports
     calibration: CalibrationSet | None = None   # token ids for GPTQ (required when the recipe is calibrated)
+    progress: bool = False                       # a per-layer progress bar on stderr
 
 
 def _weight(model: HFModel, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -159,7 +160,10 @@ def build_decoder(model: HFModel, arch: Architecture, g: GraphWriter, opts: Grap
     spec = recipe.spec_for_linear
     eps = c.rms_norm_eps
     residual, pending = hidden, None    # pending: output of the previous block, not yet added to residual
-    for i in range(c.num_layers):
+    from tqdm import tqdm
+
+    desc = "ONNX layers (GPTQ-calibrated)" if calib is not None else "ONNX layers"
+    for i in tqdm(range(c.num_layers), desc=desc, unit="layer", disable=not opts.progress, leave=False):
         p, p_attn, p_mlp = f"model.layers.{i}.", f"layers.{i}.attn.", f"layers.{i}.mlp."
         ln1 = _weight(model, p + "input_layernorm.weight", (c.hidden_size,))
         if pending is None:

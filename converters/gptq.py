@@ -68,27 +68,32 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str
         static = quantize_blocks(weights, block_spec, name)
         scales, zeros = static.scales.copy(), static.zero_points.astype(np.float32)
         weights, h = weights[:, perm], h[np.ix_(perm, perm)]
-    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     u = _inverse_cholesky(h).astype(np.float32)
+    # the column loop works on transposed copies, so every column it touches is a contiguous row
+    wt = np.ascontiguousarray(weights.T)                        # [K, N]
+    codes_t = np.zeros((k, n), np.uint8)
+    s_t, z_t = np.ascontiguousarray(scales.T), np.ascontiguousarray(zeros.T)       # [blocks, N]
+    inv_t = np.divide(1.0, s_t, out=np.zeros_like(s_t), where=s_t != 0)
     lazy = max(bs, (LAZY // bs) * bs)
     for i1 in range(0, k, lazy):
         i2 = min(i1 + lazy, k)
-        w1 = weights[:, i1:i2].copy()
+        w1 = wt[i1:i2].copy()
         err1 = np.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             j = int(perm[i1 + i])
             b = j // bs
             if not act_order and j % bs == 0:
-                bq = quantize_blocks(w1[:, i:i + bs], block_spec, name)
-                scales[:, b], zeros[:, b] = bq.scales[:, 0], bq.zero_points[:, 0]
-                inverse[:, b] = np.divide(1.0, scales[:, b], out=np.zeros(n, np.float32), where=scales[:, b] != 0)
-            x = w1[:, i]
-            q = np.clip(np.rint(x * inverse[:, b]) + zeros[:, b], 0, qmax)
-            codes[:, j] = q
-            e = (x - (q - zeros[:, b]) * scales[:, b]) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err1[:, i] = e
-        weights[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return BlockQuant(values=codes.reshape(n, k // bs, bs), scales=scales, zero_points=zeros.astype(np.uint8),
+                bq = quantize_blocks(np.ascontiguousarray(w1[i:i + bs].T), block_spec, name)
+                s_t[b], z_t[b] = bq.scales[:, 0], bq.zero_points[:, 0]
+                inv_t[b] = np.divide(1.0, s_t[b], out=np.zeros(n, np.float32), where=s_t[b] != 0)
+            x = w1[i]
+            q = np.clip(np.rint(x * inv_t[b]) + z_t[b], 0, qmax)
+            codes_t[j] = q
+            e = (x - (q - z_t[b]) * s_t[b]) / u1[i, i]
+            w1[i:] -= np.outer(u1[i, i:], e)
+            err1[i] = e
+        wt[i2:] -= u[i1:i2, i2:].T @ err1
+    return BlockQuant(values=np.ascontiguousarray(codes_t.T).reshape(n, k // bs, bs),
+                      scales=np.ascontiguousarray(s_t.T), zero_points=np.ascontiguousarray(z_t.T).astype(np.uint8),
                       bits=spec.bits, block_size=bs, symmetric=spec.symmetric)

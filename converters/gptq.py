@@ -59,20 +59,18 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str
     weights = np.array(w, dtype=np.float32)
     weights[:, dead] = 0.0
     qmax = (1 << spec.bits) - 1
-    codes = np.zeros((n, k), np.uint8)
-    scales = np.zeros((n, k // bs), np.float32)
-    zeros = np.zeros((n, k // bs), np.float32)
+    # the column loop works on transposed arrays, so every column it touches is a contiguous row
+    s_t = np.zeros((k // bs, n), np.float32)                    # block scales and zero points, [blocks, N]
+    z_t = np.zeros((k // bs, n), np.float32)
     perm = np.arange(k)
     if act_order:
         perm = np.argsort(-np.diag(h), kind="stable")
         static = quantize_blocks(weights, block_spec, name)
-        scales, zeros = static.scales.copy(), static.zero_points.astype(np.float32)
+        s_t, z_t = np.ascontiguousarray(static.scales.T), np.ascontiguousarray(static.zero_points.T, np.float32)
         weights, h = weights[:, perm], h[np.ix_(perm, perm)]
     u = _inverse_cholesky(h).astype(np.float32)
-    # the column loop works on transposed copies, so every column it touches is a contiguous row
     wt = np.ascontiguousarray(weights.T)                        # [K, N]
     codes_t = np.zeros((k, n), np.uint8)
-    s_t, z_t = np.ascontiguousarray(scales.T), np.ascontiguousarray(zeros.T)       # [blocks, N]
     inv_t = np.divide(1.0, s_t, out=np.zeros_like(s_t), where=s_t != 0)
     lazy = max(bs, (LAZY // bs) * bs)
     for i1 in range(0, k, lazy):

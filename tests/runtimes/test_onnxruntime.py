@@ -11,6 +11,7 @@ from edgellm.converters.onnx import convert_to_onnx
 from edgellm.errors import BackendUnavailableError, ConfigError
 from edgellm.runtimes import onnxruntime as ort_rt
 from edgellm.runtimes.base import LoadOptions, SamplingParams
+from tests.fixtures.decoding import steps_vs_rerun
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fused", "standard"])
@@ -20,28 +21,9 @@ def artifact(request, tiny_models, tmp_path_factory):
     return out
 
 
-class RecordingSampler:
-    """Greedy, remembering every logits row it was shown."""
-    rows: list[np.ndarray] = []
-
-    def __init__(self, params: SamplingParams) -> None:
-        RecordingSampler.rows = []
-
-    def __call__(self, logits: np.ndarray, history=()) -> int:
-        RecordingSampler.rows.append(np.array(logits))
-        return int(np.argmax(logits))
-
-
 def test_step_decoding_matches_full_rerun(artifact, monkeypatch):
-    monkeypatch.setattr(ort_rt, "Sampler", RecordingSampler)
     with edgellm.load(artifact, n_ctx=64) as m:
-        prompt = m.tokenize("The quick brown fox")
-        gen = m.runtime.generate(prompt, SamplingParams(temperature=0))
-        tokens = [next(gen) for _ in range(12)]
-        gen.close()
-        full = m.logits(prompt + tokens)
-    rows = np.stack(RecordingSampler.rows[-12:])
-    want = full[len(prompt) - 1: len(prompt) - 1 + 12]
+        rows, want, tokens = steps_vs_rerun(m, m.tokenize("The quick brown fox"), 12, monkeypatch)
     assert rows.shape == want.shape
     assert np.abs(rows - want).max() < 1e-3
     assert [int(r.argmax()) for r in want] == tokens
@@ -156,7 +138,6 @@ def test_session_config_from_load_extra(artifact):
 def test_kv_buffers_sized_to_max_tokens_and_grow_past_it(artifact, monkeypatch):
     """The shared KV buffers hold prompt + max_tokens (rounded up to KV_ROUND), not n_ctx; a caller iterating past
     max_tokens makes them grow, and the logits after growing still equal a full re-run."""
-    monkeypatch.setattr(ort_rt, "Sampler", RecordingSampler)
     monkeypatch.setattr(ort_rt.OnnxRuntime, "KV_ROUND", 4)
     with edgellm.load(artifact, n_ctx=64) as m:
         rt = m.runtime
@@ -164,12 +145,9 @@ def test_kv_buffers_sized_to_max_tokens_and_grow_past_it(artifact, monkeypatch):
         if rt.shared_kv:
             assert rt._kv_capacity(len(prompt), SamplingParams(max_tokens=2)) == -(-(len(prompt) + 2) // 4) * 4
             assert rt._kv_capacity(len(prompt), SamplingParams(max_tokens=10_000)) == 64
-        gen = rt.generate(prompt, SamplingParams(temperature=0, max_tokens=2))
-        tokens = [next(gen) for _ in range(20)]          # several doublings
-        gen.close()
-        full = m.logits(prompt + tokens)
-    rows = np.stack(RecordingSampler.rows[-20:])
-    assert np.abs(rows - full[len(prompt) - 1: len(prompt) + 19]).max() < 1e-3
+        rows, want, tokens = steps_vs_rerun(m, prompt, 20, monkeypatch,     # 20 steps: several doublings
+                                            SamplingParams(temperature=0, max_tokens=2))
+    assert np.abs(rows - want).max() < 1e-3
     assert [int(r.argmax()) for r in rows] == tokens
 
 
@@ -177,17 +155,12 @@ def test_kv_buffers_sized_to_max_tokens_and_grow_past_it(artifact, monkeypatch):
 def test_chunked_prefill_matches_one_pass(artifact, monkeypatch, chunk):
     """The prompt goes through the graph `prefill_chunk` tokens at a time (bounding the logits buffer); every
     decode row must equal the full re-run's, whatever the chunking."""
-    monkeypatch.setattr(ort_rt, "Sampler", RecordingSampler)
     with edgellm.load(artifact, n_ctx=64, prefill_chunk=chunk) as m:
         assert m.runtime.prefill_chunk == chunk
         prompt = m.tokenize("The quick brown fox jumps over the lazy dog again")
         assert len(prompt) > 7
-        gen = m.runtime.generate(prompt, SamplingParams(temperature=0))
-        tokens = [next(gen) for _ in range(6)]
-        gen.close()
-        full = m.logits(prompt + tokens)
-    rows = np.stack(RecordingSampler.rows[-6:])
-    assert np.abs(rows - full[len(prompt) - 1: len(prompt) + 5]).max() < 1e-3
+        rows, want, _ = steps_vs_rerun(m, prompt, 6, monkeypatch)
+    assert np.abs(rows - want).max() < 1e-3
 
 
 def test_bad_prefill_chunk_is_a_typed_error(artifact):

@@ -6,8 +6,7 @@ import pytest
 
 import edgellm
 from edgellm.converters.onnx import convert_to_onnx
-from edgellm.runtimes import onnxruntime as ort_rt
-from edgellm.runtimes.base import SamplingParams
+from tests.fixtures.decoding import steps_vs_rerun
 from tests.fixtures.reference_llama import kl_divergence
 
 pytestmark = pytest.mark.slow
@@ -62,24 +61,9 @@ def test_fp32_agrees_with_llama_cpp_f16(onnx_fp32, gguf_f16, text_ids):
 
 
 def test_kv_cache_steps_match_full_rerun(onnx_fp32, monkeypatch):
-    rows: list[np.ndarray] = []
-
-    class Recording:
-        def __init__(self, params):
-            pass
-
-        def __call__(self, logits, history=()):
-            rows.append(np.array(logits))
-            return int(np.argmax(logits))
-
-    monkeypatch.setattr(ort_rt, "Sampler", Recording)
     with edgellm.load(onnx_fp32, n_ctx=256) as m:
-        prompt = m.tokenize("The lighthouse on the northern cape was")
-        gen = m.runtime.generate(prompt, SamplingParams(temperature=0))
-        tokens = [next(gen) for _ in range(16)]
-        gen.close()
-        full = m.logits(prompt + tokens)[len(prompt) - 1: len(prompt) + 15]
-    diff = float(np.abs(np.stack(rows) - full).max())
+        rows, full, tokens = steps_vs_rerun(m, m.tokenize("The lighthouse on the northern cape was"), 16, monkeypatch)
+    diff = float(np.abs(rows - full).max())
     print(f"\nKV-cache decode vs full re-run, 16 steps: max |logit diff| {diff:.2e}")
     assert diff < 1e-2 and [int(r.argmax()) for r in full] == tokens
 

@@ -1,5 +1,6 @@
-"""Calibration for GPTQ: a text, its token ids, and a numpy forward pass of the Llama block layout that
-collects each linear layer's input Hessian (X^T X) one decoder layer at a time.
+"""Calibration for GPTQ: a text, its token ids, and a numpy forward pass of the family's block (the same
+block function the ONNX graph is built from) that collects each linear layer's input Hessian (X^T X) one
+decoder layer at a time.
 
 The pass is sequential, as in GPTQ: layer i's inputs come from layers 0..i-1 *as quantized*, so each layer
 corrects the error the earlier ones left. Only one layer's weights and the hidden states of the calibration
@@ -16,12 +17,13 @@ import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import QuantizationError
-from .hf import ModelConfig
+from .families.base import Family
+from .families.numpy_ops import NumpyOps, Quantizer, hessian
 from .quant import BlockQuant
 
 # Disjoint from edgellm.evaluation.DEFAULT_TEXT_MODULES.
@@ -33,9 +35,6 @@ CALIBRATION_MODULES: tuple[str, ...] = (
 )
 DEFAULT_TOKENS = 2048
 DEFAULT_SEQ_LEN = 512
-
-# (name, weight [N, K], H [K, K]) -> its quantization, or None when the weight stays in float
-Quantizer = Callable[[str, np.ndarray, np.ndarray], "BlockQuant | None"]
 
 
 def docstring_text(modules: Sequence[str], min_chars: int) -> str:
@@ -118,93 +117,31 @@ def calibration_set(model_dir: Path, text_file: str | Path | None = None, tokens
     return CalibrationSet(np.asarray(ids[: n_seq * seq_len], np.int64).reshape(n_seq, seq_len), source)
 
 
-def _rms(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight).astype(np.float32)
-
-
-def _hessian(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
-    return (flat.T @ flat).astype(np.float64) / flat.shape[0]
-
-
-def _silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-np.clip(x, -60, 60)))
-
-
-@dataclass
-class LayerWeights:
-    ln1: np.ndarray
-    qkv: np.ndarray
-    qkv_bias: np.ndarray | None
-    o: np.ndarray
-    ln2: np.ndarray
-    gate_up: np.ndarray
-    down: np.ndarray
-
-
 class Calibrator:
-    """Runs the calibration tokens through the decoder one layer at a time, quantizing as it goes."""
+    """Runs the calibration tokens through the family's block one layer at a time (numpy ops), quantizing
+    each linear against its input's Hessian as it goes."""
 
-    def __init__(self, config: ModelConfig, calib: CalibrationSet, cos: np.ndarray, sin: np.ndarray,
-                 quantize: Quantizer) -> None:
-        self.c, self.calib, self.quantize = config, calib, quantize
-        seq = calib.ids.shape[1]
-        self.cos = np.concatenate([cos[:seq], cos[:seq]], -1)[None, None]   # [1, 1, S, hd]
-        self.sin = np.concatenate([sin[:seq], sin[:seq]], -1)[None, None]
-        self.h: np.ndarray | None = None
+    def __init__(self, family: Family, args: Any, calib: CalibrationSet, quantize: Quantizer) -> None:
+        self.family, self.args, self.calib, self.quantize = family, args, calib, quantize
+        self.h: np.ndarray | None = None          # residual stream [B, S, D]
+        self.delta: np.ndarray | None = None      # the last block's output, not yet added
 
-    def embed(self, table: np.ndarray) -> None:
+    def embed(self, table: np.ndarray, scale: float | None = None) -> None:
         """Start from the embedding rows of the calibration ids (as the graph will see them)."""
-        self.h = np.asarray(table[self.calib.ids], dtype=np.float32)           # [B, S, D]
+        h = np.asarray(table[self.calib.ids], dtype=np.float32)                 # [B, S, D]
+        self.h = h if scale is None else (h * np.float32(scale)).astype(np.float32)
 
-    def _attention(self, qkv: np.ndarray) -> np.ndarray:
-        c = self.c
-        b, s, _ = qkv.shape
-        h, kv, hd = c.num_heads, c.num_kv_heads, c.head_dim
-        q = qkv[..., : h * hd].reshape(b, s, h, hd).transpose(0, 2, 1, 3)
-        k = qkv[..., h * hd:(h + kv) * hd].reshape(b, s, kv, hd).transpose(0, 2, 1, 3)
-        v = qkv[..., (h + kv) * hd:].reshape(b, s, kv, hd).transpose(0, 2, 1, 3)
-
-        def rope(x: np.ndarray) -> np.ndarray:
-            rot = np.concatenate([-x[..., hd // 2:], x[..., : hd // 2]], -1)
-            return x * self.cos + rot * self.sin
-
-        q, k = rope(q), rope(k)
-        groups = h // kv
-        k = np.repeat(k, groups, axis=1)
-        v = np.repeat(v, groups, axis=1)
-        scores = (q @ k.transpose(0, 1, 3, 2)) / np.sqrt(hd)
-        scores = scores + np.triu(np.full((s, s), -np.inf, np.float32), 1)
-        scores -= scores.max(-1, keepdims=True)
-        p = np.exp(scores)
-        p /= p.sum(-1, keepdims=True)
-        return (p @ v).transpose(0, 2, 1, 3).reshape(b, s, h * hd).astype(np.float32)
-
-    def _linear(self, name: str, x: np.ndarray, w: np.ndarray, out: dict[str, BlockQuant], key: str) -> np.ndarray:
-        """x @ Q(w).T, with Q chosen by the quantizer against x's Hessian."""
-        bq = self.quantize(name, w, _hessian(x))
-        if bq is not None:
-            out[key] = bq
-            w = bq.dequantize()
-        return (x @ w.T).astype(np.float32)
-
-    def layer(self, i: int, w: LayerWeights) -> dict[str, BlockQuant]:
-        """Quantize layer i's four linears against their calibration inputs; advance the hidden states."""
+    def layer(self, i: int, weights: dict[str, np.ndarray]) -> dict[str, BlockQuant]:
+        """Quantize layer i's linears against their calibration inputs; advance the hidden states."""
         if self.h is None:
             raise QuantizationError("Calibrator.layer called before embed()")
-        eps, out, p = self.c.rms_norm_eps, {}, f"layers.{i}."
-        x = _rms(self.h, w.ln1, eps)
-        qkv = self._linear(p + "attn.qkv_proj", x, w.qkv, out, "qkv")
-        attn = self._attention(qkv + (0 if w.qkv_bias is None else w.qkv_bias))
-        self.h = self.h + self._linear(p + "attn.o_proj", attn, w.o, out, "o")
-        x = _rms(self.h, w.ln2, eps)
-        gate, up = np.split(self._linear(p + "mlp.gate_up_proj", x, w.gate_up, out, "gate_up"), 2, axis=-1)
-        act = (_silu(gate) * up).astype(np.float32)
-        self.h = (self.h + self._linear(p + "mlp.down_proj", act, w.down, out, "down")).astype(np.float32)
-        return out
+        ops = NumpyOps(self.quantize)
+        self.h, self.delta = self.family.block(ops, self.args, i, weights, self.h, self.delta)
+        return ops.quantized
 
     def final_hessian(self, norm: np.ndarray) -> np.ndarray:
         """X^T X of the LM head's input (the final norm of the last hidden states)."""
         if self.h is None:
             raise QuantizationError("Calibrator.final_hessian called before embed()")
-        return _hessian(_rms(self.h, norm, self.c.rms_norm_eps))
+        x, _ = NumpyOps().add_norm(self.h, self.delta, norm, self.args.eps, "norm")
+        return hessian(x)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, ModelFormatError, OutputPathError, QuantizationError
-from .architectures import IGNORED_SUFFIXES, Architecture, get_architecture, permute_qk
+from .architectures import get_family
+from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
 from .hf import HFModel, read_hf_model
@@ -40,46 +41,17 @@ class GGUFResult:
     fallbacks: list[dict[str, str]] = field(default_factory=list)
 
 
-def _plan_tensors(model: HFModel, arch: Architecture) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(HF name, GGUF name, numpy shape) in writing order; checks every shape against config.json."""
-    c = model.config
-    expect = {
-        "token_embd.weight": (c.vocab_size, c.hidden_size), "output.weight": (c.vocab_size, c.hidden_size),
-        "output_norm.weight": (c.hidden_size,),
-    }
-    per_block = {
-        "attn_norm.weight": (c.hidden_size,), "ffn_norm.weight": (c.hidden_size,),
-        "attn_q.weight": (c.num_heads * c.head_dim, c.hidden_size),
-        "attn_k.weight": (c.num_kv_heads * c.head_dim, c.hidden_size),
-        "attn_v.weight": (c.num_kv_heads * c.head_dim, c.hidden_size),
-        "attn_output.weight": (c.hidden_size, c.num_heads * c.head_dim),
-        "ffn_gate.weight": (c.intermediate_size, c.hidden_size), "ffn_up.weight": (c.intermediate_size, c.hidden_size),
-        "ffn_down.weight": (c.hidden_size, c.intermediate_size),
-        "attn_q.bias": (c.num_heads * c.head_dim,), "attn_k.bias": (c.num_kv_heads * c.head_dim,),
-        "attn_v.bias": (c.num_kv_heads * c.head_dim,),
-    }
+Plan = list[tuple[str, str, tuple[int, ...], TensorRule]]   # (HF name, GGUF name, numpy shape, rule)
+
+
+def _plan_tensors(model: HFModel, family: Family, args: Args) -> Plan:
+    """Every tensor in writing order; unknown tensors, missing ones and shapes config.json disagrees with are
+    errors (families/base.check_tensors)."""
     infos = model.tensor_infos()
-    mapping = arch.tensor_map(c.num_layers)
-    unknown = [n for n in infos if n not in mapping and not n.endswith(IGNORED_SUFFIXES)]
-    if unknown:
-        raise ConversionError(f"{len(unknown)} tensors have no GGUF name for {arch.hf_name}, e.g. {unknown[0]}",
-                              "the checkpoint does not match its config.json architecture")
-    plan = []
-    for hf, gg in mapping.items():
-        if hf not in infos:
-            if gg == "output.weight" and c.tie_word_embeddings:
-                continue
-            if gg == "output.weight":  # untied head missing: llama.cpp falls back to the embeddings
-                log.warning("lm_head.weight missing although tie_word_embeddings is false; using tied head")
-                continue
-            raise ModelFormatError(f"tensor {hf} is missing from {model.path}")
-        want = expect.get(gg) or per_block.get(gg.split(".", 2)[2])
-        got = tuple(infos[hf].shape)
-        if want is not None and got != want:
-            raise ModelFormatError(f"tensor {hf} has shape {got}, config.json implies {want}",
-                                   "config.json and the weights disagree; use the config shipped with them")
-        plan.append((hf, gg, got))
-    return plan
+    rows = check_tensors(family, args, {n: tuple(i.shape) for n, i in infos.items()}, str(model.path))
+    if not args.tied and not any(gg == "output.weight" for _, gg, _ in rows):
+        log.warning("lm_head.weight missing although tie_word_embeddings is false; using tied head")
+    return [(hf, gg, tuple(infos[hf].shape), rule) for hf, gg, rule in rows]
 
 
 def _names(model: HFModel, quant: str, n_params: int) -> dict[str, str | None]:
@@ -102,18 +74,15 @@ def _names(model: HFModel, quant: str, n_params: int) -> dict[str, str | None]:
 _CHUNK_ELEMENTS = 1 << 22  # encode big tensors 4M elements at a time: temporaries stay small
 
 
-def _encode_tensor(model: HFModel, arch: Architecture, hf: str, gg: str, shape: tuple[int, ...],
+def _encode_tensor(model: HFModel, args: Args, hf: str, rule: TensorRule, shape: tuple[int, ...],
                    ggml_type: str) -> np.ndarray:
     """One tensor, read and encoded to `ggml_type`; big 2-D tensors go slice by slice (rows are independent)."""
-    c = model.config
-    heads = {"attn_q": c.num_heads, "attn_k": c.num_kv_heads}.get(gg.split(".")[-2]) if arch.permute_qk else None
+    transformed = rule.permute is not None or rule.to_canon is not None
     n = int(np.prod(shape))
-    if heads is not None or len(shape) != 2 or n <= _CHUNK_ELEMENTS:
+    if transformed or len(shape) != 2 or n <= _CHUNK_ELEMENTS:
         w = model.tensor(hf)
-        if heads is not None:
-            w = permute_qk(w, heads)  # mixes rows within each head, so it needs the whole tensor
         _check_finite(hf, w)
-        return encode(w, ggml_type)
+        return encode(to_gguf(w, rule, args), ggml_type)  # a permutation mixes rows: whole tensor
     step = max(1, _CHUNK_ELEMENTS // shape[1])
     first = model.tensor_rows(hf, 0, step)
     _check_finite(hf, first)
@@ -132,14 +101,14 @@ def _check_finite(name: str, w: np.ndarray) -> None:
         raise ConversionError(f"tensor {name} holds NaN or Inf values", "the checkpoint is damaged")
 
 
-def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str, tuple[int, ...]]],
-                  quant: GGUFQuant, out_file: Path, names: dict[str, str | None], vocab: Any,
-                  context_length: int | None, progress: bool) -> Counter[str]:
+def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant: GGUFQuant, out_file: Path,
+                  names: dict[str, str | None], vocab: Any, context_length: int | None, progress: bool) -> Counter[str]:
     import gguf
     from tqdm import tqdm
 
-    writer = gguf.GGUFWriter(None, arch.gguf_arch)
-    write_metadata(writer, model, arch.gguf_arch, vocab, names, quant.file_type, context_length)
+    writer = gguf.GGUFWriter(None, family.gguf_arch)
+    write_metadata(writer, model, vocab, names, quant.file_type, context_length)
+    family.gguf_metadata(writer, args)
     c = model.config
     # tensors llama.cpp needs that the checkpoint does not hold: (GGUF name, float32 data)
     extra: list[tuple[str, np.ndarray]] = []
@@ -147,7 +116,7 @@ def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str,
     if factors is not None:
         extra.append(("rope_freqs.weight", factors))
     types: list[str] = []
-    for hf, gg, shape in plan:
+    for hf, gg, shape, _ in plan:
         t = native_type_for(quant, gg, shape)
         types.append(t)
         writer.add_tensor_info(gg, shape, np.dtype(np.float32), tensor_nbytes(t, shape),
@@ -159,9 +128,9 @@ def _write_native(model: HFModel, arch: Architecture, plan: list[tuple[str, str,
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     try:
-        for (hf, gg, shape), t in tqdm(list(zip(plan, types)), desc=f"writing {quant.name}", unit="tensor",
+        for (hf, gg, shape, rule), t in tqdm(list(zip(plan, types)), desc=f"writing {quant.name}", unit="tensor",
                                        disable=not progress, leave=False):
-            writer.write_tensor_data(_encode_tensor(model, arch, hf, gg, shape, t))
+            writer.write_tensor_data(_encode_tensor(model, args, hf, rule, shape, t))
             model.release(hf)
         for _, data in extra:
             writer.write_tensor_data(data)
@@ -192,26 +161,27 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     tmp_files: list[Path] = []
     try:
         with read_hf_model(model_dir) as model:
-            arch = get_architecture(model.config.architecture)
+            family = get_family(model.config.architecture)
+            args = family.parse(model.config)
             rope_kind(model.config.rope_scaling)  # refuse unsupported RoPE variants before writing anything
             if model.tokenizer_json is None:
                 raise ConversionError(f"{model.path} has no tokenizer.json", "GGUF embeds the tokenizer; add it")
             vocab = vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,
                                               pre_tokenizer or None)
-            plan = _plan_tensors(model, arch)
-            n_params = sum(int(np.prod(s)) for _, _, s in plan)
+            plan = _plan_tensors(model, family, args)
+            n_params = sum(int(np.prod(s)) for _, _, s, _ in plan)
             names = _names(model, q.name, n_params)
             final = out_dir / str(names["file"])
             fallbacks: list[dict[str, str]] = []
             if q.native:
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
-                _write_native(model, arch, plan, q, stage, names, vocab, context_length, progress)
+                _write_native(model, family, args, plan, q, stage, names, vocab, context_length, progress)
             else:
                 source_type = "BF16" if (model.config.torch_dtype or "").lower() in ("bfloat16", "bf16") else "F16"
                 base = stage_in = out_dir / (final.name + f".{source_type}.partial")
                 tmp_files.append(stage_in)
-                _write_native(model, arch, plan, get_quant(source_type), base, names, vocab, context_length,
+                _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
                               progress)
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
@@ -225,12 +195,12 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
             manifest = Manifest(
                 format="gguf", file=final.name, files=[final.name], quant=q.name, size_bytes=final.stat().st_size,
                 sha256=sha256_file(final), context_length=int(context_length or model.config.max_position_embeddings),
-                source={"path": str(Path(model_dir).resolve()), "architecture": arch.hf_name,
+                source={"path": str(Path(model_dir).resolve()), "architecture": model.config.architecture,
                         "dtype": model.config.torch_dtype, "parameters": n_params},
                 tokenizer={"model": vocab.model, "pre": vocab.pre, "vocab_size": len(vocab.tokens),
                            **{f"{k}_id": v for k, v in vocab.special_ids.items()}},
                 tensor_types=dict(counts), fallbacks=fallbacks,
-                extra={"gguf_arch": arch.gguf_arch, "file_type": q.file_type},
+                extra={"gguf_arch": family.gguf_arch, "family": family.name, "file_type": q.file_type},
             )
             if fallbacks:
                 log.warning("%d of %d tensors fell back from their %s type (e.g. %s -> %s)", len(fallbacks),

@@ -12,9 +12,10 @@ SPECIAL_KEYS: dict[str, str] = {"bos": "bos", "eos": "eos", "unk": "unknown", "p
                                 "mask": "mask"}
 
 
-def write_metadata(writer: Any, model: HFModel, arch: str, vocab: GGUFVocab, names: dict[str, str | None],
+def write_metadata(writer: Any, model: HFModel, vocab: GGUFVocab, names: dict[str, str | None],
                    file_type: int, context_length: int | None) -> None:
-    """Add every metadata key to a gguf.GGUFWriter (before its header is written)."""
+    """Add the keys every family shares to a gguf.GGUFWriter (before its header is written); the family's
+    own keys come from its `gguf_metadata` hook."""
     import gguf
 
     c = model.config

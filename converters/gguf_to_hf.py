@@ -17,8 +17,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ConversionError, OutputPathError, UnsupportedArchitectureError
-from .architectures import ARCHITECTURES, GGUF_TO_HF, unpermute_qk
+from .architectures import family_for_gguf
+from .families.base import Family, from_gguf
 from .gguf_reading import field_value, open_gguf
+from .hf import parse_config
 from .tokenizer import GGUFVocab, tokenizer_json_from_vocab
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 _OUT_DTYPES = ("BF16", "F16", "F32")
 
 
-def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, vocab: GGUFVocab,
+def _hf_config(reader: Any, arch: str, family: Family, n_vocab: int, tied: bool, vocab: GGUFVocab,
                dtype: str) -> dict[str, Any]:
     def key(k: str, default: Any = None) -> Any:
         return field_value(reader, f"{arch}.{k}", default)
@@ -34,8 +36,8 @@ def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, v
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", 0) or key("rope.dimension_count", 0) or hidden // heads)
     cfg: dict[str, Any] = {
-        "architectures": [hf_name],
-        "model_type": {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}[hf_name],
+        "architectures": [family.hf_classes[0]],
+        "model_type": family.model_type,
         "hidden_size": hidden,
         "intermediate_size": int(key("feed_forward_length")),
         "num_hidden_layers": int(key("block_count")),
@@ -49,7 +51,6 @@ def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, v
         "rope_scaling": None,
         "tie_word_embeddings": tied,
         "hidden_act": "silu",
-        "attention_bias": hf_name == "Qwen2ForCausalLM",
         "bos_token_id": vocab.special_ids.get("bos"),
         "eos_token_id": vocab.special_ids.get("eos"),
         "torch_dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype],
@@ -60,6 +61,7 @@ def _hf_config(reader: Any, arch: str, hf_name: str, n_vocab: int, tied: bool, v
     scale = key("rope.scaling.factor")
     if key("rope.scaling.type") == "linear" and scale:
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(scale)}
+    cfg.update(family.hf_config(key, cfg))
     return cfg
 
 
@@ -96,41 +98,33 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
         raise OutputPathError(f"{out} already exists", "pass overwrite=True (--overwrite) or pick a new folder")
     reader = open_gguf(src)
     arch = str(field_value(reader, "general.architecture", ""))
-    hf_name = GGUF_TO_HF.get(arch)
-    if hf_name is None:
-        raise UnsupportedArchitectureError(
-            f"GGUF architecture {arch!r} cannot be rebuilt; supported: {', '.join(sorted(GGUF_TO_HF))}")
-    spec = ARCHITECTURES[hf_name]
+    family = family_for_gguf(arch)
     vocab = _vocab(reader)
     tensors = {t.name: t for t in reader.tensors}
     n_vocab = int(tensors["token_embd.weight"].shape[1])
     tied = "output.weight" not in tensors
-    cfg = _hf_config(reader, arch, hf_name, n_vocab, tied, vocab, dtype)
-    gguf_to_hf_names = {g: h for h, g in spec.tensor_map(cfg["num_hidden_layers"]).items()}
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    cfg = _hf_config(reader, arch, family, n_vocab, tied, vocab, dtype)
+    args = family.parse(parse_config(cfg, f"{src.name} metadata"))
+    by_gguf = {gg: (hf, rule) for hf, (gg, rule) in family.hf_to_gguf(args).items()}
 
-    order: list[tuple[str, Any]] = []
+    order: list[tuple[str, Any, Any]] = []
     for t in reader.tensors:
-        hf = gguf_to_hf_names.get(t.name)
-        if hf is None:
+        if t.name not in by_gguf:
             if t.name == "rope_freqs.weight":
                 raise UnsupportedArchitectureError(
                     f"{src.name} carries llama3-style rope_freqs factors, which cannot be expressed back as an HF "
                     "rope_scaling block without the original parameters")
-            raise ConversionError(f"GGUF tensor {t.name} has no HF name in the {arch} table")
-        order.append((hf, t))
+            raise ConversionError(f"GGUF tensor {t.name} has no HF name in the {family.name} family")
+        hf, rule = by_gguf[t.name]
+        order.append((hf, t, rule))
 
     def shape_of(t: Any) -> tuple[int, ...]:
         return tuple(int(d) for d in reversed(tuple(t.shape)))  # ggml ne order -> numpy order
 
     def tensors_iter() -> Iterator[tuple[str, np.ndarray]]:
-        for hf, t in order:
+        for hf, t, rule in order:
             w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape_of(t))
-            if spec.permute_qk and t.name.endswith(("attn_q.weight", "attn_q.bias")):
-                w = unpermute_qk(w, heads)
-            elif spec.permute_qk and t.name.endswith(("attn_k.weight", "attn_k.bias")):
-                w = unpermute_qk(w, kv_heads)
-            yield hf, w
+            yield hf, from_gguf(w, rule, args)
 
     from .safetensors_io import write_safetensors
 
@@ -142,7 +136,7 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
     except OSError as exc:
         raise OutputPathError(f"cannot create {tmp}: {exc}") from None
     try:
-        write_safetensors(tmp / "model.safetensors", [(hf, dtype, shape_of(t)) for hf, t in order],
+        write_safetensors(tmp / "model.safetensors", [(hf, dtype, shape_of(t)) for hf, t, _ in order],
                           tensors_iter(), {"format": "pt", "source": src.name})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok = Tokenizer.from_str(json.dumps(tokenizer_json_from_vocab(vocab)))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConversionError, OutputPathError
-from .architectures import get_architecture
+from .architectures import get_family
 from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, calibration_set
 from .hf import HFModel, read_hf_model
 from .manifest import Manifest, sha256_file, write_manifest
@@ -158,7 +158,7 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
     if (out_dir / MODEL_FILE).exists() and out_dir.resolve() == Path(model_dir).resolve():
         raise OutputPathError("the output folder is the input folder")
     with read_hf_model(model_dir) as model:
-        arch = get_architecture(model.config.architecture)
+        family = get_family(model.config.architecture)
         _check_recipe(model, rec)
         ctx = int(context_length or model.config.max_position_embeddings)
         calib = (calibration_set(Path(model_dir), calibration_text, calibration_tokens, seq_len=min(DEFAULT_SEQ_LEN, ctx))
@@ -167,7 +167,7 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         try:
             writer = GraphWriter(stage / DATA_FILE, DATA_FILE)
             try:
-                build_decoder(model, arch, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx,
+                build_decoder(model, family, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx,
                                                                   calibration=calib, progress=progress))
             finally:
                 writer.finish()
@@ -181,7 +181,8 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
             manifest = Manifest(
                 format="onnx", file=MODEL_FILE, files=files, quant=rec.name, size_bytes=size,
                 sha256=sha256_file(stage / MODEL_FILE), context_length=ctx,
-                source={"path": str(Path(model_dir).resolve()), "architecture": arch.hf_name,
+                source={"path": str(Path(model_dir).resolve()), "architecture": model.config.architecture,
+                        "family": family.name,
                         "dtype": model.config.torch_dtype},
                 tokenizer={"model": "BPE", "vocab_size": model.config.vocab_size,
                            "bos_id": model.config.bos_token_id, "eos_ids": list(model.config.eos_token_ids)},

@@ -199,18 +199,18 @@ def skip_rms_norm(g: GraphWriter, x: str, residual: str, weight: np.ndarray, eps
     return rms_norm(g, total, weight, eps, name, fused), total
 
 
-def rope_caches(g: GraphWriter, head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None
-                ) -> tuple[str, str]:
+def rope_caches(g: GraphWriter, head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None,
+                prefix: str = "rope") -> tuple[str, str]:
     """cos/sin caches [max_pos, head_dim/2] float32, computed in the graph from the inverse frequencies in
     float64: onnxruntime folds these constant nodes once at load, so the file does not carry 2 tables
     (2 MiB at 8k context) and the values equal rope_tables' to float32 rounding."""
     from .rope import rope_inv_freq
 
-    inv = g.initializer("rope.inv_freq", rope_inv_freq(head_dim, theta, scaling)[None, :].astype(np.float64))
+    inv = g.initializer(f"{prefix}.inv_freq", rope_inv_freq(head_dim, theta, scaling)[None, :].astype(np.float64))
     pos = g.op("Range", g.const(0.0, np.float64), g.const(float(max_pos), np.float64), g.const(1.0, np.float64))
-    angles = g.op("Mul", g.op("Unsqueeze", pos, g.const([1])), inv, base="rope/angles")    # [max_pos, hd/2]
-    cos = g.output("Cast", [g.op("Cos", angles)], "rope.cos_cache", to=TensorProto.FLOAT)
-    sin = g.output("Cast", [g.op("Sin", angles)], "rope.sin_cache", to=TensorProto.FLOAT)
+    angles = g.op("Mul", g.op("Unsqueeze", pos, g.const([1])), inv, base=f"{prefix}/angles")    # [max_pos, hd/2]
+    cos = g.output("Cast", [g.op("Cos", angles)], f"{prefix}.cos_cache", to=TensorProto.FLOAT)
+    sin = g.output("Cast", [g.op("Sin", angles)], f"{prefix}.sin_cache", to=TensorProto.FLOAT)
     return cos, sin
 
 

@@ -1,0 +1,1 @@
+"""Model families, one module each; the registry lives in converters/architectures.py."""

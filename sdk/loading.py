@@ -58,11 +58,18 @@ def _device(spec: str) -> tuple[str, int | None]:
 
 def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
     """Plan this artifact on the device before opening it: refuses (InsufficientMemoryError, with the
-    numbers) what cannot fit, and proposes threads and GPU layers. Returns the Plan, or None when the
+    numbers) what cannot fit, and proposes threads and GPU layers. A GGUF is validated first (structure, sizes,
+    the metadata llama.cpp relies on, its chat template) and refused with ModelFormatError / ChatTemplateError.
+    Returns the Plan, or None when the
     artifact cannot be planned (the load then goes ahead on defaults, with a warning)."""
     from .errors import InsufficientMemoryError
     from .planning import plan
 
+    if art.format == "gguf":   # a file the validator refuses never reaches llama.cpp (ModelFormatError)
+        from .converters.gguf_checks import validate_gguf
+        from .runtimes.chat import check_template
+
+        check_template(validate_gguf(art.path)["chat_template"])
     try:
         return plan(art.path, device=device, context=n_ctx)
     except InsufficientMemoryError:
@@ -90,6 +97,10 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
         log.info("bundle %s: variant %s (%s)", path, variant, why)
         path = verify_variant(path, variant)
     art = resolve_artifact(path)
+    if art.format == "gguf" and (backend or "llama.cpp") == "llama.cpp":
+        from .kernel_probe import ensure_probed
+
+        ensure_probed()  # once per machine and llama.cpp build: which CPU kernels are safe to run here
     ctx = n_ctx or min(art.context_length or 2048, 4096)
     planned = _check_fit(art, dev, ctx)
     cap = dev.max_threads

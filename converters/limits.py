@@ -1,0 +1,176 @@
+"""Limits every reader applies before it trusts a value from a file: bounded JSON loading (size, nesting depth,
+strict UTF-8, no NaN/Infinity), integer ranges, and shape products with overflow checks.
+
+One place, so a config.json, a tokenizer.json, a safetensors header and a manifest are held to the same rules and
+every failure is a typed `EdgeLLMError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError, EdgeLLMError, ModelFormatError
+
+MiB = 1 << 20
+MAX_CONFIG_BYTES = 16 * MiB          # config.json, generation_config.json, tokenizer_config.json, manifests
+MAX_TOKENIZER_BYTES = 512 * MiB      # tokenizer.json (a 262k-token SentencePiece vocabulary is ~35 MB)
+MAX_JSON_DEPTH = 64                  # real configs nest 4-6 levels; tokenizer.json about 8
+INT64_LIMIT = 1 << 63                # element counts and byte sizes must stay below it (llama.cpp: INT64_MAX)
+
+# Sane upper bounds for model hyperparameters, checked before any loop or allocation depends on them.
+# The largest public models sit far below each (hidden 16k-25k, 126 layers, 128-256 heads, vocab 262k).
+MODEL_LIMITS: dict[str, int] = {
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 512,         # llama.cpp's LLAMA_MAX_LAYERS
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "head_dim": 1 << 14,
+    "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 26,
+}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, walked iteratively; stops counting past `limit`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+def load_json(path: Path, *, max_bytes: int = MAX_CONFIG_BYTES, max_depth: int = MAX_JSON_DEPTH,
+              error: type[EdgeLLMError] = ConfigError, want_object: bool = True) -> Any:
+    """Read a JSON file with bounds: its size before reading, strict UTF-8, no NaN/Infinity, nesting depth.
+
+    Every failure is `error` (a typed EdgeLLMError) naming the file; nothing from the file is trusted before."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path} is {size} bytes; more than the {max_bytes} this kind of file may hold",
+                        "the file is corrupt or not what its name says")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path} cannot be read ({exc.strerror or exc})") from None
+    return loads_json(raw, str(path), max_depth=max_depth, error=error, want_object=want_object)
+
+
+def loads_json(raw: bytes | str, where: str, *, max_depth: int = MAX_JSON_DEPTH,
+               error: type[EdgeLLMError] = ConfigError, want_object: bool = True) -> Any:
+    """`load_json` for bytes already in memory (a safetensors header, a GGUF string)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise error(f"{where} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise error(f"{where} nests JSON deeper than {max_depth} levels") from None
+    except ValueError as exc:   # JSONDecodeError, NaN/Infinity, integers with more digits than Python parses
+        raise error(f"{where} is not valid JSON ({str(exc)[:200]})") from None
+    if json_depth(data, max_depth) > max_depth:
+        raise error(f"{where} nests JSON deeper than {max_depth} levels")
+    if want_object and not isinstance(data, dict):
+        raise error(f"{where} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def as_int(value: Any, name: str, where: str, *, lo: int = 0, hi: int = INT64_LIMIT - 1,
+           error: type[EdgeLLMError] = ConfigError) -> int:
+    """`value` as an int in [lo, hi]: ints, or floats that are whole and finite (1e3 in a config); never bools,
+    strings or NaN. The error names the key and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{where}: {name} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise error(f"{where}: {name} must be a whole number, got {value!r}")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise error(f"{where}: {name}={value} is outside the range [{lo}, {hi}] edgellm accepts")
+    return value
+
+
+def as_float(value: Any, name: str, where: str, *, lo: float = -math.inf, hi: float = math.inf,
+             error: type[EdgeLLMError] = ConfigError) -> float:
+    """`value` as a finite float in [lo, hi] (ints accepted; bools, strings, NaN and inf refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{where}: {name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise error(f"{where}: {name}={str(value)[:40]} is too large") from None
+    if not math.isfinite(out) or not lo <= out <= hi:
+        raise error(f"{where}: {name}={out!r} must be finite and within [{lo}, {hi}]")
+    return out
+
+
+def shape_elements(shape: Iterable[Any], where: str, *, min_dim: int = 0, max_elements: int = INT64_LIMIT - 1,
+                   error: type[EdgeLLMError] = ModelFormatError) -> int:
+    """Product of a shape's dimensions (each an int >= min_dim), refused once it passes `max_elements`."""
+    n = 1
+    for i, d in enumerate(shape):
+        d = as_int(d, f"dimension {i}", where, lo=min_dim, hi=INT64_LIMIT - 1, error=error)
+        n *= d
+        if n > max_elements:
+            raise error(f"{where}: the shape's element count passes {max_elements} (overflow or a corrupt header)")
+    return n
+
+
+def _pick(cfg: dict[str, Any], *names: str) -> tuple[str, Any] | None:
+    for n in names:
+        if cfg.get(n) is not None:
+            return n, cfg[n]
+    return None
+
+
+def check_config_values(raw: dict[str, Any], source: str) -> None:
+    """Range-check a config.json's hyperparameters (and its text_config) before anything loops over them:
+    integer types, bounds, head divisibility, finite floats, dict-or-null rope settings."""
+    cfgs = [raw] + ([raw["text_config"]] if isinstance(raw.get("text_config"), dict) else [])
+    for cfg in cfgs:
+        where = source if cfg is raw else f"{source} (text_config)"
+        aliases = {"hidden_size": ("hidden_size", "n_embd", "d_model"),
+                   "intermediate_size": ("intermediate_size", "n_inner"),
+                   "num_hidden_layers": ("num_hidden_layers", "n_layer"),
+                   "num_attention_heads": ("num_attention_heads", "n_head"),
+                   "num_key_value_heads": ("num_key_value_heads",), "head_dim": ("head_dim",),
+                   "vocab_size": ("vocab_size",), "max_position_embeddings": ("max_position_embeddings",)}
+        got: dict[str, int] = {}
+        for key, names in aliases.items():
+            found = _pick(cfg, *names)
+            if found is not None:
+                lo = 0 if key in ("head_dim", "num_key_value_heads") else 1
+                got[key] = as_int(found[1], found[0], where, lo=lo, hi=MODEL_LIMITS[key])
+        heads, kv = got.get("num_attention_heads"), got.get("num_key_value_heads")
+        if heads and kv and heads % kv:
+            raise ConfigError(f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
+        hidden = got.get("hidden_size")
+        if heads and hidden and not got.get("head_dim") and hidden % heads:
+            raise ConfigError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads} "
+                              "and no head_dim is given")
+        for key in ("rms_norm_eps", "layer_norm_eps", "rope_theta", "partial_rotary_factor"):
+            if cfg.get(key) is not None:
+                as_float(cfg[key], key, where, lo=0.0, hi=1e12)
+        for key in ("rope_scaling", "rope_parameters"):
+            if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+                raise ConfigError(f"{where}: {key} must be an object or null, got {type(cfg[key]).__name__}")
+        for key in ("bos_token_id", "eos_token_id"):
+            value = cfg.get(key)
+            for v in (value if isinstance(value, list) else [] if value is None else [value]):
+                as_int(v, key, where, lo=0, hi=MODEL_LIMITS["vocab_size"])
+
+
+__all__ = ["MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_JSON_DEPTH", "MODEL_LIMITS", "INT64_LIMIT", "load_json",
+           "loads_json", "as_int", "as_float", "shape_elements", "check_config_values", "json_depth"]

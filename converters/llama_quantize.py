@@ -12,6 +12,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import BackendUnavailableError, QuantizationError
 
@@ -29,7 +30,12 @@ class QuantizeReport:
     fallbacks: list[dict[str, str]] = field(default_factory=list)
 
 
-def quantize_gguf(src: Path, dst: Path, file_type: int, threads: int | None = None) -> QuantizeReport:
+def quantize_gguf(src: Path, dst: Path, file_type: int, threads: int | None = None, *, pure: bool = False,
+                  only_copy: bool = False, prune_layers: Sequence[int] = ()) -> QuantizeReport:
+    """Quantize `src` into `dst` with llama.cpp's quantizer (the only place edgellm calls it).
+
+    pure: every weight matrix gets `file_type`'s main type (no mixes, no Q6_K output); only_copy: keep each
+    tensor's type (with prune_layers: drop those blocks)."""
     try:
         import llama_cpp
         from llama_cpp import _logger as lcp_logger
@@ -45,6 +51,11 @@ def quantize_gguf(src: Path, dst: Path, file_type: int, threads: int | None = No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_type
     params.nthread = int(threads or os.cpu_count() or 1)
+    params.pure = bool(pure)
+    params.only_copy = bool(only_copy)
+    dropped = (ctypes.c_int * (len(prune_layers) + 1))(*sorted(set(prune_layers)), -1)
+    if prune_layers:
+        params.prune_layers = ctypes.cast(dropped, ctypes.POINTER(ctypes.c_int))
     with _LOCK:
         llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
         try:

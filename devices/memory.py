@@ -237,8 +237,12 @@ def repacked_bytes(facts: ModelFacts, arch: str, n_gpu_layers: int = 0) -> int:
 def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, arch: str = "x86_64",
                        type_k: str = "F16", type_v: str = "F16", n_ubatch: int = 512,
                        prompt_tokens: int | None = None, flash_attn: bool = False,
-                       baseline_bytes: int = LLAMA_CPP_INTERPRETER_BASELINE) -> MemoryEstimate:
-    """Peak process memory of llama-cpp-python serving a GGUF (facts.tensors hold GGML types)."""
+                       baseline_bytes: int = LLAMA_CPP_INTERPRETER_BASELINE,
+                       extra_bufts: bool = True) -> MemoryEstimate:
+    """Peak process memory of llama-cpp-python serving a GGUF (facts.tensors hold GGML types).
+
+    extra_bufts=False: the model is opened with llama.cpp's extra buffer types off (the safe kernel switch),
+    so no repacked copy of the weights is made."""
     if not facts.tensors:
         raise ValueError("estimate_llama_cpp needs the per-tensor types (ModelFacts.tensors)")
     gpu_layers = min(n_gpu_layers, facts.num_layers)
@@ -253,7 +257,7 @@ def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, 
         MemoryTerm("interpreter", baseline_bytes, "host", "python + numpy + llama_cpp import (calibrated)"),
         MemoryTerm("weights", w_host, "host", "mmapped GGUF tensors kept on the CPU"),
     ]
-    repack = repacked_bytes(facts, arch, n_gpu_layers)
+    repack = repacked_bytes(facts, arch, n_gpu_layers) if extra_bufts else 0
     if repack:
         terms.append(MemoryTerm("weights_repacked", repack, "host", f"CPU repack copy for {arch} kernels"))
     if kv_host:

@@ -95,13 +95,14 @@ def _facts_at(facts: ModelFacts, option: QuantOption) -> ModelFacts:
 
 
 def estimate(facts: ModelFacts, option: QuantOption, n_ctx: int, arch: str, n_gpu_layers: int = 0,
-             provider: str = "CPU") -> MemoryEstimate:
+             provider: str = "CPU", safe_types: tuple[str, ...] = ()) -> MemoryEstimate:
     sized = _facts_at(facts, option)
     if option.format == "onnx":
         weights = facts.file_bytes if facts.source == "onnx" and facts.file_bytes else sum(
             tensor_bytes(t) for t in sized.tensors)
         return estimate_onnxruntime(sized, n_ctx, weights_bytes=weights, provider=provider)
-    return estimate_llama_cpp(sized, n_ctx, n_gpu_layers=n_gpu_layers, arch=arch)
+    extra_bufts = not ({t.dtype.upper() for t in sized.tensors} | {option.main_type.upper()}) & set(safe_types)
+    return estimate_llama_cpp(sized, n_ctx, n_gpu_layers=n_gpu_layers, arch=arch, extra_bufts=extra_bufts)
 
 
 def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, threads: int, n_ctx: int,
@@ -138,11 +139,11 @@ def _gpu_layers(facts: ModelFacts, option: QuantOption, n_ctx: int, device: Devi
     if gpu is None:
         return 0, ""
     free = int(gpu.vram_free_bytes * GPU_MEMORY_MARGIN)
-    full = estimate(facts, option, n_ctx, device.arch, facts.num_layers + 1)
+    full = estimate(facts, option, n_ctx, device.arch, facts.num_layers + 1, safe_types=device.llama_safe_types)
     if full.device_bytes <= free:
         return facts.num_layers + 1, (f"all {facts.num_layers} layers offloaded to {gpu.name}: "
                                       f"{format_bytes(full.device_bytes)} of {format_bytes(free)} usable VRAM")
-    fixed = estimate(facts, option, n_ctx, device.arch, 1).device_bytes
+    fixed = estimate(facts, option, n_ctx, device.arch, 1, safe_types=device.llama_safe_types).device_bytes
     per_layer = max(1, (full.device_bytes - fixed) // max(1, facts.num_layers))
     layers = max(0, min(facts.num_layers, 1 + (free - fixed) // per_layer)) if free >= fixed else 0
     return layers, (f"partial offload: {layers}/{facts.num_layers} layers on {gpu.name} "
@@ -198,7 +199,7 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
                 gpu_layers, gpu_reason = _gpu_layers(facts, option, n_ctx, device)
                 if require_full and gpu_layers <= facts.num_layers:
                     continue
-            mem = estimate(facts, option, n_ctx, device.arch, gpu_layers, provider)
+            mem = estimate(facts, option, n_ctx, device.arch, gpu_layers, provider, device.llama_safe_types)
             if smallest is None or mem.host_bytes < smallest[0]:
                 smallest = (mem.host_bytes, f"{option.name} at n_ctx={n_ctx}")
             if mem.host_bytes > limit:

@@ -125,6 +125,9 @@ class Device:
     llama_gpu_offload: bool = False
     profile: Profile | None = None
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    # GGML types whose models this host's llama.cpp opens with extra buffer types off (known kernel defects,
+    # kernel probe): such a model gets no repacked weight copy
+    llama_safe_types: tuple[str, ...] = ()
 
     @property
     def gpu(self) -> GPUInfo | None:

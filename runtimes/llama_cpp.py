@@ -1,7 +1,7 @@
 """The llama.cpp backend, through llama-cpp-python. Opens GGUF files.
 
-llama_cpp is imported inside `open_llama_cpp`, so a missing native library is a clear error with an
-install hint, never an import crash of edgellm itself.
+Models are opened through `llama_native.open_llama` (the one door to llama.cpp: native import with an
+install hint, and the kernel policy that keeps known-bad CPU kernels from taking the process down).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, GenerationError, ModelFormatError
+from ..errors import GenerationError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
+from .llama_native import KernelPolicy, kernel_policy, llama_module, open_llama
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class LlamaCppRuntime:
         self.path = path
         self.options = options
         self.threads = options.threads or default_threads()
+        self.kernel_policy: KernelPolicy = kernel_policy(path)
         self._handle: Any = self._open(logits_all=False)
         self._eval_llm: Any = None
         self._tok_info: TokenizerInfo | None = None
@@ -39,14 +41,9 @@ class LlamaCppRuntime:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
             kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=int(extra.get("num_pred_tokens", 10)))
-        try:
-            return self._lc.Llama(
-                model_path=str(self.path), n_ctx=self.options.n_ctx, n_threads=self.threads,
-                n_threads_batch=self.threads, n_gpu_layers=self.options.n_gpu_layers, logits_all=logits_all,
-                verbose=False, seed=0, **kwargs)
-        except ValueError as exc:  # llama-cpp-python raises ValueError when llama.cpp refuses the file
-            raise ModelFormatError(f"llama.cpp could not load {self.path}: {exc}",
-                                   "check the file with `edgellm info`; it may be truncated") from None
+        return open_llama(self.path, policy=self.kernel_policy, n_ctx=self.options.n_ctx, n_threads=self.threads,
+                          n_threads_batch=self.threads, n_gpu_layers=self.options.n_gpu_layers,
+                          logits_all=logits_all, seed=0, **kwargs)
 
     @property
     def _llm(self) -> Any:
@@ -63,6 +60,11 @@ class LlamaCppRuntime:
     @property
     def provider(self) -> str:
         return "cuda" if self.options.n_gpu_layers and self._lc.llama_supports_gpu_offload() else "cpu"
+
+    @property
+    def description(self) -> str:
+        """The backend as metrics name it: with the kernel switch when the safe one is in force."""
+        return f"{self.name} (safe kernels: extra buffer types off)" if self.kernel_policy.safe else self.name
 
     @property
     def n_vocab(self) -> int:
@@ -127,14 +129,7 @@ class LlamaCppRuntime:
 
 
 def open_llama_cpp(path: Path, options: LoadOptions) -> LlamaCppRuntime:
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"llama-cpp-python is not importable ({exc})",
-            "pip install llama-cpp-python (builds llama.cpp; needs a C++ compiler and cmake), "
-            "or reinstall edgellm") from None
-    return LlamaCppRuntime(path, options, llama_cpp)
+    return LlamaCppRuntime(path, options, llama_module())
 
 
 register_runtime(LlamaCppRuntime.name, open_llama_cpp, LlamaCppRuntime.capabilities.formats)

@@ -124,7 +124,8 @@ class Model:
         if self._energy is not None:
             measure = getattr(self._energy, "measure", None)
             reading = measure(energy, energy_mark, counters) if measure else self._energy.stop(energy, counters)
-        metrics = compute_metrics(counters, backend=self.runtime.name, device=self.device,
+        metrics = compute_metrics(counters, backend=getattr(self.runtime, "description", self.runtime.name),
+                                  device=self.device,
                                   threads=getattr(self.runtime, "threads", None), load_s=self.load_s, energy=reading)
         self.last_metrics = metrics
         yield Chunk(text=pending, token=None, index=index, finish_reason=finish, metrics=metrics)

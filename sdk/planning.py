@@ -207,13 +207,14 @@ def resolve_device(spec: str | Device = "auto", *, cuda: CUDAInventory | None = 
                       memory_bytes=memory, isa=profile.isa if target else cpu.isa,
                       arch=profile.arch if target else cpu.arch,
                       bandwidth_gbs=profile.bandwidth_gbs if target else (bandwidth_gbs or _host_bandwidth(threads)),
-                      gpus=gpus, llama_gpu_offload=uses_cuda, profile=profile, reasons=tuple(reasons))
+                      gpus=gpus, llama_gpu_offload=uses_cuda, profile=profile, reasons=tuple(reasons),
+                      llama_safe_types=() if target else _safe_types())
     if text not in ("auto", "cpu", "cuda") and not (text.startswith("cuda:") and text[5:].isdigit()):
         raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or profile:NAME")
     threads = cpu.usable_cores
     bandwidth = bandwidth_gbs or _host_bandwidth(threads)
     host = Device(name="cpu", kind="cpu", threads=threads, memory_bytes=cpu.usable_memory_bytes, isa=cpu.isa,
-                  arch=cpu.arch, bandwidth_gbs=bandwidth, reasons=tuple(reasons))
+                  arch=cpu.arch, bandwidth_gbs=bandwidth, reasons=tuple(reasons), llama_safe_types=_safe_types())
     if text == "cpu":
         return host
     inventory = cuda if cuda is not None else detect_cuda()
@@ -231,9 +232,22 @@ def resolve_device(spec: str | Device = "auto", *, cuda: CUDAInventory | None = 
     gpu = inventory.gpus[index]
     return Device(name=f"cuda:{index}", kind="cuda", threads=threads, memory_bytes=cpu.usable_memory_bytes,
                   isa=cpu.isa, arch=cpu.arch, bandwidth_gbs=bandwidth, gpus=(gpu,), ort_cuda=inventory.ort_cuda,
-                  llama_gpu_offload=inventory.llama_gpu_offload,
+                  llama_gpu_offload=inventory.llama_gpu_offload, llama_safe_types=host.llama_safe_types,
                   reasons=tuple(reasons + [f"GPU {gpu.name}: {gpu.vram_free_bytes} bytes free of "
                                            f"{gpu.vram_total_bytes}, compute {gpu.compute_capability}"]))
+
+
+def _safe_types() -> tuple[str, ...]:
+    """GGML types this host's llama.cpp build runs only with the safe kernel switch (empty without llama.cpp)."""
+    from .errors import EdgeLLMError
+    from .runtimes.llama_native import build_info, host_isa, matching_defects, read_verdicts
+
+    try:
+        types = {t for d in matching_defects(host_isa(), build_info().features) for t in d.types}
+        types |= {f for f, v in (read_verdicts() or {}).items() if v.default_bad}
+    except EdgeLLMError:
+        return ()
+    return tuple(sorted(types))
 
 
 def replace_reasons(device: Device, reasons: list[str]) -> Device:
@@ -257,7 +271,44 @@ def plan(model: str | Path, device: str | Device = "auto", max_memory: str | int
                       max_quality_loss=parse_quality_loss(max_quality_loss), context=_context(context))
     facts = read_model_facts(model)
     dev = resolve_device(device, cuda=cuda, target=True)
-    return plan_model(facts, dev, budgets, model_name=Path(model).name)
+    result = plan_model(facts, dev, budgets, model_name=Path(model).name)
+    if result.runtime == "llama.cpp" and dev.profile is None:  # this host's llama.cpp build will run it
+        from dataclasses import replace
+
+        result = replace(result, reasons=result.reasons + (kernel_reason(model, result.quant),))
+    return result
+
+
+def kernel_reason(model: str | Path, quant: str) -> str:
+    """Which llama.cpp CPU kernels this host uses for `model` (an artifact) or for `quant` (an HF folder)."""
+    from .errors import EdgeLLMError
+    from .runtimes.llama_native import (build_info, decide_policy, host_isa, kernel_policy, matching_defects,
+                                        read_verdicts)
+
+    try:
+        gguf = _gguf_file(Path(model))
+        if gguf is not None:
+            policy = kernel_policy(gguf)
+        else:
+            from .converters.gguf_types import get_quant
+
+            main = get_quant(quant).main_type
+            policy = decide_policy({main}, matching_defects(host_isa(), build_info().features), read_verdicts())
+    except EdgeLLMError as exc:
+        return f"llama.cpp kernels: not decided ({exc.message})"
+    if policy.refused:
+        return "llama.cpp kernels: refused on this CPU (" + "; ".join(policy.refused) + ")"
+    return f"llama.cpp kernels: {policy.describe()}"
+
+
+def _gguf_file(p: Path) -> Path | None:
+    if p.is_file() and p.suffix == ".gguf":
+        return p
+    if (p / MANIFEST_NAME).is_file():
+        file = _json_or_empty(p / MANIFEST_NAME).get("file")
+        if isinstance(file, str) and file.endswith(".gguf") and (p / file).resolve().is_relative_to(p.resolve()):
+            return p / file
+    return None
 
 
 def _context(value: Any) -> int | None:
@@ -278,18 +329,14 @@ def tune_threads(gguf_path: str | Path, candidates: tuple[int, ...] | None = Non
                  refresh: bool = False) -> ThreadChoice:
     """Pick the decode thread count for a GGUF on this machine with a short llama.cpp sweep (cached)."""
     from .devices.threads import default_candidates
+    from .runtimes.llama_native import llama_module, open_llama
 
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        from .errors import BackendUnavailableError
-
-        raise BackendUnavailableError(f"llama-cpp-python is needed to tune threads ({exc})") from None
+    llama_cpp = llama_module()
     path = Path(gguf_path)
     cap = detect_cpu().usable_cores
     cands = candidates or default_candidates(max(cap, 1))
     stat = path.stat()
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=max(cands), verbose=False)
+    llm = open_llama(path, n_ctx=256, n_threads=max(cands))
     try:
         prompt = llm.tokenize(b"The history of the region")
 

@@ -7,11 +7,9 @@ int32 list): it keeps every other tensor's type, renumbers the remaining blocks 
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
 import tempfile
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +18,6 @@ from .errors import BudgetNotMetError, EdgeLLMError
 from .evaluation import EvalResult, evaluate, reference_scores
 
 log = logging.getLogger(__name__)
-_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -74,22 +71,20 @@ def block_count(path: Path) -> int:
 
 def drop_layers(src: Path, dst: Path, layers: Sequence[int], threads: int | None = None) -> Path:
     """Write `dst`: `src` without the given blocks (types unchanged), via llama.cpp's quantizer."""
-    import llama_cpp
+    from .converters.llama_quantize import quantize_gguf
+    from .errors import QuantizationError
 
     n = block_count(src)
     bad = [i for i in layers if not 0 <= i < n]
     if bad or not layers or len(set(layers)) >= n:
         raise EdgeLLMError(f"cannot drop layers {sorted(layers)} of a {n}-layer model",
                            f"name between 1 and {n - 1} distinct layers in 0..{n - 1}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.only_copy = True  # keep every tensor's type; the ftype of the source is kept too
-    params.nthread = int(threads or 1)
-    arr = (ctypes.c_int * (len(layers) + 1))(*sorted(set(layers)), -1)
-    params.prune_layers = ctypes.cast(arr, ctypes.POINTER(ctypes.c_int))
-    with _LOCK:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    if rc != 0 or not dst.is_file():
-        raise EdgeLLMError(f"llama.cpp could not drop layers {sorted(layers)} from {src} (code {rc})")
+    try:  # copy-only: every tensor keeps its type; the ftype of the source is kept too
+        quantize_gguf(src, dst, 0, threads=threads or 1, only_copy=True, prune_layers=layers)
+    except QuantizationError as exc:
+        raise EdgeLLMError(f"llama.cpp could not drop layers {sorted(layers)} from {src}: {exc.message}") from None
+    if not dst.is_file():
+        raise EdgeLLMError(f"llama.cpp wrote no file when dropping layers {sorted(layers)} from {src}")
     return dst
 
 

@@ -1,4 +1,4 @@
-"""`edgellm devices [--json] [--profiles]`: what this host offers, and the named target profiles."""
+"""`edgellm devices [--json] [--profiles] [--probe]`: what this host offers, and the named target profiles."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 
-def devices(json_output: bool = False, profiles: bool = False) -> int:
+def devices(json_output: bool = False, profiles: bool = False, probe: bool = False) -> int:
     from ..devices.bandwidth import measure_bandwidth
     from ..devices.budgets import format_bytes
     from ..devices.cpu import detect_cpu
@@ -26,11 +26,15 @@ def devices(json_output: bool = False, profiles: bool = False) -> int:
             print(f"| {p.name} | {p.cores_big}+{p.cores_little} | {p.threads} | {format_bytes(p.app_memory_bytes)} | "
                   f"{p.bandwidth_gbs:.0f} GB/s | {' '.join(p.isa)} | {pref.format} {pref.quant} ({pref.runtime}) |")
         return 0
+    if probe:
+        return _probe(json_output)
     cpu = detect_cpu()
     cuda = detect_cuda()
     bandwidth = measure_bandwidth(cpu.usable_cores)
+    kernels = _kernels()
     if json_output:
-        data: dict[str, Any] = {"cpu": asdict(cpu), "cuda": asdict(cuda), "bandwidth": asdict(bandwidth)}
+        data: dict[str, Any] = {"cpu": asdict(cpu), "cuda": asdict(cuda), "bandwidth": asdict(bandwidth),
+                                "llama_cpp_kernels": kernels}
         print(json.dumps(data, indent=2))
         return 0
     rows = [
@@ -53,9 +57,42 @@ def devices(json_output: bool = False, profiles: bool = False) -> int:
         rows.append(("CUDA", cuda.reason))
     rows.append(("onnxruntime CUDA", "yes" if cuda.ort_cuda else f"no: {cuda.ort_reason}"))
     rows.append(("llama.cpp offload", "yes" if cuda.llama_gpu_offload else f"no: {cuda.llama_reason}"))
+    rows.append(("llama.cpp kernels", kernels["summary"]))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _kernels() -> dict[str, Any]:
+    """This host's llama.cpp build, its known defects and the probe verdicts (plain data)."""
+    from ..errors import EdgeLLMError
+    from ..runtimes.llama_native import build_info, host_isa, host_policy_summary, matching_defects, read_verdicts
+
+    try:
+        info = build_info()
+        verdicts = read_verdicts()
+        return {"llama_cpp": info.version, "build": info.key, "features": info.features,
+                "known_defects": [d.name for d in matching_defects(host_isa(), info.features)],
+                "probe": None if verdicts is None else {f: asdict(v) for f, v in verdicts.items()},
+                "summary": host_policy_summary()}
+    except EdgeLLMError as exc:
+        return {"summary": f"unavailable: {exc.message}"}
+
+
+def _probe(json_output: bool) -> int:
+    """Rerun the kernel probe and print its table."""
+    from ..kernel_probe import run_probe
+
+    report = run_probe()
+    if json_output:
+        print(json.dumps({"verdicts": [asdict(v) for v in report.verdicts], "cache": str(report.cache_path),
+                          "seconds": round(report.seconds, 2)}, indent=2))
+        return 0
+    print(report.table())
+    print(f"\n{len(report.verdicts) - len(report.bad)} of {len(report.verdicts)} families run llama.cpp's default "
+          f"kernels here; probed in {report.seconds:.1f} s, cached in {report.cache_path}")
+    print(f"known defects: {_kernels()['known_defects'] or 'none on this CPU and build'}")
     return 0
 
 
@@ -63,4 +100,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("devices", help="show this host's CPU, memory, bandwidth and GPUs")
     p.add_argument("--json", dest="json_output", action="store_true", help="print JSON")
     p.add_argument("--profiles", action="store_true", help="list the named target profiles instead")
+    p.add_argument("--probe", action="store_true",
+                   help="rerun the llama.cpp kernel probe (each quant family in a child process) and print it")
     p.set_defaults(func=devices)

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def _llama_tokenizer(path: Path):  # noqa: ANN202
-    import llama_cpp
+    from edgellm.runtimes.llama_native import open_llama
 
-    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    return open_llama(path, vocab_only=True)
 
 
 def test_rebuilt_folder_has_the_expected_shape(smollm2_hf: Path) -> None:

@@ -107,12 +107,11 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
     from tqdm import tqdm
 
     writer = gguf.GGUFWriter(None, family.gguf_arch)
-    write_metadata(writer, model, vocab, names, quant.file_type, context_length)
+    write_metadata(writer, model, args, vocab, names, quant.file_type, context_length)
     family.gguf_metadata(writer, args)
-    c = model.config
     # tensors llama.cpp needs that the checkpoint does not hold: (GGUF name, float32 data)
     extra: list[tuple[str, np.ndarray]] = []
-    factors = llama_cpp_freq_factors(c.head_dim, c.rope_theta, c.rope_scaling)
+    factors = llama_cpp_freq_factors(args.head_dim, args.rope_theta, args.rope_scaling)
     if factors is not None:
         extra.append(("rope_freqs.weight", factors))
     types: list[str] = []
@@ -163,7 +162,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
         with read_hf_model(model_dir) as model:
             family = get_family(model.config.architecture)
             args = family.parse(model.config)
-            rope_kind(model.config.rope_scaling)  # refuse unsupported RoPE variants before writing anything
+            rope_kind(args.rope_scaling)  # refuse unsupported RoPE variants before writing anything
             if model.tokenizer_json is None:
                 raise ConversionError(f"{model.path} has no tokenizer.json", "GGUF embeds the tokenizer; add it")
             vocab = vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .families.base import Args
 from .hf import HFModel
 from .rope import rope_kind
 from .tokenizer import GGUFVocab
@@ -12,13 +13,12 @@ SPECIAL_KEYS: dict[str, str] = {"bos": "bos", "eos": "eos", "unk": "unknown", "p
                                 "mask": "mask"}
 
 
-def write_metadata(writer: Any, model: HFModel, vocab: GGUFVocab, names: dict[str, str | None],
+def write_metadata(writer: Any, model: HFModel, args: Args, vocab: GGUFVocab, names: dict[str, str | None],
                    file_type: int, context_length: int | None) -> None:
     """Add the keys every family shares to a gguf.GGUFWriter (before its header is written); the family's
     own keys come from its `gguf_metadata` hook."""
     import gguf
 
-    c = model.config
     writer.add_type("model")
     if names.get("name"):
         writer.add_name(names["name"])
@@ -29,21 +29,22 @@ def write_metadata(writer: Any, model: HFModel, vocab: GGUFVocab, names: dict[st
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    writer.add_context_length(int(context_length or c.max_position_embeddings))
-    writer.add_embedding_length(c.hidden_size)
-    writer.add_block_count(c.num_layers)
-    writer.add_feed_forward_length(c.intermediate_size)
-    writer.add_head_count(c.num_heads)
-    writer.add_head_count_kv(c.num_kv_heads)
-    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_rope_freq_base(c.rope_theta)
-    writer.add_rope_dimension_count(c.head_dim)
+    a = args
+    writer.add_context_length(int(context_length or a.max_positions))
+    writer.add_embedding_length(a.hidden)
+    writer.add_block_count(a.layers)
+    writer.add_feed_forward_length(a.ffn)
+    writer.add_head_count(a.heads)
+    writer.add_head_count_kv(a.kv_heads)
+    writer.add_layer_norm_rms_eps(a.eps)
+    writer.add_rope_freq_base(a.rope_theta)
+    writer.add_rope_dimension_count(a.head_dim)
     writer.add_vocab_size(len(vocab.tokens))
-    if c.head_dim != c.hidden_size // c.num_heads:
-        writer.add_key_length(c.head_dim)
-        writer.add_value_length(c.head_dim)
-    scaling = c.rope_scaling or {}
-    if rope_kind(c.rope_scaling) == "linear":
+    if a.head_dim != a.hidden // a.heads:
+        writer.add_key_length(a.head_dim)
+        writer.add_value_length(a.head_dim)
+    scaling = a.rope_scaling or {}
+    if rope_kind(a.rope_scaling) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     # llama3 scaling travels as the rope_freqs.weight tensor (see gguf.py), not as metadata

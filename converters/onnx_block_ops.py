@@ -162,7 +162,7 @@ class OnnxOps(Ops[str]):
         attrs: dict[str, Any] = dict(num_heads=spec.heads, kv_num_heads=spec.kv_heads, scale=float(spec.scale),
                                      do_rotary=int(rope), rotary_interleaved=0)
         if spec.window is not None:
-            attrs["local_window_size"] = int(spec.window) - 1   # onnxruntime counts the keys before the query
+            attrs["local_window_size"] = int(spec.window)   # W keys counting the query itself, as HF and llama.cpp
         if spec.softcap:
             attrs["softcap"] = float(spec.softcap)
         name = g.fresh(f"layers.{layer}.attn/GroupQueryAttention")

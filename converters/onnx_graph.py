@@ -17,7 +17,8 @@ from onnx import TensorProto, helper
 
 from ..errors import ModelFormatError
 from .calibration import CalibrationSet, Calibrator
-from .families.base import Family, TensorRule, to_canon
+from .families.base import Family
+from .families.weights import Weights
 from .gptq import gptq_quantize
 from .hf import HFModel
 from .onnx_block_ops import OnnxOps
@@ -33,41 +34,6 @@ class GraphOptions:
     max_positions: int = 4096   # rows of the RoPE tables = the longest context the graph supports
     calibration: CalibrationSet | None = None   # token ids for GPTQ (required when the recipe is calibrated)
     progress: bool = False                       # a per-layer progress bar on stderr
-
-
-class Weights:
-    """Canonical weights of one HF folder, by GGUF role, read (and shape-checked) on demand."""
-
-    def __init__(self, model: HFModel, family: Family, args: Any) -> None:
-        self.model, self.args = model, args
-        self.rules: dict[str, tuple[str, TensorRule]] = {}
-        for hf, (gg, rule) in family.hf_to_gguf(args).items():
-            self.rules[gg] = (hf, rule)
-
-    def get(self, gguf_name: str) -> np.ndarray | None:
-        hf, rule = self.rules[gguf_name]
-        if not self.model.has_tensor(hf):
-            if rule.optional:
-                return None
-            raise ModelFormatError(f"tensor {hf} is missing from {self.model.path}")
-        return to_canon(self.model.tensor(hf, expect_shape=tuple(rule.shape(self.args))), rule, self.args)
-
-    def need(self, gguf_name: str) -> np.ndarray:
-        w = self.get(gguf_name)
-        if w is None:
-            raise ModelFormatError(f"tensor {self.rules[gguf_name][0]} is missing from {self.model.path}")
-        return w
-
-    def layer(self, i: int) -> dict[str, np.ndarray]:
-        """Block i's weights keyed by role ("attn_q.weight", ...), optional ones left out when absent."""
-        prefix = f"blk.{i}."
-        out = {}
-        for gg in self.rules:
-            if gg.startswith(prefix):
-                w = self.get(gg)
-                if w is not None:
-                    out[gg[len(prefix):]] = w
-        return out
 
 
 def _declare_io(g: GraphWriter, a: Any) -> None:

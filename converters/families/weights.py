@@ -1,0 +1,75 @@
+"""A family's canonical weights read from an HF folder, and the numpy reference forward pass built from the
+family's block function (the same one the ONNX graph is emitted from)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import ModelFormatError
+from ..hf import HFModel
+from .base import Family, TensorRule, to_canon
+
+
+class Weights:
+    """Canonical weights of one HF folder, by GGUF role, read (and shape-checked) on demand."""
+
+    def __init__(self, model: HFModel, family: Family, args: Any) -> None:
+        self.model, self.args = model, args
+        self.rules: dict[str, tuple[str, TensorRule]] = {}
+        for hf, (gg, rule) in family.hf_to_gguf(args).items():
+            self.rules[gg] = (hf, rule)
+
+    def get(self, gguf_name: str) -> np.ndarray | None:
+        """The canonical tensor, or None when it is optional and absent (or the family has no such tensor)."""
+        if gguf_name not in self.rules:
+            return None
+        hf, rule = self.rules[gguf_name]
+        if not self.model.has_tensor(hf):
+            if rule.optional:
+                return None
+            raise ModelFormatError(f"tensor {hf} is missing from {self.model.path}")
+        return to_canon(self.model.tensor(hf, expect_shape=tuple(rule.shape(self.args))), rule, self.args)
+
+    def need(self, gguf_name: str) -> np.ndarray:
+        w = self.get(gguf_name)
+        if w is None:
+            raise ModelFormatError(f"tensor {self.rules[gguf_name][0]} is missing from {self.model.path}")
+        return w
+
+    def layer(self, i: int) -> dict[str, np.ndarray]:
+        """Block i's weights keyed by role ("attn_q.weight", ...), optional ones left out when absent."""
+        prefix = f"blk.{i}."
+        out = {}
+        for gg in self.rules:
+            if gg.startswith(prefix):
+                w = self.get(gg)
+                if w is not None:
+                    out[gg[len(prefix):]] = w
+        return out
+
+
+def reference_logits(model_dir: str | Path, ids: list[int]) -> np.ndarray:
+    """Teacher-forced logits [len(ids), vocab] (float32) of an HF folder, computed in numpy."""
+    from ..architectures import get_family
+    from ..hf import read_hf_model
+    from .numpy_ops import NumpyOps
+
+    with read_hf_model(model_dir) as model:
+        family = get_family(model.config.architecture)
+        a = family.parse(model.config)
+        weights, ops = Weights(model, family, a), NumpyOps()
+        embed = weights.need("token_embd.weight")
+        h = np.asarray(embed[np.asarray(ids)][None], np.float32)                  # [1, S, D]
+        scale = family.embed_scale(a)
+        if scale is not None:
+            h = (h * np.float32(scale)).astype(np.float32)
+        delta = None
+        for i in range(a.layers):
+            h, delta = family.block(ops, a, i, weights.layer(i), h, delta)
+        x, _ = ops.add_norm(h, delta, weights.need("output_norm.weight"), a.eps, "norm")
+        head = weights.get("output.weight")
+        logits = x[0] @ np.asarray(embed if a.tied or head is None else head, np.float32).T
+        cap = family.final_softcap(a)
+        return (np.tanh(logits / cap) * cap).astype(np.float32) if cap else logits.astype(np.float32)

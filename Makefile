@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgellm-installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install clean portable native
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# llama.cpp for packaging (desktop apps, edge images): no -march=native; one CPU backend per x86 ISA level
+# (or Arm level), the best one for the CPU it runs on picked at load time. `native` goes back to the default
+# build, compiled for this machine's CPU. Both rebuild the llama-cpp-python version installed now.
+LLAMA_VERSION = $$($(PY) -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
+portable: $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON" $(PY) -m pip install \
+	  --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
+
+native: $(STAMP)
+	$(PY) -m pip install --force-reinstall --no-deps --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/run_all.py

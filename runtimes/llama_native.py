@@ -61,7 +61,7 @@ KNOWN_DEFECTS: tuple[KnownDefect, ...] = (
 class BuildInfo:
     version: str
     features: dict[str, str]   # llama_print_system_info(), e.g. {"AVX2": "1", "AMX_INT8": "1", "REPACK": "1"}
-    key: str                   # identifies the native libraries (content hash)
+    key: str                   # identifies the native libraries (names, sizes, mtimes)
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,16 @@ def llama_module() -> ModuleType:
     return llama_cpp
 
 
+def lib_dir_of(lc: ModuleType) -> Path:
+    """Where llama-cpp-python loaded its native libraries from (LLAMA_CPP_LIB_PATH overrides the package's)."""
+    return Path(getattr(lc.llama_cpp, "_base_path", Path(lc.__file__).parent / "lib"))
+
+
 @functools.lru_cache(maxsize=1)
 def _load_backends(lc: ModuleType) -> None:
     """A portable build (GGML_BACKEND_DL, one CPU variant per ISA level) keeps its backends in loadable
     modules beside libllama; llama-cpp-python does not load them, so do it once, before the first model."""
-    lib_dir = Path(lc.__file__).parent / "lib"
+    lib_dir = lib_dir_of(lc)
     ggml = next((p for p in sorted(lib_dir.glob("libggml.*")) if p.suffix in (".so", ".dylib", ".dll")), None)
     if ggml is None:
         return
@@ -152,10 +157,10 @@ def build_info() -> BuildInfo:
     # system info reflects the CPU backend actually loaded (for a portable build: the variant picked here)
     features = parse_system_info(bytes(lc.llama_print_system_info()).decode("utf-8", "replace"))
     digest = hashlib.sha256(getattr(lc, "__version__", "?").encode())
-    for lib in sorted((Path(lc.__file__).parent / "lib").glob("lib*")):
+    for lib in sorted(lib_dir_of(lc).glob("lib*")):  # a rebuild or reinstall changes size or mtime: probe anew
         if lib.is_file():
-            digest.update(lib.name.encode())
-            digest.update(lib.read_bytes())
+            st = lib.stat()
+            digest.update(f"{lib.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return BuildInfo(getattr(lc, "__version__", "?"), features, digest.hexdigest()[:16])
 
 

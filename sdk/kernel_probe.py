@@ -70,6 +70,12 @@ def child_main(argv: Sequence[str] | None = None, tamper: Callable[[str, list[li
     `tamper(family, rows)` is for tests that stand in for a defective CPU (it may crash or alter rows)."""
     from .runtimes.llama_native import KernelPolicy, open_llama
 
+    try:  # a kernel that crashes here is expected: leave no core file behind
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", choices=("default", "safe"), required=True)
     ap.add_argument("models", nargs="+", help="FAMILY=PATH")

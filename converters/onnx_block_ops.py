@@ -132,6 +132,7 @@ class OnnxOps(Ops[str]):
         return g.op("Mul", g.op("Tanh", g.op("Mul", x, g.const(1.0 / cap, np.float32))), g.const(cap, np.float32))
 
     def scale(self, x: str, factor: float) -> str:
+        self._need(x)
         return self.g.op("Mul", x, self.g.const(factor, np.float32))
 
     def attention(self, layer: int, q: str, k: str, v: str, spec: AttnSpec) -> str:

@@ -90,6 +90,9 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
         assert calib is not None
         head_bq = gptq_quantize(head, calib.final_hessian(np.asarray(norm_w, np.float32)), head_spec, "lm_head")
     logits = linear(g, x, head, head_spec, "lm_head", fused, opts.accuracy_level, bq=head_bq)
+    factor = family.logit_scale(a)
+    if factor is not None:
+        logits = ops.scale(logits, factor)
     cap = family.final_softcap(a)
     if cap:
         logits = ops.softcap(logits, cap)

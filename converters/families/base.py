@@ -123,6 +123,9 @@ class Ops(Generic[T]):
     def add(self, a: T, b: T) -> T:
         raise NotImplementedError
 
+    def scale(self, x: T, factor: float) -> T:
+        raise NotImplementedError
+
     def head_norm(self, x: T, weight: np.ndarray, eps: float, heads: int, name: str) -> T:
         """RMS norm of each head: x [B, S, heads*hd] viewed as [B, S, heads, hd], weight [hd]."""
         raise NotImplementedError
@@ -153,6 +156,7 @@ class Family:
     hf_config: Callable[[Callable[[str, Any], Any], Any], dict[str, Any]] = lambda key, args: {}
     embed_scale: Callable[[Any], float | None] = lambda args: None          # hidden *= this after the lookup
     final_softcap: Callable[[Any], float | None] = lambda args: None        # logits soft-capping
+    logit_scale: Callable[[Any], float | None] = lambda args: None          # logits *= this (before capping)
     onnx: bool = True                            # False: GGUF only (refused with a hint for ONNX)
     extra: dict[str, Any] = field(default_factory=dict)
 

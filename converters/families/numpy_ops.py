@@ -84,6 +84,9 @@ class NumpyOps(Ops[np.ndarray]):
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (a + b).astype(np.float32)
 
+    def scale(self, x: np.ndarray, factor: float) -> np.ndarray:
+        return (x * np.float32(factor)).astype(np.float32)
+
     def head_norm(self, x: np.ndarray, weight: np.ndarray, eps: float, heads: int, name: str) -> np.ndarray:
         b, s, d = x.shape
         return rms(x.reshape(b, s, heads, d // heads), weight, eps).reshape(b, s, d)

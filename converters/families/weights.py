@@ -71,5 +71,8 @@ def reference_logits(model_dir: str | Path, ids: list[int]) -> np.ndarray:
         x, _ = ops.add_norm(h, delta, weights.need("output_norm.weight"), a.eps, "norm")
         head = weights.get("output.weight")
         logits = x[0] @ np.asarray(embed if a.tied or head is None else head, np.float32).T
+        factor = family.logit_scale(a)
+        if factor is not None:
+            logits = logits * np.float32(factor)
         cap = family.final_softcap(a)
         return (np.tanh(logits / cap) * cap).astype(np.float32) if cap else logits.astype(np.float32)

@@ -40,6 +40,13 @@ ROWS: dict[str, dict] = {
                "sliding_window_pattern": 3, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
                "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "hidden_activation": "gelu_pytorch_tanh",
                "final_logit_softcapping": None, "attn_logit_softcapping": None},
+    "smollm3": {**BASE, "architectures": ["SmolLM3ForCausalLM"], "model_type": "smollm3", "num_hidden_layers": 4,
+                "tie_word_embeddings": True, "no_rope_layers": [1, 1, 1, 0], "no_rope_layer_interval": 4},
+    "granite": {**BASE, "architectures": ["GraniteForCausalLM"], "model_type": "granite", "tie_word_embeddings": True,
+                "embedding_multiplier": 12.0, "attention_multiplier": 0.2, "residual_multiplier": 0.22,
+                "logits_scaling": 8.0},
+    "olmo2": {**BASE, "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "tie_word_embeddings": False,
+              "rope_theta": 500000.0},
 }
 IDS = [5, 17, 33, 2, 100, 7, 250, 9, 11, 12, 300, 42, 64, 65, 66, 200, 201, 3, 4, 380]   # longer than the windows
 
@@ -175,3 +182,17 @@ def test_gptq_calibration_runs_the_family_block(name: str, checkpoints: dict[str
                               calibration_tokens=1024)
         kls[q] = float(kl_divergence(want, ort_logits(res.path, ids, *dims)).mean())
     assert kls["int4"] < 0.8 * kls["int4-rtn"], kls
+
+
+def test_smollm3_nope_pattern_llama_cpp_cannot_express_is_refused_for_gguf_only(tmp_path: Path) -> None:
+    from edgellm.errors import ConversionError
+
+    cfg = {**ROWS["smollm3"], "no_rope_layers": [1, 0, 1, 1]}
+    folder = make_family_model(tmp_path / "odd", cfg, seed=3)
+    with pytest.raises(ConversionError, match="NoPE"):
+        convert_to_gguf(folder, tmp_path / "gguf", "F32")
+    assert not (tmp_path / "gguf").exists()
+    onnx = convert_to_onnx(folder, tmp_path / "onnx", "fp32")
+    got = ort_logits(onnx.path, IDS, 4, 2, 16)
+    want = reference_logits(folder, IDS)
+    assert np.abs(got - want).max() < 1e-5 * (want.max() - want.min()) * 100

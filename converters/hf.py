@@ -7,7 +7,6 @@ chat_template.jinja) and generation_config.json. Pickle checkpoints are refused.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ConfigError, ModelFormatError, UnsafeCheckpointError
+from .limits import check_config_values, check_tokenizer_config, load_json, read_text
 from .safetensors_io import MappedFile, TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,8 @@ class ModelConfig:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return data
+    """A JSON object from a config file, bounded (size, depth, strict UTF-8, no NaN): ConfigError otherwise."""
+    return load_json(path)
 
 
 def _ids(value: Any) -> tuple[int, ...]:
@@ -68,6 +63,7 @@ def _ids(value: Any) -> tuple[int, ...]:
 
 def parse_config(raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Normalise the config variants found in the wild into one ModelConfig."""
+    check_config_values(raw, source)   # types and ranges first: nothing below loops or divides on a bad value
     archs = raw.get("architectures") or []
     if not archs or not isinstance(archs, list):
         raise ConfigError(f"{source} has no 'architectures' list", "add e.g. \"architectures\": [\"LlamaForCausalLM\"]")
@@ -124,8 +120,9 @@ class HFModel:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.config = parse_config(_load_json(path / "config.json"), str(path / "config.json"))
-        self.tokenizer_config: dict[str, Any] = (
-            _load_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {})
+        self.tokenizer_config: dict[str, Any] = check_tokenizer_config(
+            _load_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {},
+            str(path / "tokenizer_config.json"))
         self.generation_config: dict[str, Any] = (
             _load_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else {})
         tj = path / "tokenizer.json"
@@ -138,7 +135,7 @@ class HFModel:
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
             weight_map = _load_json(index).get("weight_map")
-            if not isinstance(weight_map, dict):
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ModelFormatError(f"{index} has no 'weight_map'")
             files = sorted(set(weight_map.values()))
             for fname in files:
@@ -214,7 +211,7 @@ class HFModel:
     def chat_template(self) -> str | None:
         jinja = self.path / "chat_template.jinja"
         if jinja.is_file():
-            return jinja.read_text(encoding="utf-8")
+            return read_text(jinja)
         tpl = self.tokenizer_config.get("chat_template")
         if isinstance(tpl, list):  # named templates: prefer "default"
             named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}

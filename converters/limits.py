@@ -88,10 +88,10 @@ def loads_json(raw: bytes | str, where: str, *, max_depth: int = MAX_JSON_DEPTH,
 
 
 def as_int(value: Any, name: str, where: str, *, lo: int = 0, hi: int = INT64_LIMIT - 1,
-           error: type[EdgeLLMError] = ConfigError) -> int:
-    """`value` as an int in [lo, hi]: ints, or floats that are whole and finite (1e3 in a config); never bools,
-    strings or NaN. The error names the key and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+           error: type[EdgeLLMError] = ConfigError, strict: bool = False) -> int:
+    """`value` as an int in [lo, hi]: ints, or (unless `strict`) floats that are whole and finite (1e3 in a
+    config); never bools, strings or NaN. The error names the key and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (strict and isinstance(value, float)):
         raise error(f"{where}: {name} must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
@@ -172,5 +172,71 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
                 as_int(v, key, where, lo=0, hi=MODEL_LIMITS["vocab_size"])
 
 
+
+
+def read_text(path: Path, *, max_bytes: int = MAX_CONFIG_BYTES, error: type[EdgeLLMError] = ConfigError) -> str:
+    """A small text file (a chat template), size-checked before reading and decoded as strict UTF-8."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path} is {size} bytes; more than the {max_bytes} this kind of file may hold")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise error(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
+def check_tokenizer_json(tok: Any, vocab_size: int, where: str) -> None:
+    """Validate a tokenizer.json's model before anything is built from it: vocab ids and added-token ids are ints
+    in [0, vocab_size) (the model's embedding rows), texts are strings, merges are strings or pairs."""
+    from ..errors import TokenizerError
+
+    if not isinstance(tok, dict) or not isinstance(tok.get("model"), dict):
+        raise TokenizerError(f"{where} has no 'model' object")
+    model = tok["model"]
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerError(f"{where}: model.vocab must be a non-empty object of token -> id")
+    if len(vocab) > vocab_size + 4096 or len(vocab) > MODEL_LIMITS["vocab_size"]:
+        raise TokenizerError(f"{where}: {len(vocab)} vocabulary entries for a model of {vocab_size} embedding rows")
+    for text, idx in vocab.items():
+        as_int(idx, f"model.vocab[{text[:40]!r}]", where, lo=0, hi=vocab_size - 1, error=TokenizerError, strict=True)
+    added = tok.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise TokenizerError(f"{where}: added_tokens must be a list")
+    for i, a in enumerate(added):
+        if not isinstance(a, dict) or not isinstance(a.get("content"), str):
+            raise TokenizerError(f"{where}: added_tokens[{i}] must be an object with a string 'content'")
+        as_int(a.get("id"), f"added_tokens[{i}].id", where, lo=0, hi=vocab_size - 1, error=TokenizerError,
+               strict=True)
+    merges = model.get("merges", [])
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{where}: model.merges must be a list")
+    for i, m in enumerate(merges):
+        if not (isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m))):
+            raise TokenizerError(f"{where}: model.merges[{i}] must be 'a b' or ['a', 'b'], got {str(m)[:60]}")
+
+
+def check_tokenizer_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """tokenizer_config.json's keys edgellm uses, type-checked: special tokens (string, {"content": string} or
+    null), add_*_token flags (bool or null), chat_template (string, null or a list of {name, template})."""
+    from ..errors import TokenizerError
+
+    for key, value in doc.items():
+        if key.endswith("_token") and not key.startswith("add_") and value is not None \
+                and not isinstance(value, str) and \
+                not (isinstance(value, dict) and isinstance(value.get("content"), str)):
+            raise TokenizerError(f"{where}: {key} must be a string or {{\"content\": string}}, got {str(value)[:60]}")
+        if key.startswith("add_") and key.endswith("_token") and value is not None and not isinstance(value, bool):
+            raise TokenizerError(f"{where}: {key} must be true or false, got {str(value)[:60]}")
+    tpl = doc.get("chat_template")
+    if tpl is not None and not isinstance(tpl, str) and not (
+            isinstance(tpl, list) and all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in tpl)):
+        raise TokenizerError(f"{where}: chat_template must be a string or a list of {{name, template}}")
+    return doc
+
+
 __all__ = ["MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_JSON_DEPTH", "MODEL_LIMITS", "INT64_LIMIT", "load_json",
-           "loads_json", "as_int", "as_float", "shape_elements", "check_config_values", "json_depth"]
+           "loads_json", "as_int", "as_float", "shape_elements", "check_config_values", "json_depth", "read_text",
+           "check_tokenizer_json", "check_tokenizer_config"]

@@ -10,7 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..errors import TokenizerError
 from .hf import HFModel
+from .limits import MAX_TOKENIZER_BYTES, check_tokenizer_json, load_json
 
 GENAI_CONFIG = "genai_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -74,6 +76,9 @@ def write_genai_files(model: HFModel, folder: Path, *, filename: str, context_le
                 data["chat_template"] = chat
             (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         else:
+            if name == "tokenizer.json":   # the same checks as the GGUF path: ids bounded by the embedding rows
+                check_tokenizer_json(load_json(src, max_bytes=MAX_TOKENIZER_BYTES, error=TokenizerError),
+                                     model.config.vocab_size, str(src))
             shutil.copyfile(src, folder / name)
         written.append(name)
     return written

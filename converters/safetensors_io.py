@@ -5,6 +5,7 @@ every tensor's byte range against the data section and against dtype x shape.
 """
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -15,7 +16,8 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, OutputPathError
+from .limits import as_int, loads_json, shape_elements
 
 # safetensors dtype name -> (numpy dtype used to view the bytes, element size)
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -44,41 +46,54 @@ class TensorInfo:
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header. Returns (tensors, metadata)."""
-    size = path.stat().st_size
-    if size < 8:
-        raise ModelFormatError(f"{path} is {size} bytes: too short to be a safetensors file")
-    with open(path, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        if hlen > _MAX_HEADER or 8 + hlen > size:
-            raise ModelFormatError(f"{path}: header claims {hlen} bytes but the file has {size}; "
-                                   "the file is truncated or not safetensors")
-        try:
-            header = json.loads(f.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFormatError(f"{path}: header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ModelFormatError(f"{path}: header is not a JSON object")
-    meta = header.pop("__metadata__", {}) or {}
+    """Parse and validate a safetensors header. Returns (tensors, metadata).
+
+    Checked before anything is trusted: the header length against the file, the JSON (size, depth, UTF-8), every
+    entry's dtype, shape (ints >= 0, product below 2^63) and byte range (inside the data section, matching
+    dtype x shape, no two tensors overlapping)."""
+    try:
+        size = path.stat().st_size
+        if size < 8:
+            raise ModelFormatError(f"{path} is {size} bytes: too short to be a safetensors file")
+        with open(path, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            if hlen > _MAX_HEADER or 8 + hlen > size:
+                raise ModelFormatError(f"{path}: header claims {hlen} bytes but the file has {size}; "
+                                       "the file is truncated or not safetensors")
+            raw = f.read(hlen)
+    except OSError as exc:
+        raise ModelFormatError(f"{path} cannot be read ({exc.strerror or exc})", "check the file's permissions") \
+            from None
+    header = loads_json(raw, f"{path} (safetensors header)", error=ModelFormatError)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ModelFormatError(f"{path}: __metadata__ must map strings to strings")
     data_start, data_len = 8 + hlen, size - 8 - hlen
     tensors: dict[str, TensorInfo] = {}
+    ranges: list[tuple[int, int, str]] = []
     for name, spec in header.items():
-        try:
-            dtype, shape, (lo, hi) = spec["dtype"], tuple(int(d) for d in spec["shape"]), spec["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ModelFormatError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        where = f"{path}: tensor {name[:80]!r}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) \
+                or not isinstance(spec.get("shape"), list) or not isinstance(spec.get("data_offsets"), list) \
+                or len(spec["data_offsets"]) != 2 or len(spec["shape"]) > 8:
+            raise ModelFormatError(f"{where} has a malformed header entry (dtype, shape, data_offsets)")
+        dtype = spec["dtype"]
         if dtype not in _DTYPES:
-            raise ModelFormatError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        n = 1
-        for d in shape:
-            if d < 0:
-                raise ModelFormatError(f"{path}: tensor {name!r} has a negative dimension")
-            n *= d
-        if not (0 <= lo <= hi <= data_len) or hi - lo != n * _DTYPES[dtype][1]:
+            raise ModelFormatError(f"{where} has unsupported dtype {dtype[:20]!r}")
+        n = shape_elements(spec["shape"], where, max_elements=max(data_len, 0))
+        shape = tuple(int(d) for d in spec["shape"])
+        lo, hi = (as_int(v, "data_offsets", where, error=ModelFormatError) for v in spec["data_offsets"])
+        if not (lo <= hi <= data_len) or hi - lo != n * _DTYPES[dtype][1]:
             raise ModelFormatError(
-                f"{path}: tensor {name!r} needs bytes [{lo}, {hi}) of a {data_len}-byte data section "
+                f"{where} needs bytes [{lo}, {hi}) of a {data_len}-byte data section "
                 f"({n} x {dtype}); the file is truncated or corrupt")
         tensors[name] = TensorInfo(name, dtype, shape, path, data_start + lo, hi - lo)
+        if hi > lo:
+            ranges.append((lo, hi, name))
+    ranges.sort()
+    for (_, end_a, a), (start_b, _, b) in zip(ranges, ranges[1:]):
+        if start_b < end_a:
+            raise ModelFormatError(f"{path}: tensors {a!r} and {b!r} overlap in the data section")
     return tensors, meta
 
 
@@ -98,8 +113,15 @@ class MappedFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f = open(path, "rb")
-        self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._f = open(path, "rb")
+        except OSError as exc:
+            raise ModelFormatError(f"{path} cannot be read ({exc.strerror or exc})") from None
+        try:
+            self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            self._f.close()
+            raise ModelFormatError(f"{path} cannot be memory-mapped ({exc})") from None
 
     def view(self, info: TensorInfo, as_float32: bool = True) -> np.ndarray:
         np_dtype, _ = _DTYPES[info.dtype]
@@ -161,6 +183,9 @@ def write_safetensors(path: Path, specs: Iterable[tuple[str, str, tuple[int, ...
                     raise ModelFormatError(f"tensor {got_name} {arr.shape} arrived where {name} {shape} was declared")
                 _write_array(f, arr, dtype)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}" +
+                              (" (the disk is full)" if exc.errno == errno.ENOSPC else "")) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
+from .limits import MAX_TOKENIZER_BYTES, check_tokenizer_json, load_json
 
 _GPT2_REGEX = None  # the ByteLevel pre-tokenizer's built-in GPT-2 regex (use_regex=True)
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -64,7 +65,10 @@ _FINGERPRINTS = {_fingerprint(cfg): name for name, cfg in PRE_TOKENIZERS.items()
 
 
 def detect_pre_tokenizer(tokenizer: dict[str, Any]) -> str | None:
-    return _FINGERPRINTS.get(_fingerprint(tokenizer.get("pre_tokenizer")))
+    try:
+        return _FINGERPRINTS.get(_fingerprint(tokenizer.get("pre_tokenizer")))
+    except (TypeError, AttributeError):   # lists or numbers where the pipeline has strings: no known name
+        return None
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,9 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
     `vocab_size` is the model's embedding rows; the token list is padded to it as llama.cpp does.
     `pre_tokenizer` overrides detection: only pass it when you know the model's pre-tokenizer.
     """
-    try:
-        tok = json.loads(path.read_text(encoding="utf-8"))
-        model = tok["model"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise TokenizerError(f"{path} is not a readable tokenizer.json ({exc})") from None
+    tok = load_json(path, max_bytes=MAX_TOKENIZER_BYTES, error=TokenizerError)
+    check_tokenizer_json(tok, vocab_size, str(path))   # ids bounded by vocab_size before any list is built
+    model = tok["model"]
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise TokenizerError(
             f"{path}: only byte-level BPE tokenizers are supported for GGUF export so far "

@@ -8,12 +8,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ArtifactError, ConfigError, ModelFormatError, UnsafePathError
+from ..errors import ArtifactError, ConfigError, EdgeLLMError, ModelFormatError, TokenizerError, UnsafePathError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'edgellm[onnx]'"
 CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+# -- files of an artifact folder ------------------------------------------------------------------
+def artifact_file(folder: Path, name: str) -> Path:
+    """`folder / name`, refused (UnsafePathError) when it is a link that resolves outside the folder: a bare
+    model.onnx must not read a tokenizer.json or config that a symlink points elsewhere."""
+    path = folder / name
+    root, target = folder.resolve(), path.resolve()
+    if target != root and root not in target.parents:
+        raise UnsafePathError(f"{path} resolves to {target}, outside the artifact folder {root}",
+                              "copy the file into the artifact folder instead of linking to it")
+    return path
+
+
+def read_json(path: Path, *, max_bytes: int = 16 << 20, error: type[EdgeLLMError] = ArtifactError) -> dict[str, Any]:
+    """A bounded JSON object from an artifact folder (size, depth, UTF-8), as a typed error otherwise. The
+    converters have the same rules (converters/limits.py); a runtime does not import a converter."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path} is {size} bytes; more than the {max_bytes} this kind of file may hold")
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise error(f"{path} nests JSON too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path} is not valid UTF-8 JSON ({str(exc)[:200]})") from None
+    except OSError as exc:
+        raise error(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+MAX_TOKENIZER_BYTES = 512 << 20
 
 
 # -- execution providers ---------------------------------------------------------------------------
@@ -96,14 +134,21 @@ class ArtifactTokenizer:
     def __init__(self, folder: Path) -> None:
         from tokenizers import Tokenizer
 
-        path = folder / "tokenizer.json"
+        path = artifact_file(folder, "tokenizer.json")
         if not path.is_file():
             raise ArtifactError(f"{folder} has no tokenizer.json", "rebuild the artifact with `edgellm convert`")
-        self.tok = Tokenizer.from_file(str(path))
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, max_bytes=MAX_TOKENIZER_BYTES, error=TokenizerError)
+        try:
+            self.tok = Tokenizer.from_str(json.dumps(data))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for every malformed file
+            raise TokenizerError(f"{path} is not a tokenizer the tokenizers library can load ({str(exc)[:200]})",
+                                 "rebuild the artifact with `edgellm convert`") from None
         decoder = json.dumps(data.get("decoder") or {})
         self.byte_level = "ByteLevel" in decoder
-        self.special = {a["id"] for a in data.get("added_tokens", []) if a.get("special")}
+        added = data.get("added_tokens") or []
+        self.special = {a["id"] for a in added if isinstance(a, dict) and a.get("special") and
+                        isinstance(a.get("id"), int)} if isinstance(added, list) else set()
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
         self._byte_of = {c: b for b, c in _bytes_to_unicode().items()}
         self._cache: dict[int, bytes] = {}
 

@@ -11,7 +11,6 @@ threads=1, or allow_spinning=False, as a load extra).
 """
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,7 @@ from .sampling import Sampler
 log = logging.getLogger(__name__)
 
 from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderChoice,  # noqa: F401 (re-exported)
-                           check_external_data, select_providers, session_config)
+                           artifact_file, check_external_data, read_json, select_providers, session_config)
 
 
 # -- the runtime -----------------------------------------------------------------------------------
@@ -74,19 +73,16 @@ class OnnxRuntime:
         if self.provider_note:
             log.warning("%s", self.provider_note)
         self.tokenizer = ArtifactTokenizer(self.folder)
-        self._n_ctx = min(options.n_ctx, int(self.genai.get("model", {}).get("context_length") or options.n_ctx))
+        model_cfg = self.genai.get("model") if isinstance(self.genai.get("model"), dict) else {}
+        ctx_len = model_cfg.get("context_length")
+        valid = isinstance(ctx_len, int) and not isinstance(ctx_len, bool) and ctx_len > 0
+        self._n_ctx = min(options.n_ctx, ctx_len) if valid else options.n_ctx
         self._tok_info: TokenizerInfo | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _read_json(self, name: str) -> dict[str, Any]:
-        p = self.folder / name
-        if not p.is_file():
-            return {}
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{p} is not valid JSON ({exc})") from None
-        return data if isinstance(data, dict) else {}
+        p = artifact_file(self.folder, name)     # a link out of the folder is refused
+        return read_json(p) if p.is_file() else {}
 
     def _kv_geometry(self, proto: Any) -> tuple[int, int, int]:
         past = [i for i in proto.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
@@ -123,11 +119,13 @@ class OnnxRuntime:
     @property
     def tokenizer_info(self) -> TokenizerInfo:
         if self._tok_info is None:
-            tc, model_cfg = self.tokenizer_config, self.genai.get("model", {})
+            tc = self.tokenizer_config
+            model_cfg = self.genai.get("model") if isinstance(self.genai.get("model"), dict) else {}
 
             def text(key: str) -> str:
                 v = tc.get(key)
-                return v.get("content", "") if isinstance(v, dict) else (v or "")
+                v = v.get("content", "") if isinstance(v, dict) else v
+                return v if isinstance(v, str) else ""
 
             bos_text, eos_text = text("bos_token"), text("eos_token")
             bos = self.tokenizer.tok.token_to_id(bos_text) if bos_text else None
@@ -135,7 +133,8 @@ class OnnxRuntime:
                 bos = model_cfg["bos_token_id"]
             eos: set[int] = set()
             cfg_eos = model_cfg.get("eos_token_id")
-            eos.update([cfg_eos] if isinstance(cfg_eos, int) else [e for e in cfg_eos or [] if isinstance(e, int)])
+            eos.update([cfg_eos] if isinstance(cfg_eos, int) else
+                       [e for e in cfg_eos if isinstance(e, int)] if isinstance(cfg_eos, list) else [])
             if eos_text and self.tokenizer.tok.token_to_id(eos_text) is not None:
                 eos.add(self.tokenizer.tok.token_to_id(eos_text))
             if eos_text and not bos_text and bos is not None:

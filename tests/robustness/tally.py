@@ -3,6 +3,8 @@ untyped (any other exception), crash (a child died on a signal), hang (over the 
 read or written outside where it belongs). `pytest_terminal_summary` prints the table at the end of the run."""
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,6 +37,14 @@ class Row:
 TALLY: dict[str, Row] = {}
 
 
+class _Hang(BaseException):
+    """Raised by the watchdog alarm inside a runaway input (a BaseException so `except Exception` cannot eat it)."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Hang()
+
+
 def row(name: str) -> Row:
     return TALLY.setdefault(name, Row())
 
@@ -44,10 +54,16 @@ def classify(name: str, label: str, fn: Callable[[], Any], hang_s: float = HANG_
     r = row(name)
     r.inputs += 1
     t0 = time.perf_counter()
+    alarm = threading.current_thread() is threading.main_thread()
+    if alarm:   # a runaway pure-Python loop is interrupted after 5 x the bound and counted as a hang
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, hang_s * 5)
     try:
         fn()
         outcome = "accepted"
         r.accepted += 1
+    except _Hang:
+        outcome = "hang"
     except EdgeLLMError:
         outcome = "typed"
         r.typed += 1
@@ -55,6 +71,9 @@ def classify(name: str, label: str, fn: Callable[[], Any], hang_s: float = HANG_
         outcome = "untyped"
         r.untyped += 1
         r.note(f"{label}: {type(exc).__name__}: {exc}")
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     elapsed = time.perf_counter() - t0
     if elapsed > hang_s:
         r.hangs += 1

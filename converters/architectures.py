@@ -12,6 +12,7 @@ from .families.gemma3 import GEMMA3
 from .families.granite import GRANITE
 from .families.llama import LLAMA, MISTRAL
 from .families.olmo2 import OLMO2
+from .families.phi3 import PHI3
 from .families.qwen2 import QWEN2
 from .families.qwen3 import QWEN3
 from .families.smollm3 import SMOLLM3
@@ -19,7 +20,7 @@ from .families.smollm3 import SMOLLM3
 __all__ = ["FAMILIES", "Family", "get_family", "family_for_gguf", "permute_qk", "unpermute_qk"]
 
 # Order matters only for GGUF -> HF: the first family of a GGUF architecture is the one it is rebuilt as.
-FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, SMOLLM3, GRANITE, OLMO2)
+FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, SMOLLM3, GRANITE, OLMO2, PHI3)
 
 BY_HF_CLASS: dict[str, Family] = {cls: f for f in FAMILIES for cls in f.hf_classes}
 BY_GGUF_ARCH: dict[str, Family] = {}

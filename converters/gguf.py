@@ -114,6 +114,7 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
     factors = llama_cpp_freq_factors(args.head_dim, args.rope_theta, args.rope_scaling)
     if factors is not None:
         extra.append(("rope_freqs.weight", factors))
+    extra += [(name, np.asarray(data, np.float32)) for name, data in family.gguf_tensors(args)]
     types: list[str] = []
     for hf, gg, shape, _ in plan:
         t = native_type_for(quant, gg, shape)
@@ -162,7 +163,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
         with read_hf_model(model_dir) as model:
             family = get_family(model.config.architecture)
             args = family.parse(model.config)
-            rope_kind(args.rope_scaling)  # refuse unsupported RoPE variants before writing anything
+            rope_kind(args.rope_scaling, family.rope_kinds)  # refuse unsupported RoPE variants before writing anything
             if model.tokenizer_json is None:
                 raise ConversionError(f"{model.path} has no tokenizer.json", "GGUF embeds the tokenizer; add it")
             vocab = vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,

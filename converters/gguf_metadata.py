@@ -5,7 +5,7 @@ from typing import Any
 
 from .families.base import Args
 from .hf import HFModel
-from .rope import rope_kind
+from .rope import ALL_ROPE, rope_kind
 from .tokenizer import GGUFVocab
 
 # Special-token role -> GGUF key (tokenizer.ggml.<key>_token_id). "seperator" is llama.cpp's spelling.
@@ -38,13 +38,13 @@ def write_metadata(writer: Any, model: HFModel, args: Args, vocab: GGUFVocab, na
     writer.add_head_count_kv(a.kv_heads)
     writer.add_layer_norm_rms_eps(a.eps)
     writer.add_rope_freq_base(a.rope_theta)
-    writer.add_rope_dimension_count(a.head_dim)
+    writer.add_rope_dimension_count(a.rope_dims)
     writer.add_vocab_size(len(vocab.tokens))
     if a.head_dim != a.hidden // a.heads:
         writer.add_key_length(a.head_dim)
         writer.add_value_length(a.head_dim)
     scaling = a.rope_scaling or {}
-    if rope_kind(a.rope_scaling) == "linear":
+    if rope_kind(a.rope_scaling, ALL_ROPE) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     # llama3 scaling travels as the rope_freqs.weight tensor (see gguf.py), not as metadata

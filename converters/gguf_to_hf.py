@@ -110,10 +110,11 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
     order: list[tuple[str, Any, Any]] = []
     for t in reader.tensors:
         if t.name not in by_gguf:
-            if t.name == "rope_freqs.weight":
+            if t.name.startswith(("rope_freqs.", "rope_factors_")):
                 raise UnsupportedArchitectureError(
-                    f"{src.name} carries llama3-style rope_freqs factors, which cannot be expressed back as an HF "
-                    "rope_scaling block without the original parameters")
+                    f"{src.name} carries RoPE frequency factors ({t.name}), which cannot be expressed back as an "
+                    "HF rope_scaling block without the original parameters",
+                    "convert from the original HF folder instead")
             raise ConversionError(f"GGUF tensor {t.name} has no HF name in the {family.name} family")
         hf, rule = by_gguf[t.name]
         order.append((hf, t, rule))

@@ -22,6 +22,7 @@ from .hf import HFModel, read_hf_model
 from .manifest import Manifest, sha256_file, write_manifest
 from .onnx_genai import write_genai_files
 from .quant import RECIPES, Recipe, check_blocks, get_recipe
+from .rope import rope_kind
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         raise OutputPathError("the output folder is the input folder")
     with read_hf_model(model_dir) as model:
         family = get_family(model.config.architecture)
+        rope_kind(family.parse(model.config).rope_scaling, family.rope_kinds)   # refuse before writing anything
         _check_recipe(model, rec)
         ctx = int(context_length or model.config.max_position_embeddings)
         calib = (calibration_set(Path(model_dir), calibration_text, calibration_tokens, seq_len=min(DEFAULT_SEQ_LEN, ctx))

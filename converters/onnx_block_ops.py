@@ -159,6 +159,15 @@ class OnnxOps(Ops[str]):
             self._need(q, k, v)
             qkv_in = [q, k, v]
         rope = spec.rope_theta is not None
+        if rope and (spec.rotary_dim // 2) % 8:
+            # GroupQueryAttention rotates only when rotary_dim/2 is a multiple of 8: rotate outside it
+            self._need(*(n for n in qkv_in if n))
+            if qkv_in[1] == "":
+                qkv_in = self.linear_split(qkv_in[0], [spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim,
+                                                       spec.kv_heads * spec.head_dim])
+            qkv_in = [self._rotate_flat(qkv_in[0], spec.heads, spec), self._rotate_flat(qkv_in[1], spec.kv_heads, spec),
+                      qkv_in[2]]
+            rope = False
         cos, sin = self._cache(spec) if rope else ("", "")
         attrs: dict[str, Any] = dict(num_heads=spec.heads, kv_num_heads=spec.kv_heads, scale=float(spec.scale),
                                      do_rotary=int(rope), rotary_interleaved=0)
@@ -174,6 +183,19 @@ class OnnxOps(Ops[str]):
                       "position_ids" if rope else ""],
             [out, f"present.{layer}.key", f"present.{layer}.value"], name=name, domain=MS_DOMAIN, **attrs))
         return out
+
+    def linear_split(self, packed: str, sizes: list[int]) -> list[str]:
+        return self.g.node("Split", [packed, self.g.const(sizes)], len(sizes), axis=-1)
+
+    def _rotate_flat(self, x: str, heads: int, spec: AttnSpec) -> str:
+        """RoPE on x [B, S, heads*hd] (first rotary_dim dims of each head) with ai.onnx ops."""
+        g = self.g
+        cos_q, sin_q, _, _ = self._rope_rows(spec)                         # [B, 1, 1, S, rot]
+        cos = g.op("Squeeze", cos_q, g.const([1]))                          # [B, 1, S, rot]
+        sin = g.op("Squeeze", sin_q, g.const([1]))
+        per_head = g.op("Transpose", g.op("Reshape", x, g.const([0, 0, heads, spec.head_dim])), perm=[0, 2, 1, 3])
+        turned = _rotate(g, per_head, cos, sin, spec.rotary_dim // 2, spec.head_dim)    # [B, heads, S, hd]
+        return g.op("Reshape", g.op("Transpose", turned, perm=[0, 2, 1, 3]), g.const([0, 0, heads * spec.head_dim]))
 
     # -- standard attention --------------------------------------------------------------------------
     def _rope_rows(self, spec: AttnSpec) -> tuple[str, str, str, str]:

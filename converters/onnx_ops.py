@@ -203,21 +203,17 @@ def rope_caches(g: GraphWriter, head_dim: int, theta: float, max_pos: int, scali
                 prefix: str = "rope") -> tuple[str, str]:
     """cos/sin caches [max_pos, head_dim/2] float32, computed in the graph from the inverse frequencies in
     float64: onnxruntime folds these constant nodes once at load, so the file does not carry 2 tables
-    (2 MiB at 8k context) and the values equal rope_tables' to float32 rounding."""
-    from .rope import rope_inv_freq
+    (2 MiB at 8k context) and the values equal numpy's to float32 rounding. head_dim: the rotated dims."""
+    from .rope import rope_inv_freq, rope_mscale
 
-    inv = g.initializer(f"{prefix}.inv_freq", rope_inv_freq(head_dim, theta, scaling)[None, :].astype(np.float64))
+    inv = g.initializer(f"{prefix}.inv_freq",
+                        rope_inv_freq(head_dim, theta, scaling, context=max_pos)[None, :].astype(np.float64))
     pos = g.op("Range", g.const(0.0, np.float64), g.const(float(max_pos), np.float64), g.const(1.0, np.float64))
     angles = g.op("Mul", g.op("Unsqueeze", pos, g.const([1])), inv, base=f"{prefix}/angles")    # [max_pos, hd/2]
-    cos = g.output("Cast", [g.op("Cos", angles)], f"{prefix}.cos_cache", to=TensorProto.FLOAT)
-    sin = g.output("Cast", [g.op("Sin", angles)], f"{prefix}.sin_cache", to=TensorProto.FLOAT)
+    cos, sin = g.op("Cos", angles), g.op("Sin", angles)
+    mscale = rope_mscale(scaling)
+    if mscale != 1.0:
+        cos, sin = (g.op("Mul", t, g.const(mscale, np.float64)) for t in (cos, sin))
+    cos = g.output("Cast", [cos], f"{prefix}.cos_cache", to=TensorProto.FLOAT)
+    sin = g.output("Cast", [sin], f"{prefix}.sin_cache", to=TensorProto.FLOAT)
     return cos, sin
-
-
-def rope_tables(head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [max_pos, head_dim/2] for HF's rotate-half convention."""
-    from .rope import rope_inv_freq
-
-    inv = rope_inv_freq(head_dim, theta, scaling)
-    angles = np.outer(np.arange(max_pos, dtype=np.float64), inv)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

@@ -7,21 +7,43 @@ import numpy as np
 
 from ..errors import ConversionError
 
-SUPPORTED_ROPE = ("default", "linear", "llama3")
+SUPPORTED_ROPE = ("default", "linear", "llama3")      # what every family handles
+ALL_ROPE = SUPPORTED_ROPE + ("longrope",)             # longrope: families that declare it (Phi-3)
 
 
-def rope_kind(scaling: dict[str, Any] | None) -> str:
+def rope_kind(scaling: dict[str, Any] | None, allowed: tuple[str, ...] = SUPPORTED_ROPE) -> str:
     kind = str((scaling or {}).get("rope_type", (scaling or {}).get("type", "default")) or "default")
-    if kind not in SUPPORTED_ROPE:
-        raise ConversionError(f"rope scaling {kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE)}",
+    if kind == "su":
+        kind = "longrope"
+    if kind not in allowed:
+        raise ConversionError(f"rope scaling {kind!r} is not supported for this family; supported: "
+                              f"{', '.join(allowed)}",
                               "convert a model without this rope scaling, or open an issue naming the model")
     return kind
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:
+def longrope_factors(scaling: dict[str, Any], context: int | None) -> np.ndarray:
+    """Phi-3's per-frequency divisors: the long ones when the context exceeds the original one (llama.cpp's
+    rule, fixed per context), else the short ones. `context` None: the model's max_position_embeddings."""
+    ctx = int(context or scaling["max_position_embeddings"])
+    key = "long_factor" if ctx > int(scaling["original_max_position_embeddings"]) else "short_factor"
+    return np.asarray(scaling[key], np.float64)
+
+
+def rope_mscale(scaling: dict[str, Any] | None) -> float:
+    """The factor cos and sin are multiplied by (longrope's attention factor; 1 otherwise)."""
+    if rope_kind(scaling, ALL_ROPE) != "longrope":
+        return 1.0
+    return float(scaling["attention_factor"])  # type: ignore[index]
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None,
+                  context: int | None = None) -> np.ndarray:
     """Inverse frequencies, shape (head_dim/2,), float64, after any scaling (HF rotate-half convention)."""
     inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    kind = rope_kind(scaling)
+    kind = rope_kind(scaling, ALL_ROPE)
+    if kind == "longrope":
+        return inv / longrope_factors(scaling, context)  # type: ignore[arg-type]
     if kind == "linear":
         return inv / float(scaling["factor"])  # type: ignore[index]
     if kind == "llama3":
@@ -42,7 +64,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -
 def llama_cpp_freq_factors(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray | None:
     """llama.cpp's `rope_freqs.weight` (it divides each base frequency by its factor), or None when the
     scaling is expressed with metadata keys instead (default, linear)."""
-    if rope_kind(scaling) != "llama3":
+    if rope_kind(scaling, ALL_ROPE) != "llama3":
         return None
     base = rope_inv_freq(head_dim, theta, None)
     return (base / rope_inv_freq(head_dim, theta, scaling)).astype(np.float32)

@@ -12,7 +12,7 @@ Three forms of a weight appear:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
@@ -53,6 +53,11 @@ class Args:
     @property
     def kv_rows(self) -> int:
         return self.kv_heads * self.head_dim
+
+    @property
+    def rope_dims(self) -> int:
+        """Dims of each head that RoPE rotates (llama.cpp's rope.dimension_count)."""
+        return self.head_dim
 
 
 Shape = Callable[[Any], tuple[int, ...]]          # args -> numpy shape
@@ -157,8 +162,8 @@ class Family:
     embed_scale: Callable[[Any], float | None] = lambda args: None          # hidden *= this after the lookup
     final_softcap: Callable[[Any], float | None] = lambda args: None        # logits soft-capping
     logit_scale: Callable[[Any], float | None] = lambda args: None          # logits *= this (before capping)
-    onnx: bool = True                            # False: GGUF only (refused with a hint for ONNX)
-    extra: dict[str, Any] = field(default_factory=dict)
+    gguf_tensors: Callable[[Any], list[tuple[str, np.ndarray]]] = lambda args: []  # GGUF-only tensors (F32)
+    rope_kinds: tuple[str, ...] = ("default", "linear", "llama3")                 # RoPE scalings it handles
 
     def rules(self, args: Any) -> tuple[TensorRule, ...]:
         return self.tensors(args)

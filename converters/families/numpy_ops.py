@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ..quant import BlockQuant
-from ..rope import rope_inv_freq
+from ..rope import rope_inv_freq, rope_mscale
 from .base import AttnSpec, Ops
 
 # (name, weight [N, K], X^T X [K, K]) -> its quantization, or None when the weight stays in float
@@ -37,12 +37,12 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"silu": _silu, "gelu_tanh": _gelu_tanh}
 
 
-def rotate(x: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+def rotate(x: np.ndarray, inv_freq: np.ndarray, mscale: float = 1.0) -> np.ndarray:
     """Rotate-half RoPE on the first 2*len(inv_freq) dims of x [B, H, S, hd] at positions 0..S-1."""
     s, rot = x.shape[2], 2 * len(inv_freq)
     ang = np.outer(np.arange(s, dtype=np.float64), inv_freq)                     # [S, rot/2]
-    cos = np.cos(np.concatenate([ang, ang], -1)).astype(np.float32)
-    sin = np.sin(np.concatenate([ang, ang], -1)).astype(np.float32)
+    cos = (np.cos(np.concatenate([ang, ang], -1)) * mscale).astype(np.float32)
+    sin = (np.sin(np.concatenate([ang, ang], -1)) * mscale).astype(np.float32)
     xr, rest = x[..., :rot], x[..., rot:]
     half = rot // 2
     turned = np.concatenate([-xr[..., half:], xr[..., :half]], -1)
@@ -102,7 +102,8 @@ class NumpyOps(Ops[np.ndarray]):
         v = v.reshape(b, s, kv, hd).transpose(0, 2, 1, 3)
         if spec.rope_theta is not None:
             inv = rope_inv_freq(spec.rotary_dim, spec.rope_theta, spec.rope_scaling)
-            q, k = rotate(q, inv), rotate(k, inv)
+            m = rope_mscale(spec.rope_scaling)
+            q, k = rotate(q, inv, m), rotate(k, inv, m)
         k = np.repeat(k, h // kv, axis=1)       # query head n reads kv head n // (h / kv)
         v = np.repeat(v, h // kv, axis=1)
         scores = (q @ k.transpose(0, 1, 3, 2)).astype(np.float32) * np.float32(spec.scale)    # [B, H, S, S]

@@ -47,6 +47,13 @@ ROWS: dict[str, dict] = {
                 "logits_scaling": 8.0},
     "olmo2": {**BASE, "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "tie_word_embeddings": False,
               "rope_theta": 500000.0},
+    # Phi-4-mini's shape: fused projections, 3/4 of each 64-wide head rotated (48 dims), LongRoPE (original
+    # context 32 < the 64 used)
+    "phi3": {**BASE, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "tie_word_embeddings": True,
+             "hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "partial_rotary_factor": 0.75, "original_max_position_embeddings": 32, "sliding_window": None,
+             "rope_scaling": {"type": "longrope", "long_factor": [1.0 + 0.3 * i for i in range(24)],
+                              "short_factor": [1.0 + 0.02 * i for i in range(24)]}},
 }
 IDS = [5, 17, 33, 2, 100, 7, 250, 9, 11, 12, 300, 42, 64, 65, 66, 200, 201, 3, 4, 380]   # longer than the windows
 
@@ -58,7 +65,8 @@ def test_every_registered_family_has_a_row() -> None:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
-    return {name: make_family_model(root / name, cfg, seed=7) for name, cfg in ROWS.items()}
+    # folders named "model": llama.cpp keys some vocabulary quirks on general.name (e.g. "phi3")
+    return {name: make_family_model(root / name / "model", cfg, seed=7) for name, cfg in ROWS.items()}
 
 
 def llama_cpp_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
@@ -116,11 +124,15 @@ def test_llama_cpp_and_onnxruntime_agree(name: str, checkpoints: dict[str, Path]
 def test_gguf_round_trip_rebuilds_an_equivalent_folder(name: str, checkpoints: dict[str, Path],
                                                        tmp_path: Path) -> None:
     """HF -> GGUF F32 -> HF: same tensor names, and the rebuilt folder computes the same logits (weights may
-    differ where a transform folds a scale into them)."""
-    if name == "llama":   # llama3 rope_freqs cannot be expressed back (refused, tested elsewhere)
-        pytest.skip("llama3 RoPE factors are refused by gguf_to_hf by design")
+    differ where a transform folds a scale into them). RoPE factor tensors (llama3, LongRoPE) are refused."""
+    from edgellm.errors import UnsupportedArchitectureError
+
     folder = checkpoints[name]
     gguf = convert_to_gguf(folder, tmp_path / "gguf", "F32")
+    if any(t.name.startswith(("rope_freqs", "rope_factors")) for t in open_gguf(gguf.path).tensors):
+        with pytest.raises(UnsupportedArchitectureError, match="RoPE frequency factors"):
+            gguf_to_hf(gguf.path, tmp_path / "back", dtype="F32")
+        return
     back = gguf_to_hf(gguf.path, tmp_path / "back", dtype="F32")
     with read_hf_model(folder) as x, read_hf_model(back) as y:
         assert set(x.tensor_infos()) == set(y.tensor_infos())
@@ -132,7 +144,7 @@ def test_gguf_round_trip_rebuilds_an_equivalent_folder(name: str, checkpoints: d
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard"])
-@pytest.mark.parametrize("name", ["gemma3", "gemma2", "qwen3"])
+@pytest.mark.parametrize("name", ["gemma3", "gemma2", "qwen3", "phi3", "smollm3"])
 def test_kv_cache_decode_matches_the_full_pass(name: str, fused: bool, checkpoints: dict[str, Path],
                                                tmp_path: Path) -> None:
     """Prefill 6 tokens, then decode one token at a time through the KV cache, past the sliding window: each
@@ -196,3 +208,16 @@ def test_smollm3_nope_pattern_llama_cpp_cannot_express_is_refused_for_gguf_only(
     got = ort_logits(onnx.path, IDS, 4, 2, 16)
     want = reference_logits(folder, IDS)
     assert np.abs(got - want).max() < 1e-5 * (want.max() - want.min()) * 100
+
+
+def test_partial_rotary_narrower_than_group_query_attention_takes_is_rotated_outside_it(tmp_path: Path) -> None:
+    """GroupQueryAttention rotates only rotary_dim/2 multiples of 8; 12 of 16 dims are rotated before it."""
+    cfg = {**ROWS["phi3"], "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "rope_scaling": {"type": "longrope", "long_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+                            "short_factor": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]}}
+    folder = make_family_model(tmp_path / "narrow" / "model", cfg, seed=5)
+    ref = llama_cpp_logits(convert_to_gguf(folder, tmp_path / "gguf", "F32").path, IDS)
+    for fused in (True, False):
+        got = ort_logits(convert_to_onnx(folder, tmp_path / f"o{fused}", "fp32", fused=fused).path, IDS, 2, 2, 16)
+        top1, err = agreement(ref, got)
+        assert top1 == 1.0 and err < 1e-3, (fused, top1, err)

@@ -40,6 +40,10 @@ def _rotate(g: GraphWriter, x: str, cos: str, sin: str, half: int, head_dim: int
     return g.op("Concat", out, rest, axis=-1)
 
 
+def _longrope(spec: AttnSpec) -> bool:
+    return spec.rope_scaling is not None and spec.rope_scaling.get("rope_type") == "longrope"
+
+
 class OnnxOps(Ops[str]):
     """Emits nodes into `g`. Set `quantized` to a layer's GPTQ results before emitting that layer."""
 
@@ -67,12 +71,14 @@ class OnnxOps(Ops[str]):
             self.g.nodes.append(helper.make_node("Split", [packed, self.g.const(sizes)], outs,
                                                  name=self.g.fresh("Split"), axis=-1))
 
-    def _cache(self, spec: AttnSpec) -> tuple[str, str]:
-        key = (spec.rope_theta, repr(spec.rope_scaling), spec.rotary_dim)
+    def _cache(self, spec: AttnSpec, long: bool = False) -> tuple[str, str]:
+        """cos/sin caches [max_positions, rotary_dim/2]; long: longrope's long-context factors."""
+        key = (spec.rope_theta, repr(spec.rope_scaling), spec.rotary_dim, long)
         if key not in self._caches:
             prefix = "rope" if not self._caches else f"rope{len(self._caches)}"
+            seq_len = self.max_positions if long else None
             self._caches[key] = rope_caches(self.g, spec.rotary_dim, float(spec.rope_theta or 0), self.max_positions,
-                                            spec.rope_scaling, prefix)
+                                            spec.rope_scaling, prefix, seq_len)
         return self._caches[key]
 
     # -- Ops -----------------------------------------------------------------------------------------
@@ -159,8 +165,9 @@ class OnnxOps(Ops[str]):
             self._need(q, k, v)
             qkv_in = [q, k, v]
         rope = spec.rope_theta is not None
-        if rope and (spec.rotary_dim // 2) % 8:
-            # GroupQueryAttention rotates only when rotary_dim/2 is a multiple of 8: rotate outside it
+        if rope and ((spec.rotary_dim // 2) % 8 or _longrope(spec)):
+            # GroupQueryAttention rotates only when rotary_dim/2 is a multiple of 8, with one fixed cache: rotate
+            # outside it otherwise, and for longrope (its factors switch with the sequence length)
             self._need(*(n for n in qkv_in if n))
             if qkv_in[1] == "":
                 qkv_in = self.linear_split(qkv_in[0], [spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim,
@@ -205,6 +212,13 @@ class OnnxOps(Ops[str]):
             cos, sin = self._cache(spec)
             cos_rows = g.op("Gather", cos, "position_ids")                 # [B, S, rot/2]
             sin_rows = g.op("Gather", sin, "position_ids")
+            if _longrope(spec):   # HF: the long factors while past + new tokens exceed the original context
+                assert spec.rope_scaling is not None
+                long_cos, long_sin = self._cache(spec, long=True)
+                orig = int(spec.rope_scaling["original_max_position_embeddings"])
+                is_long = g.op("Greater", self.shapes.total_scalar, g.const(orig))
+                cos_rows = g.op("Where", is_long, g.op("Gather", long_cos, "position_ids"), cos_rows)
+                sin_rows = g.op("Where", is_long, g.op("Gather", long_sin, "position_ids"), sin_rows)
             cos_full = g.op("Concat", cos_rows, cos_rows, axis=-1)          # [B, S, rot]
             sin_full = g.op("Concat", sin_rows, sin_rows, axis=-1)
             self._rows[key] = (g.op("Unsqueeze", cos_full, g.const([1, 2])),   # q: [B, 1, 1, S, rot]

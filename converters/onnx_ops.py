@@ -200,14 +200,14 @@ def skip_rms_norm(g: GraphWriter, x: str, residual: str, weight: np.ndarray, eps
 
 
 def rope_caches(g: GraphWriter, head_dim: int, theta: float, max_pos: int, scaling: dict[str, Any] | None,
-                prefix: str = "rope") -> tuple[str, str]:
+                prefix: str = "rope", seq_len: int | None = None) -> tuple[str, str]:
     """cos/sin caches [max_pos, head_dim/2] float32, computed in the graph from the inverse frequencies in
     float64: onnxruntime folds these constant nodes once at load, so the file does not carry 2 tables
     (2 MiB at 8k context) and the values equal numpy's to float32 rounding. head_dim: the rotated dims."""
     from .rope import rope_inv_freq, rope_mscale
 
     inv = g.initializer(f"{prefix}.inv_freq",
-                        rope_inv_freq(head_dim, theta, scaling, context=max_pos)[None, :].astype(np.float64))
+                        rope_inv_freq(head_dim, theta, scaling, seq_len)[None, :].astype(np.float64))
     pos = g.op("Range", g.const(0.0, np.float64), g.const(float(max_pos), np.float64), g.const(1.0, np.float64))
     angles = g.op("Mul", g.op("Unsqueeze", pos, g.const([1])), inv, base=f"{prefix}/angles")    # [max_pos, hd/2]
     cos, sin = g.op("Cos", angles), g.op("Sin", angles)

@@ -22,12 +22,11 @@ def rope_kind(scaling: dict[str, Any] | None, allowed: tuple[str, ...] = SUPPORT
     return kind
 
 
-def longrope_factors(scaling: dict[str, Any], context: int | None) -> np.ndarray:
-    """Phi-3's per-frequency divisors: the long ones when the context exceeds the original one (llama.cpp's
-    rule, fixed per context), else the short ones. `context` None: the model's max_position_embeddings."""
-    ctx = int(context or scaling["max_position_embeddings"])
-    key = "long_factor" if ctx > int(scaling["original_max_position_embeddings"]) else "short_factor"
-    return np.asarray(scaling[key], np.float64)
+def longrope_factors(scaling: dict[str, Any], seq_len: int | None) -> np.ndarray:
+    """Phi-3's per-frequency divisors, as HF picks them: the long ones while the sequence (past + new tokens)
+    is longer than original_max_position_embeddings, else the short ones. seq_len None: the short ones."""
+    long = seq_len is not None and seq_len > int(scaling["original_max_position_embeddings"])
+    return np.asarray(scaling["long_factor" if long else "short_factor"], np.float64)
 
 
 def rope_mscale(scaling: dict[str, Any] | None) -> float:
@@ -38,12 +37,13 @@ def rope_mscale(scaling: dict[str, Any] | None) -> float:
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None,
-                  context: int | None = None) -> np.ndarray:
-    """Inverse frequencies, shape (head_dim/2,), float64, after any scaling (HF rotate-half convention)."""
+                  seq_len: int | None = None) -> np.ndarray:
+    """Inverse frequencies, shape (head_dim/2,), float64, after any scaling (HF rotate-half convention).
+    seq_len matters for longrope only (see longrope_factors)."""
     inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     kind = rope_kind(scaling, ALL_ROPE)
     if kind == "longrope":
-        return inv / longrope_factors(scaling, context)  # type: ignore[arg-type]
+        return inv / longrope_factors(scaling, seq_len)  # type: ignore[arg-type]
     if kind == "linear":
         return inv / float(scaling["factor"])  # type: ignore[index]
     if kind == "llama3":

@@ -101,7 +101,7 @@ class NumpyOps(Ops[np.ndarray]):
         k = k.reshape(b, s, kv, hd).transpose(0, 2, 1, 3)
         v = v.reshape(b, s, kv, hd).transpose(0, 2, 1, 3)
         if spec.rope_theta is not None:
-            inv = rope_inv_freq(spec.rotary_dim, spec.rope_theta, spec.rope_scaling)
+            inv = rope_inv_freq(spec.rotary_dim, spec.rope_theta, spec.rope_scaling, seq_len=s)
             m = rope_mscale(spec.rope_scaling)
             q, k = rotate(q, inv, m), rotate(k, inv, m)
         k = np.repeat(k, h // kv, axis=1)       # query head n reads kv head n // (h / kv)

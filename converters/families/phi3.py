@@ -3,8 +3,9 @@
 each head) and LongRoPE (per-frequency long/short divisors + an attention factor on cos/sin).
 
 llama.cpp (`phi3`) keeps both fused tensors (attn_qkv, ffn_up of 2*ffn rows), takes the LongRoPE divisors
-as rope_factors_long/short tensors and picks them per context (long above original_max_position_embeddings);
-the ONNX graph picks them the same way for its context length. llama.cpp ignores Phi's sliding window
+as rope_factors_long/short tensors and picks them per context size (long when n_ctx exceeds
+original_max_position_embeddings); HF and the ONNX graph pick them per sequence (long while past + new tokens
+exceed it). The two agree whenever the context size and the sequence are on the same side of it. llama.cpp ignores Phi's sliding window
 (disabled there); the ONNX graph follows config.json, so the two differ past `sliding_window` tokens when the
 config sets one shorter than the context.
 """

@@ -1,7 +1,9 @@
 """Conformance table: per family, a tiny random checkpoint shaped like the real family's (written by the test
 from the family's own tensor table), converted to GGUF F32 and ONNX fp32. llama.cpp (an independent
-implementation of every family) and onnxruntime must agree: same top-1 everywhere, max |error| below 1e-3
-of the logit spread. Adding a family = its module under converters/families/ + one row here."""
+implementation of every family), onnxruntime, our numpy reference and an independent float64 rewrite of the HF
+modelling math (tests/fixtures/reference_hf.py) must agree: same top-1 everywhere, max |error| below 1e-3 of
+the logit spread. Adding a family = its module under converters/families/ + one row here (+ its HF math in
+reference_hf.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +18,7 @@ from edgellm.converters.gguf_reading import open_gguf
 from edgellm.converters.gguf_to_hf import gguf_to_hf
 from edgellm.converters.hf import read_hf_model
 from edgellm.converters.onnx import convert_to_onnx
+from tests.fixtures.reference_hf import hf_logits
 from tests.fixtures.tiny import make_family_model
 
 BASE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -47,11 +50,11 @@ ROWS: dict[str, dict] = {
                 "logits_scaling": 8.0},
     "olmo2": {**BASE, "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "tie_word_embeddings": False,
               "rope_theta": 500000.0},
-    # Phi-4-mini's shape: fused projections, 3/4 of each 64-wide head rotated (48 dims), LongRoPE (original
-    # context 32 < the 64 used)
+    # Phi-4-mini's shape: fused projections, 3/4 of each 64-wide head rotated (48 dims), LongRoPE with an
+    # original context of 16: llama.cpp (n_ctx 64) and HF/ONNX (20 tokens) both use the long factors
     "phi3": {**BASE, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "tie_word_embeddings": True,
              "hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
-             "partial_rotary_factor": 0.75, "original_max_position_embeddings": 32, "sliding_window": None,
+             "partial_rotary_factor": 0.75, "original_max_position_embeddings": 16, "sliding_window": None,
              "rope_scaling": {"type": "longrope", "long_factor": [1.0 + 0.3 * i for i in range(24)],
                               "short_factor": [1.0 + 0.02 * i for i in range(24)]}},
 }
@@ -108,12 +111,16 @@ def test_llama_cpp_and_onnxruntime_agree(name: str, checkpoints: dict[str, Path]
         a = get_family(m.config.architecture).parse(m.config)
     gguf = convert_to_gguf(folder, tmp_path / "gguf", "F32")
     ref = llama_cpp_logits(gguf.path, IDS)
-    results = {}
+    results, hf = {}, hf_logits(folder, IDS)
     for fused in (True, False):
         onnx = convert_to_onnx(folder, tmp_path / f"onnx-{fused}", "fp32", fused=fused)
         got = ort_logits(onnx.path, IDS, a.layers, a.kv_heads, a.head_dim)
         results["fused" if fused else "standard"] = agreement(ref, got)
+        # onnxruntime computes in float32 what the float64 HF math does, far inside llama.cpp's own error
+        # (ggml's GELU goes through an fp16 table: Gemma's llama.cpp error is ~1e-4, ours ~1e-6)
+        assert agreement(hf, got)[1] < 2e-5, f"{name} fused={fused} vs HF math: {agreement(hf, got)[1]:.2e}"
     results["numpy"] = agreement(ref, reference_logits(folder, IDS).astype(np.float64))
+    results["hf-math"] = agreement(ref, hf)     # independent: catches transforms both converters share
     print(f"\n{name}: " + ", ".join(f"{k} top-1 {t:.3f} err/spread {e:.2e}" for k, (t, e) in results.items()))
     for kind, (top1, err) in results.items():
         assert top1 == 1.0, f"{name} {kind}: top-1 agreement {top1:.3f}"
@@ -152,6 +159,8 @@ def test_kv_cache_decode_matches_the_full_pass(name: str, fused: bool, checkpoin
     import onnxruntime as ort
 
     folder = checkpoints[name]
+    if name == "phi3":   # LongRoPE switches factors past 16 tokens (as HF does): stay on the short ones
+        folder = make_family_model(tmp_path / "phi" / "model", {**ROWS[name], "original_max_position_embeddings": 64})
     with read_hf_model(folder) as m:
         a = get_family(m.config.architecture).parse(m.config)
     onnx = convert_to_onnx(folder, tmp_path / "onnx", "fp32", fused=fused)
@@ -221,3 +230,17 @@ def test_partial_rotary_narrower_than_group_query_attention_takes_is_rotated_out
         got = ort_logits(convert_to_onnx(folder, tmp_path / f"o{fused}", "fp32", fused=fused).path, IDS, 2, 2, 16)
         top1, err = agreement(ref, got)
         assert top1 == 1.0 and err < 1e-3, (fused, top1, err)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard"])
+def test_longrope_uses_short_factors_up_to_the_original_context_and_long_ones_past_it(
+        fused: bool, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = checkpoints["phi3"]
+    path = convert_to_onnx(folder, tmp_path / "onnx", "fp32", fused=fused).path
+    short_ids = IDS[:12]                                  # 12 <= 16: short factors
+    short = ort_logits(path, short_ids, 2, 1, 64)
+    long = ort_logits(path, IDS, 2, 1, 64)[:12]          # 20 > 16: long factors for every position
+    for got, ids in ((short, short_ids), (long, IDS)):
+        want = reference_logits(folder, ids)[:12]
+        assert np.abs(got - want).max() < 1e-5 * (want.max() - want.min()) * 10
+    assert np.abs(short - long).max() > 1e-2 * (short.max() - short.min())   # the factors really differ

@@ -6,6 +6,7 @@ incremental UTF-8 decoding, chat templates and metrics, so every backend reports
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ArtifactError, GenerationError
+from ..errors import ArtifactError, GenerationError, OptionError
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,34 @@ class Capabilities:
     formats: tuple[str, ...] = ()  # artifact formats it opens ("gguf", "onnx")
 
 
+MAX_SEED = 2**32 - 1          # llama.cpp's seeds are u32; numpy's generator takes the same range
+MAX_STOPS, MAX_STOP_CHARS = 64, 1024
+MAX_COUNT = 2**31 - 1         # max_tokens, top_k, repeat_last_n: llama.cpp stores them as int32
+MAX_THREADS = 1024
+MAX_N_CTX = 1 << 24
+
+
+def _int(problems: list[str], name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{name}={value!r} must be an integer")
+    elif not lo <= value <= hi:
+        problems.append(f"{name}={value} must be between {lo} and {hi}")
+
+
+def _float(problems: list[str], name: str, value: object, ok: Callable[[float], bool], rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(f"{name}={value!r} must be a number")
+    elif not math.isfinite(value) or not ok(float(value)):
+        problems.append(f"{name}={value!r} must be {rule}")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How the next token is chosen. temperature 0 means greedy."""
+    """How the next token is chosen. temperature 0 means greedy.
+
+    Validated here, once, for every runtime (so llama.cpp and onnxruntime refuse the same values with the same
+    GenerationError): numbers must be finite and in range; `seed` None (fresh entropy), -1 (the same, as in
+    llama.cpp) or 0..2^32-1; `stop` one string or a sequence of strings (empty strings are ignored)."""
     max_tokens: int = 128
     temperature: float = 0.8
     top_k: int = 40
@@ -39,30 +65,50 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_tokens < 0:
-            problems.append(f"max_tokens={self.max_tokens} must be >= 0")
-        if self.temperature < 0:
-            problems.append(f"temperature={self.temperature} must be >= 0")
-        if self.top_k < 0:
-            problems.append(f"top_k={self.top_k} must be >= 0 (0 disables)")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append(f"top_p={self.top_p} must be in (0, 1]")
-        if not 0.0 <= self.min_p < 1.0:
-            problems.append(f"min_p={self.min_p} must be in [0, 1)")
-        if self.repeat_penalty <= 0:
-            problems.append(f"repeat_penalty={self.repeat_penalty} must be > 0")
+        problems: list[str] = []
+        _int(problems, "max_tokens", self.max_tokens, 0, MAX_COUNT)
+        _float(problems, "temperature", self.temperature, lambda v: v >= 0, ">= 0 and finite")
+        _int(problems, "top_k", self.top_k, 0, MAX_COUNT)
+        _float(problems, "top_p", self.top_p, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        _float(problems, "min_p", self.min_p, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _float(problems, "repeat_penalty", self.repeat_penalty, lambda v: v > 0, "> 0 and finite")
+        _int(problems, "repeat_last_n", self.repeat_last_n, -1, MAX_COUNT)
+        if self.seed is not None:
+            _int(problems, "seed", self.seed, -1, MAX_SEED)
+            if self.seed == -1:
+                object.__setattr__(self, "seed", None)
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) for s in stop):
+            problems.append(f"stop={self.stop!r} must be a string or a sequence of strings")
+        elif len(stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stop):
+            problems.append(f"stop holds {len(stop)} strings; at most {MAX_STOPS} of up to {MAX_STOP_CHARS} characters")
+        else:
+            object.__setattr__(self, "stop", tuple(dict.fromkeys(s for s in stop if s)))
         if problems:
             raise GenerationError("invalid sampling parameters: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
 class LoadOptions:
+    """How a runtime opens an artifact; validated here for every runtime (OptionError on a bad value)."""
     n_ctx: int = 2048
     threads: int | None = None          # None: the runtime's default for the device
     n_gpu_layers: int = 0               # llama.cpp offload; -1 = all
     execution_provider: str = "cpu"     # "cpu" | "cuda"
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _int(problems, "n_ctx", self.n_ctx, 1, MAX_N_CTX)
+        if self.threads is not None:
+            _int(problems, "threads", self.threads, 1, MAX_THREADS)
+        _int(problems, "n_gpu_layers", self.n_gpu_layers, -1, 100_000)
+        if not isinstance(self.execution_provider, str):
+            problems.append(f"execution_provider={self.execution_provider!r} must be a string such as 'cpu'")
+        if not isinstance(self.extra, dict):
+            problems.append("extra must be a dict")
+        if problems:
+            raise OptionError("invalid load options: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

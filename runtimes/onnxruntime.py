@@ -113,6 +113,11 @@ class OnnxRuntime:
         return self._n_ctx
 
     @property
+    def n_vocab(self) -> int:
+        """Rows of the embedding (the logits width); token ids must stay below it."""
+        return int(self._vocab or self.tokenizer.vocab_size)
+
+    @property
     def provider(self) -> str:
         return self._device
 

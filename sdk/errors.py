@@ -72,6 +72,20 @@ class GenerationError(EdgeLLMError):
     default_hint = "check the sampling parameters"
 
 
+class InvalidInputError(GenerationError):
+    """A prompt the model cannot take: token ids outside the vocabulary, text that is not encodable as UTF-8."""
+    default_hint = "pass token ids in [0, n_vocab) and text without lone surrogates (encode it as UTF-8 first)"
+
+
+class ModelClosedError(GenerationError):
+    default_hint = "the Model was closed (or its `with` block ended); load it again with edgellm.load()"
+
+
+class OptionError(EdgeLLMError):
+    """A load option (n_ctx, threads, n_gpu_layers) is out of range."""
+    default_hint = "n_ctx >= 1, threads None or 1..1024, n_gpu_layers >= -1 (see edgellm.load's docstring)"
+
+
 class DeviceError(EdgeLLMError):
     default_hint = "run `edgellm devices` to see what was detected"
 

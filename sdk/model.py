@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import codecs
+import numbers
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, GenerationError, InvalidInputError, ModelClosedError
 from .metrics import Metrics, RawCounters, compute_metrics
 from .runtimes.base import Runtime, SamplingParams
 from .runtimes.chat import render_chat
@@ -43,8 +46,53 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
+class _CallLock:
+    """Serializes a Model's calls across threads. Re-entrant for the thread that holds it (a stream's consumer may
+    call tokenize), and releasable from any thread (a stream abandoned mid-way is finalized wherever the garbage
+    collector runs)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            while self._owner is not None:
+                self._cond.wait()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth <= 0:
+                self._owner, self._depth = None, 0
+                self._cond.notify()
+
+
+def _check_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"the text holds a lone surrogate ({text[exc.start]!r}) at character {exc.start}; "
+                                "it is not valid Unicode") from None
+    return text
+
+
 class Model:
-    """A loaded artifact. Use as a context manager (or call close()) to free native memory promptly."""
+    """A loaded artifact. Use as a context manager (or call close()) to free native memory promptly.
+
+    Threads: one Model may be shared between threads. Its calls are serialized: a call from a second thread waits
+    until the first finishes, and a `stream()` holds the model from its first step until it ends or is closed
+    (so finish or `.close()` streams you abandon). Starting a second generation in the thread that has an
+    unfinished stream of the same model raises GenerationError. After `close()` every call raises
+    ModelClosedError; closing from inside a stream's loop stops that stream at its next step."""
 
     def __init__(self, runtime: Runtime, *, device: str, load_s: float, artifact: str,
                  energy_meter: Any = None) -> None:
@@ -54,17 +102,53 @@ class Model:
         self.artifact = artifact
         self._energy = energy_meter
         self.last_metrics: Metrics | None = None
+        self._lock = _CallLock()
+        self._closed = False
+        self._generating = False
+        self._close_pending = False
+
+    @contextmanager
+    def _use(self) -> Iterator[None]:
+        self._lock.acquire()
+        try:
+            self._check_open()
+            yield
+        finally:
+            self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError(f"the model {self.artifact} was closed")
+
+    def _check_ids(self, tokens: Iterable[Any]) -> list[int]:
+        """Token ids as ints in [0, n_vocab): InvalidInputError for anything else (native code would abort)."""
+        if isinstance(tokens, (str, bytes, bytearray)) or not isinstance(tokens, Iterable):
+            raise InvalidInputError(f"a prompt is a str or a sequence of int token ids, not {type(tokens).__name__}")
+        n_vocab = getattr(self.runtime, "n_vocab", None)
+        out = []
+        for i, t in enumerate(tokens):
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                raise InvalidInputError(f"token {i} is {t!r}, not an integer id")
+            if t < 0 or (n_vocab is not None and t >= n_vocab):
+                raise InvalidInputError(f"token id {t} at position {i} is outside the vocabulary [0, {n_vocab})")
+            out.append(int(t))
+        return out
 
     # -- tokens --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        info = self.runtime.tokenizer_info
-        return self.runtime.tokenize(text, add_special=add_special and info.add_bos, parse_special=parse_special)
+        with self._use():
+            info = self.runtime.tokenizer_info
+            return self.runtime.tokenize(_check_text(text), add_special=add_special and info.add_bos,
+                                         parse_special=parse_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.runtime.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+        with self._use():
+            ids = self._check_ids(tokens)
+            return b"".join(self.runtime.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
 
     @property
     def n_ctx(self) -> int:
+        self._check_open()
         return self.runtime.n_ctx
 
     # -- generation ----------------------------------------------------------------------------
@@ -72,9 +156,30 @@ class Model:
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                seed: int | None = None, stop: Sequence[str] = (), parse_special: bool = False) -> Iterator[Chunk]:
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop))
-        ids = list(prompt) if not isinstance(prompt, str) else self.tokenize(prompt, parse_special=parse_special)
-        return self._loop(ids, params)
+                                min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
+                                stop=tuple(stop) if isinstance(stop, list) else stop)
+        with self._use():
+            ids = (self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str)
+                   else self._check_ids(prompt))
+        return self._locked_loop(ids, params)
+
+    def _locked_loop(self, ids: list[int], params: SamplingParams) -> Iterator[Chunk]:
+        self._lock.acquire()
+        try:
+            self._check_open()
+            if self._generating:
+                raise GenerationError("this thread already has an unfinished stream of this model",
+                                      "iterate the first stream to its end (or call its .close()) before starting another")
+            self._generating = True
+            try:
+                yield from self._loop(ids, params)
+            finally:
+                self._generating = False
+                if self._close_pending:
+                    self._close_pending = False
+                    self.runtime.close()
+        finally:
+            self._lock.release()
 
     def _loop(self, ids: list[int], params: SamplingParams) -> Iterator[Chunk]:
         n_ctx = self.runtime.n_ctx
@@ -116,6 +221,8 @@ class Model:
                 if emitted >= budget:
                     finish = "length" if emitted >= params.max_tokens else "context"
                     break
+                if self._closed:   # closed from inside the loop: never touch the native state again
+                    raise ModelClosedError(f"the model {self.artifact} was closed during a stream")
                 t_ask = time.perf_counter()
         counters.finish()
         if finish != "stop":
@@ -144,10 +251,11 @@ class Model:
         raise RuntimeError("stream ended without a final chunk")  # pragma: no cover - _loop always yields one
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        info = self.runtime.tokenizer_info
-        text = render_chat(info.chat_template, messages, bos_token=info.bos_text, eos_token=info.eos_text,
-                           add_generation_prompt=add_generation_prompt)
-        ids = self.runtime.tokenize(text, add_special=False, parse_special=True)
+        with self._use():
+            info = self.runtime.tokenizer_info
+            text = render_chat(info.chat_template, messages, bos_token=info.bos_text, eos_token=info.eos_text,
+                               add_generation_prompt=add_generation_prompt)
+            ids = self.runtime.tokenize(_check_text(text), add_special=False, parse_special=True)
         if info.add_bos and info.bos_id is not None and (not ids or ids[0] != info.bos_id):
             ids.insert(0, info.bos_id)
         return ids
@@ -161,12 +269,30 @@ class Model:
     # -- evaluation ----------------------------------------------------------------------------
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits, shape (len(tokens), vocab)."""
-        if len(tokens) > self.runtime.n_ctx:
-            raise ContextOverflowError(f"{len(tokens)} tokens do not fit the context of {self.runtime.n_ctx}")
-        return self.runtime.logits(list(tokens))
+        with self._use():
+            ids = self._check_ids(tokens)
+            if len(ids) > self.runtime.n_ctx:
+                raise ContextOverflowError(f"{len(ids)} tokens do not fit the context of {self.runtime.n_ctx}")
+            return self.runtime.logits(ids)
 
     def close(self) -> None:
-        self.runtime.close()
+        """Free the native model. Idempotent; waits for another thread's call to finish first."""
+        with self._lock_held():
+            if self._closed:
+                return
+            self._closed = True
+            if self._generating:          # this thread is inside a stream's loop: freed when the stream stops
+                self._close_pending = True
+            else:
+                self.runtime.close()
+
+    @contextmanager
+    def _lock_held(self) -> Iterator[None]:
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "Model":
         return self

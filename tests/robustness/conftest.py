@@ -38,3 +38,13 @@ def seed_gguf(seed_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def seed_tokenizer(seed_hf: Path) -> dict[str, Any]:
     return json.loads((seed_hf / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def seed_onnx(seed_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model as an ONNX artifact (fp32)."""
+    import edgellm
+
+    out = tmp_path_factory.mktemp("seedonnx") / "a"
+    edgellm.convert(seed_hf, out, format="onnx", quant="fp32")
+    return out

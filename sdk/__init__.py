@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "convert", "unpack", "plan", "resolve_device", "evaluate", "bench", "autoquant",
-           "prune", "bundle", "Model", "Chunk", "GenerationResult", "Metrics", "EdgeLLMError"]
+           "prune", "bundle", "serve", "Model", "Chunk", "GenerationResult", "Metrics", "EdgeLLMError"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and loads no native library
@@ -27,6 +27,9 @@ def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and l
     if name == "bundle":
         from .bundling import bundle
         return bundle
+    if name == "serve":
+        from .serving import serve
+        return serve
     if name == "evaluate":
         from .evaluation import evaluate
         return evaluate

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgellm.commands.bundle",
     "edgellm.commands.bench",
     "edgellm.commands.eval",
+    "edgellm.commands.serve",
     "edgellm.commands.demo",
 )
 

@@ -14,12 +14,13 @@ import contextlib
 import hmac
 import json
 import logging
+import signal
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 from .errors import BackendUnavailableError, ContextOverflowError, EdgeLLMError
 from .server_metrics import ServerMetrics
@@ -277,6 +278,19 @@ async def _watch_disconnect(request: Any, cancel: threading.Event) -> None:
         await asyncio.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _sigterm_is_a_clean_exit() -> Iterator[None]:
+    """uvicorn drains on SIGTERM, then re-raises it; with this handler behind it the process exits 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def bind_warning(host: str, api_key: str | None) -> str | None:
     """The loud warning for a server reachable beyond this machine without a key (None when there is none)."""
     if host in LOOPBACK or api_key:
@@ -374,8 +388,10 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8080, device: 
                                                request_timeout_s=timeout, max_body_bytes=max_body))
         log.warning("edgellm serve: %s on http://%s:%d/v1 (%d slot(s), queue %d)", name, host, port, parallel,
                     max_queue)
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                      timeout_graceful_shutdown=int(timeout))).run()
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                               timeout_graceful_shutdown=int(timeout)))
+        with _sigterm_is_a_clean_exit():
+            server.run()  # returns once in-flight requests drained after SIGINT/SIGTERM
     finally:
         for m in models:
             m.close()

@@ -110,9 +110,9 @@ class _Checker:
                 raise self.bad(f"{flag} must be a bool")
             if f.fields.get(flag) and f"tokenizer.ggml.{which}_token_id" not in f.types:
                 raise self.bad(f"{flag} is set but tokenizer.ggml.{which}_token_id is missing")
-        tpl = f.types.get("tokenizer.chat_template")
-        if tpl is not None and tpl != (_STRING, None):
-            raise self.bad("tokenizer.chat_template must be a string")
+        for key, kind in f.types.items():
+            if key.startswith("tokenizer.chat_template") and kind != (_STRING, None):
+                raise self.bad(f"{key} must be a string")
 
 
 def check_gguf_metadata(f: GGUFFile) -> None:
@@ -123,13 +123,15 @@ def check_gguf_metadata(f: GGUFFile) -> None:
 def validate_gguf(path: str | Path) -> dict[str, Any]:
     """Validate a GGUF file completely (structure, sizes, the metadata llama.cpp relies on) before any native
     library sees it. Raises ModelFormatError saying what is wrong and where. Returns what a loader checks next:
-    {"architecture", "n_tokens", "chat_template" (str or None)}."""
+    {"architecture", "n_tokens", "chat_template" (str or None), "chat_templates" (every tokenizer.chat_template*
+    key: llama-cpp-python compiles them all when it opens the file)}."""
     f = open_gguf(path)
     try:
         check_gguf_metadata(f)
         tokens = f.fields.length("tokenizer.ggml.tokens") if "tokenizer.ggml.tokens" in f.fields else 0
         return {"architecture": f.fields["general.architecture"], "n_tokens": tokens,
-                "chat_template": f.fields.get("tokenizer.chat_template")}
+                "chat_template": f.fields.get("tokenizer.chat_template"),
+                "chat_templates": {k: f.fields[k] for k in f.fields if k.startswith("tokenizer.chat_template")}}
     finally:
         f.close()
 

@@ -36,9 +36,13 @@ def _raise(message: str) -> None:
     raise ChatTemplateError(f"the chat template refused the messages: {message}")
 
 
+class _LimitError(ChatTemplateError):
+    """A template went past one of the sandbox's limits (size, steps, depth, time)."""
+
+
 def _too_big(what: str) -> ChatTemplateError:
-    return ChatTemplateError(f"the chat template tried to build {what}; rendering stopped",
-                             "the template is broken or hostile; fix it or pass chat_template explicitly")
+    return _LimitError(f"the chat template tried to build {what}; rendering stopped",
+                       "the template is broken or hostile; fix it or pass chat_template explicitly")
 
 
 def _size(obj: Any, cap: int = MAX_VALUE) -> int:
@@ -70,8 +74,8 @@ class _Budget:
         if self.steps > MAX_STEPS:
             raise _too_big(f"more than {MAX_STEPS} steps (calls and loop iterations)")
         if time.perf_counter() > self.deadline:
-            raise ChatTemplateError(f"the chat template ran longer than {self.time_limit:g} s; rendering stopped",
-                                    "the template is broken or hostile; fix it or pass chat_template explicitly")
+            raise _LimitError(f"the chat template ran longer than {self.time_limit:g} s; rendering stopped",
+                              "the template is broken or hostile; fix it or pass chat_template explicitly")
 
 
 def _check_args(args: Iterable[Any]) -> None:
@@ -160,6 +164,7 @@ def _make_env(budget: _Budget) -> Any:
             raise _too_big("a strftime_now format longer than 256 characters")
         return date.today().strftime(fmt)
 
+    env.globals.pop("lipsum", None)   # no chat template needs lorem ipsum; lipsum(n) does n paragraphs of work
     env.globals.update(raise_exception=_raise, strftime_now=strftime_now, range=bounded_range,
                        _edgellm_iter=bounded_iter, _edgellm_concat=concat)
     return env
@@ -251,9 +256,49 @@ def _concat_call(node: Any) -> Any:
 
 
 def check_template(template: str | None) -> None:
-    """Refuse a template that does not parse or loads other templates (ChatTemplateError), without rendering."""
-    if template is not None:
-        _parse(_make_env(_Budget(TIME_LIMIT_S)), template)
+    """Refuse (ChatTemplateError) a template that does not parse, loads other templates, or holds a constant
+    expression too big to evaluate: Jinja folds constants when it compiles a template (`{{ 'a' * 10**10 }}` is
+    computed by `from_string`), and other code (llama-cpp-python compiles a GGUF's templates at load) compiles
+    without our limits. Each constant expression is evaluated here first, under the sandbox's limits."""
+    if template is None:
+        return
+    from jinja2 import nodes
+
+    ast = _parse(_make_env(_Budget(TIME_LIMIT_S)), template)
+    for expr in _constant_exprs(ast):
+        budget = _Budget(TIME_LIMIT_S)
+        env = _make_env(budget)
+        try:
+            env.tests["_edgellm_size"] = _size_probe        # evaluate, never stringify; folded values are
+            probe = nodes.Test(expr, "_edgellm_size", [], [], None, None, lineno=1)   # written into code
+            code = env.compile(nodes.Template([nodes.Output([probe], lineno=1)], lineno=1))
+            env.template_class.from_code(env, code, env.make_globals(None), None).render()
+        except _LimitError as exc:
+            raise ChatTemplateError(f"the chat template holds a constant expression (line {expr.lineno}) that is "
+                                    f"unsafe to compile: {exc.message}") from None
+        except Exception:  # noqa: BLE001 - Jinja's own folding skips expressions that fail; so do we
+            continue
+
+
+def _size_probe(value: Any) -> bool:
+    """A folded constant is written into the compiled template's source: its whole size must stay bounded."""
+    if _size(value, MAX_VALUE) > MAX_VALUE:
+        raise _too_big("a constant too large to compile into code")
+    return True
+
+
+def _constant_exprs(node: Any) -> Iterator[Any]:
+    """The outermost expressions built only from literals (what Jinja's optimizer folds at compile time)."""
+    from jinja2 import nodes
+
+    refs = (nodes.Name, nodes.ContextReference, nodes.DerivedContextReference, nodes.InternalName,
+            nodes.ImportedName, nodes.NSRef, nodes.ExtensionAttribute)
+    for child in node.iter_child_nodes():
+        if isinstance(child, nodes.Expr) and not isinstance(child, (nodes.Const, nodes.TemplateData)) and \
+                not isinstance(child, refs) and next(iter(child.find_all(refs)), None) is None:
+            yield child
+        else:
+            yield from _constant_exprs(child)
 
 
 def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], *, bos_token: str = "",

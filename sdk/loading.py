@@ -69,7 +69,8 @@ def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
         from .converters.gguf_checks import validate_gguf
         from .runtimes.chat import check_template
 
-        check_template(validate_gguf(art.path)["chat_template"])
+        for template in validate_gguf(art.path)["chat_templates"].values():
+            check_template(template)
     try:
         return plan(art.path, device=device, context=n_ctx)
     except InsufficientMemoryError:

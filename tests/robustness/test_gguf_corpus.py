@@ -122,7 +122,8 @@ def _load_check(path: Path) -> None:
     """What edgellm.load checks before llama.cpp sees a file."""
     from edgellm.runtimes.chat import check_template
 
-    check_template(validate_gguf(path)["chat_template"])
+    for template in validate_gguf(path)["chat_templates"].values():
+        check_template(template)
 
 
 def test_every_hostile_gguf_is_refused_with_a_typed_error(corpus: dict[str, Path]) -> None:

@@ -73,16 +73,15 @@ class ONNXResult:
 
 
 def _check_recipe(model: HFModel, recipe: Recipe) -> None:
-    """Refuse block sizes that do not divide a weight's input dimension, before writing anything."""
+    """Refuse block sizes that do not divide a weight's input dimension, before writing anything. The
+    decoder linears of every family: qkv and gate_up read hidden, o_proj reads heads*head_dim, down ffn."""
     c = model.config
     attn = c.num_heads * c.head_dim
-    linears = [("attn.qkv_proj", "model.layers.0.self_attn.q_proj.weight", (attn, c.hidden_size)),
-               ("attn.o_proj", "model.layers.0.self_attn.o_proj.weight", (c.hidden_size, attn)),
-               ("mlp.gate_up_proj", "model.layers.0.mlp.gate_proj.weight", (c.intermediate_size, c.hidden_size)),
-               ("mlp.down_proj", "model.layers.0.mlp.down_proj.weight", (c.hidden_size, c.intermediate_size))]
-    checks = [(recipe.spec_for_linear("layers.0." + short), name, shape) for short, name, shape in linears]
-    checks += [(recipe.spec_for(role), name, (c.vocab_size, c.hidden_size))
-               for role, name in (("lm_head", "lm_head.weight"), ("embeddings", "model.embed_tokens.weight"))]
+    linears = [("attn.qkv_proj", (attn, c.hidden_size)), ("attn.o_proj", (c.hidden_size, attn)),
+               ("mlp.gate_up_proj", (c.intermediate_size, c.hidden_size)),
+               ("mlp.down_proj", (c.hidden_size, c.intermediate_size))]
+    checks = [(recipe.spec_for_linear("layers.0." + short), "layers.0." + short, shape) for short, shape in linears]
+    checks += [(recipe.spec_for(role), role, (c.vocab_size, c.hidden_size)) for role in ("lm_head", "embeddings")]
     for spec, name, shape in checks:
         if spec.bits:
             check_blocks(name, shape, spec.block_size)

@@ -53,7 +53,12 @@ def write_metadata(writer: Any, model: HFModel, args: Args, vocab: GGUFVocab, na
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     for role, idx in vocab.special_ids.items():
         writer.add_uint32(f"tokenizer.ggml.{SPECIAL_KEYS[role]}_token_id", idx)
     writer.add_add_bos_token(vocab.add_bos)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import TokenizerError
 from .limits import MAX_TOKENIZER_BYTES, check_tokenizer_json, load_json
+from .tokenizer_spm import add_space_prefix, is_byte_token, is_spm, merge_scores, spm_tokenizer_json
 
 _GPT2_REGEX = None  # the ByteLevel pre-tokenizer's built-in GPT-2 regex (use_regex=True)
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -82,6 +83,8 @@ class GGUFVocab:
     special_ids: dict[str, int]     # bos/eos/unk/pad/... -> id
     add_bos: bool
     add_eos: bool
+    scores: list[float] | None = None       # SPM ("llama") vocabularies: merge priority per token
+    add_space_prefix: bool | None = None    # SPM: "▁" before the text
 
 
 def _special_id(content: str | None, vocab: dict[str, int]) -> int | None:
@@ -99,12 +102,12 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
     tok = load_json(path, max_bytes=MAX_TOKENIZER_BYTES, error=TokenizerError)
     check_tokenizer_json(tok, vocab_size, str(path))   # ids bounded by vocab_size before any list is built
     model = tok["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
+    spm = is_spm(tok)
+    if model.get("type") != "BPE":
         raise TokenizerError(
-            f"{path}: only byte-level BPE tokenizers are supported for GGUF export so far "
-            f"(found {model.get('type')}{' with byte_fallback' if model.get('byte_fallback') else ''})",
-            "SentencePiece-style (Llama 2 / Mistral v0.1) tokenizers are on the roadmap")
-    pre = pre_tokenizer or detect_pre_tokenizer(tok)
+            f"{path}: {model.get('type')} tokenizers cannot be exported to GGUF yet; byte-level BPE and "
+            "SentencePiece-style BPE (byte fallback) can", "Unigram vocabularies are on the roadmap")
+    pre = "default" if spm else pre_tokenizer or detect_pre_tokenizer(tok)
     if pre is None:
         raise TokenizerError(
             f"{path}: pre-tokenizer {json.dumps(tok.get('pre_tokenizer'))[:200]} is not one llama.cpp knows "
@@ -120,13 +123,25 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
     types = [TOKEN_NORMAL] * n
     for text, idx in vocab.items():
         tokens[idx] = text
+    if spm:
+        for i, t in enumerate(tokens):
+            if t is not None and is_byte_token(t):
+                types[i] = TOKEN_BYTE
     for a in added:
         types[int(a["id"])] = TOKEN_CONTROL if a.get("special") else TOKEN_USER_DEFINED
+    unk = vocab.get(model.get("unk_token") or "") if spm else None
+    if unk is not None:
+        types[unk] = TOKEN_UNKNOWN
     for i, t in enumerate(tokens):
         if t is None:
             tokens[i] = f"[PAD{i}]"
             types[i] = TOKEN_UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    scores = None
+    if spm:
+        by_text = merge_scores(dict(model["vocab"]), merges)
+        scores = [by_text.get(str(t), 0.0) if k == TOKEN_NORMAL else 0.0 for t, k in zip(tokens, types)]
+        merges = []
     names = specials or {}
     special_ids: dict[str, int] = {}
     for key in ("bos", "eos", "unk", "pad", "sep", "mask"):
@@ -137,16 +152,18 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
         idx = _special_id(content, vocab)
         if idx is not None:
             special_ids[key] = idx
-    return GGUFVocab("gpt2", pre, [str(t) for t in tokens], types, merges, special_ids,
+    return GGUFVocab("llama" if spm else "gpt2", pre, [str(t) for t in tokens], types, merges, special_ids,
                      add_bos=bool(tokenizer_config.get("add_bos_token", False)),
-                     add_eos=bool(tokenizer_config.get("add_eos_token", False)))
+                     add_eos=bool(tokenizer_config.get("add_eos_token", False)), scores=scores,
+                     add_space_prefix=add_space_prefix(tok, str(path)) if spm else None)
 
 
 def tokenizer_json_from_vocab(v: GGUFVocab) -> dict[str, Any]:
     """Build an HF tokenizer.json dict from GGUF vocabulary data (the inverse of the above)."""
-    if v.model != "gpt2":
-        raise TokenizerError(f"GGUF tokenizer model {v.model!r} cannot be rebuilt yet; only 'gpt2' (byte-level BPE)")
-    if v.pre not in PRE_TOKENIZERS:
+    if v.model not in ("gpt2", "llama"):
+        raise TokenizerError(f"GGUF tokenizer model {v.model!r} cannot be rebuilt yet; only 'gpt2' (byte-level "
+                             "BPE) and 'llama' (SentencePiece BPE)")
+    if v.model == "gpt2" and v.pre not in PRE_TOKENIZERS:
         raise TokenizerError(f"GGUF pre-tokenizer {v.pre!r} has no known tokenizers equivalent; "
                              f"known: {', '.join(PRE_TOKENIZERS)}")
     added, base = [], {}
@@ -165,6 +182,12 @@ def tokenizer_json_from_vocab(v: GGUFVocab) -> dict[str, Any]:
                 "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                          {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {bos_text: {"id": bos_text, "ids": [bos], "tokens": [bos_text]}}}
+    if v.model == "llama":
+        if v.scores is None or len(v.scores) != len(v.tokens):
+            raise TokenizerError("the GGUF's SentencePiece vocabulary has no tokenizer.ggml.scores")
+        spm_post = None if post.get("type") == "ByteLevel" else post
+        return spm_tokenizer_json(v.tokens, v.token_types, v.scores, bool(v.add_space_prefix),
+                                  v.special_ids.get("unk"), added, spm_post, (TOKEN_NORMAL,))
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": PRE_TOKENIZERS[v.pre], "post_processor": post,

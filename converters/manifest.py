@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError, UnsafePathError
+from .limits import as_int, load_json
 
 MANIFEST_NAME = "edgellm.json"
 SCHEMA_VERSION = 1
@@ -47,6 +48,8 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def safe_child(folder: Path, name: str) -> Path:
     """`folder / name`, refusing names that escape the folder (absolute, '..', links outside)."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise UnsafePathError(f"{name!r} is not a file name")
     root = folder.resolve()
     target = (folder / name).resolve()
     if Path(name).is_absolute() or (target != root and root not in target.parents):
@@ -65,21 +68,38 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     return path
 
 
+# field -> the JSON types it may hold (checked before anything uses a manifest's values)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (str,), "file": (str,), "quant": (str,), "size_bytes": (int,), "sha256": (str,),
+    "context_length": (int,), "source": (dict,), "tokenizer": (dict,), "tensor_types": (dict,),
+    "fallbacks": (list,), "extra": (dict,), "files": (list,), "created": (str,), "edgellm_version": (str,),
+    "schema": (int,),
+}
+
+
 def read_manifest(folder: Path) -> Manifest:
+    """Read and validate `edgellm.json`: bounded JSON, every field of its type, sizes in range, file names
+    inside the folder (ArtifactError / UnsafePathError otherwise)."""
     path = folder / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder} has no {MANIFEST_NAME}") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc})") from None
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {MANIFEST_NAME}")
+    data = load_json(path, error=ArtifactError)
     known = set(Manifest.__dataclass_fields__)
+    for key, kinds in _FIELD_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise ArtifactError(f"{path}: {key} must be {kinds[0].__name__}, not {type(value).__name__}")
+    for key in ("size_bytes", "context_length"):
+        if key in data:
+            as_int(data[key], key, str(path), lo=0, hi=(1 << 62), error=ArtifactError)
+    if not all(isinstance(f, str) for f in data.get("files") or []):
+        raise ArtifactError(f"{path}: files must be a list of file names")
     try:
         manifest = Manifest(**{k: v for k, v in data.items() if k in known})
     except TypeError as exc:
         raise ArtifactError(f"{path} is missing fields ({exc})") from None
     if manifest.format not in ("gguf", "onnx"):
-        raise ArtifactError(f"{path}: unknown format {manifest.format!r}")
+        raise ArtifactError(f"{path}: unknown format {manifest.format[:20]!r}")
     safe_child(folder, manifest.file)
     for name in manifest.files:
         safe_child(folder, name)

@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .converters.limits import load_json
 from .converters.manifest import safe_child, sha256_file
 from .errors import BundleError, EdgeLLMError, InsufficientMemoryError
+from .outputs import writing_to
 
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME = "bundle.json"
 BUNDLE_SCHEMA = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_TARGETS: tuple[str, ...] = ("laptop-8gb-cpu", "raspberry-pi-5", "android-midrange")
 
 
@@ -45,8 +49,6 @@ def _variant_for(profile_name: str) -> tuple[str, str, str]:
 def bundle(model: str | Path, output: str | Path, targets: Sequence[str] = DEFAULT_TARGETS, *,
            progress: bool = False, overwrite: bool = False) -> BundleResult:
     """Convert `model` (an HF folder) once per distinct variant the `targets` prefer, into one bundle folder."""
-    from .converting import convert
-
     if not targets:
         raise BundleError("a bundle needs at least one target profile", "e.g. targets=['raspberry-pi-5']")
     out = Path(output)
@@ -54,8 +56,15 @@ def bundle(model: str | Path, output: str | Path, targets: Sequence[str] = DEFAU
         raise BundleError(f"{out} already exists", "pass overwrite=True (--overwrite) or choose another folder")
     wanted = {t: _variant_for(t) for t in targets}   # unknown profiles fail here, before any work
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     variants: dict[str, dict[str, Any]] = {}
+    with writing_to(out, model):   # refuses OUT inside the model, removes a killed run's OUT.partial, types OSError
+        return _build(model, out, tmp, wanted, variants, progress)
+
+
+def _build(model: str | Path, out: Path, tmp: Path, wanted: dict[str, tuple[str, str, str]],
+           variants: dict[str, dict[str, Any]], progress: bool) -> BundleResult:
+    from .converting import convert
+
     try:
         tmp.mkdir(parents=True)
         for name, fmt, quant in dict.fromkeys(wanted.values()):
@@ -81,28 +90,50 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def read_bundle(folder: str | Path) -> dict[str, Any]:
+    """Read and validate bundle.json: bounded JSON; each variant a folder inside the bundle with a non-empty
+    `files` map of relative name -> sha256 (64 hex digits); each target naming a variant (BundleError)."""
     root = Path(folder)
-    try:
-        doc = json.loads((root / BUNDLE_NAME).read_text(encoding="utf-8"))
-        variants, targets = doc["variants"], doc["targets"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(f"{root / BUNDLE_NAME} is unreadable or incomplete ({exc})") from None
+    path = root / BUNDLE_NAME
+    if not path.is_file():
+        raise BundleError(f"{root} has no {BUNDLE_NAME}")
+    doc = load_json(path, error=BundleError)
+    variants, targets = doc.get("variants"), doc.get("targets")
+    if not isinstance(variants, dict) or not variants or not isinstance(targets, dict):
+        raise BundleError(f"{path} needs a non-empty 'variants' object and a 'targets' object")
     for name, v in variants.items():
+        if not isinstance(v, dict) or not isinstance(v.get("folder"), str) or v.get("format") not in ("gguf", "onnx") \
+                or not isinstance(v.get("size_bytes", 0), int):
+            raise BundleError(f"{path}: variant {name!r} needs a folder, a format (gguf or onnx) and an int size")
+        files = v.get("files")
+        if not isinstance(files, dict) or not files:
+            raise BundleError(f"{path}: variant {name!r} lists no files; an unlisted file cannot be verified")
+        for rel, digest in files.items():
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise BundleError(f"{path}: variant {name!r} file {rel!r} has no valid sha256")
         safe_child(root, v["folder"])
-        for rel in v.get("files", {}):
+        for rel in files:
             safe_child(root / v["folder"], rel)
     for target, name in targets.items():
-        if name not in variants:
+        if not isinstance(name, str) or name not in variants:
             raise BundleError(f"target {target} points at a variant {name!r} the bundle does not hold")
     return doc
 
 
 def verify_variant(folder: str | Path, name: str, doc: dict[str, Any] | None = None) -> Path:
-    """Check every file of a variant against its recorded sha256; return the variant's artifact folder."""
+    """Check a variant: every file it lists matches its sha256, and its folder holds no file it does not list
+    (an unlisted file would be used unverified). Returns the variant's artifact folder."""
     root = Path(folder)
     doc = doc or read_bundle(root)
+    if name not in doc["variants"]:
+        raise BundleError(f"bundle {root} has no variant {name!r}")
     v = doc["variants"][name]
     base = root / v["folder"]
+    listed = set(v["files"])
+    present = {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() or p.is_symlink()} \
+        if base.is_dir() else set()
+    extra = sorted(present - listed)
+    if extra:
+        raise BundleError(f"bundle variant {name}: {extra[0]} is not listed in {BUNDLE_NAME} (added or modified)")
     for rel, digest in v["files"].items():
         path = base / rel
         if not path.is_file():

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class Capabilities:
     gpu_offload: bool = False      # can place layers on a GPU
     native_sampling: bool = False  # samples inside the native library
     formats: tuple[str, ...] = ()  # artifact formats it opens ("gguf", "onnx")
+    constrained_json: bool = False  # can hold its output to JSON / a JSON schema (SamplingParams.json_schema)
 
 
 MAX_SEED = 2**32 - 1          # llama.cpp's seeds are u32; numpy's generator takes the same range
@@ -63,9 +64,12 @@ class SamplingParams:
     repeat_last_n: int = 64
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    json_schema: Mapping[str, Any] | None = None  # None: free text; {}: any JSON object; else that schema
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.json_schema is not None and not isinstance(self.json_schema, Mapping):
+            problems.append("json_schema must be a JSON schema object ({} for any JSON object) or None")
         _int(problems, "max_tokens", self.max_tokens, 0, MAX_COUNT)
         _float(problems, "temperature", self.temperature, lambda v: v >= 0, ">= 0 and finite")
         _int(problems, "top_k", self.top_k, 0, MAX_COUNT)

@@ -5,6 +5,7 @@ install hint, and the kernel policy that keeps known-bad CPU kernels from taking
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 class LlamaCppRuntime:
     name: ClassVar[str] = "llama.cpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, logits=True, gpu_offload=True, native_sampling=True, formats=("gguf",))
+        streaming=True, logits=True, gpu_offload=True, native_sampling=True, formats=("gguf",),
+        constrained_json=True)
 
     def __init__(self, path: Path, options: LoadOptions, llama_module: Any) -> None:
         self._lc = llama_module
@@ -111,7 +113,21 @@ class LlamaCppRuntime:
         yield from llm.generate(
             prompt, top_k=1 if greedy else params.top_k, top_p=1.0 if greedy else params.top_p,
             min_p=0.0 if greedy else params.min_p, temp=params.temperature,
-            repeat_penalty=params.repeat_penalty, reset=True)
+            repeat_penalty=params.repeat_penalty, reset=True, grammar=self._grammar(params.json_schema))
+
+    def _grammar(self, schema: Any) -> Any:
+        """llama.cpp's grammar for JSON output: any object ({}), or the given JSON schema."""
+        if schema is None:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        try:
+            if not schema:
+                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except (ValueError, TypeError, RuntimeError, RecursionError) as exc:
+            raise GenerationError(f"the JSON schema cannot be turned into a grammar: {exc}",
+                                  "simplify the schema (types, properties, required, enum, arrays)") from None
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         if self._eval_llm is None:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError, GenerationError, InvalidInputError, ModelClosedError
+from .errors import ContextOverflowError, GenerationError, InvalidInputError, ModelClosedError, OptionError
 from .metrics import Metrics, RawCounters, compute_metrics
 from .runtimes.base import Runtime, SamplingParams
 from .runtimes.chat import render_chat
@@ -154,10 +154,16 @@ class Model:
     # -- generation ----------------------------------------------------------------------------
     def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-               seed: int | None = None, stop: Sequence[str] = (), parse_special: bool = False) -> Iterator[Chunk]:
+               seed: int | None = None, stop: Sequence[str] = (), parse_special: bool = False,
+               json_schema: Mapping[str, Any] | None = None) -> Iterator[Chunk]:
+        """json_schema: hold the output to JSON ({} any object, or that schema); runtimes with the
+        `constrained_json` capability only (llama.cpp), else OptionError."""
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                stop=tuple(stop) if isinstance(stop, list) else stop)
+                                stop=tuple(stop) if isinstance(stop, list) else stop, json_schema=json_schema)
+        if json_schema is not None and not self.runtime.capabilities.constrained_json:
+            raise OptionError(f"JSON-constrained output needs a runtime with grammars (llama.cpp); "
+                              f"{self.runtime.name} has none", "convert to GGUF, or drop json_schema")
         with self._use():
             ids = (self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str)
                    else self._check_ids(prompt))

@@ -67,6 +67,12 @@ def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     return value
 
 
+def _seed(body: dict[str, Any]) -> int | None:
+    """Any 64-bit integer is a valid OpenAI seed; the runtimes take 32 bits (-1 stays 'fresh entropy')."""
+    seed = _int(body, "seed", -(1 << 63), (1 << 63) - 1)
+    return seed if seed is None or seed == -1 else seed & 0xFFFFFFFF
+
+
 def _stops(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -164,7 +170,7 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
     return GenerationRequest(
         kind=kind, model=model, messages=messages, prompt=prompt, max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
-        seed=_int(body, "seed", -(1 << 63), (1 << 63) - 1), stop=_stops(body.get("stop")), stream=stream,
+        seed=_seed(body), stop=_stops(body.get("stop")), stream=stream,
         include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")), response_format=fmt,
         json_schema=schema, sampling_extra=extra)
 

@@ -113,7 +113,7 @@ def _sampling(model: Any, req: GenerationRequest, prompt_len: int) -> dict[str, 
         "top_k": 0, "min_p": 0.0}  # OpenAI semantics: only temperature and top_p shape the distribution
     kwargs.update(req.sampling_extra)
     if req.response_format != "text":
-        if not getattr(model.runtime.capabilities, "constrained_json", False):
+        if not model.runtime.capabilities.constrained_json:
             raise ApiError(400, f"response_format {req.response_format} needs a GGUF artifact (llama.cpp grammars); "
                                 f"the {model.runtime.name} backend cannot constrain its output",
                            param="response_format")

@@ -168,3 +168,21 @@ def test_onnx_artifact_streams_the_same_text(smollm2_onnx_int4: Path) -> None:
     finally:
         server.stop()
         model.close()
+
+
+def test_json_mode_and_schema_hold_the_output_to_json(gguf_server: RunningServer) -> None:
+    client = gguf_server.client("sk-test")
+    ask = [{"role": "user", "content": "Describe a cat as JSON with a name and an age."}]
+    any_obj = client.chat.completions.create(model="smollm2", messages=ask, max_tokens=48, temperature=0,
+                                             response_format={"type": "json_object"})
+    if any_obj.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(any_obj.choices[0].message.content), dict)
+    else:  # cut by max_tokens: still the start of a JSON object
+        assert any_obj.choices[0].message.content.lstrip().startswith("{")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    typed = client.chat.completions.create(
+        model="smollm2", messages=ask, max_tokens=64, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "cat", "schema": schema}})
+    data = json.loads(typed.choices[0].message.content)
+    assert set(data) == {"name", "age"} and isinstance(data["name"], str) and isinstance(data["age"], int)

@@ -87,6 +87,20 @@ class _Checker:
         self.integer(f"{arch}.expert_group_count", 0, max(experts - 1, 0))
         self.integer(f"{arch}.vocab_size", 1, 1 << 24)
         self.tokenizer()
+        self.tensors()
+
+    def tensors(self) -> None:
+        """Metadata and tensors agree where every decoder llama.cpp loads needs it: an embedding whose rows are
+        the vocabulary (llama.cpp sizes its logits and token lookups by it)."""
+        by_name = {t.name: t for t in self.f.tensors}
+        if not by_name:
+            raise self.bad("the file holds no tensors")
+        embd = by_name.get("token_embd.weight")
+        if embd is None:
+            raise self.bad("the file has no token_embd.weight tensor")
+        n = self.f.fields.length("tokenizer.ggml.tokens") if "tokenizer.ggml.tokens" in self.f.types else None
+        if n is not None and (len(embd.shape) != 2 or embd.shape[1] != n):
+            raise self.bad(f"token_embd.weight has shape {list(embd.shape)} for a vocabulary of {n} tokens")
 
     def tokenizer(self) -> None:
         f = self.f

@@ -188,11 +188,15 @@ def tokenizer_json_from_vocab(v: GGUFVocab) -> dict[str, Any]:
         spm_post = None if post.get("type") == "ByteLevel" else post
         return spm_tokenizer_json(v.tokens, v.token_types, v.scores, bool(v.add_space_prefix),
                                   v.special_ids.get("unk"), added, spm_post, (TOKEN_NORMAL,))
+    merges = [m.split(" ", 1) for m in v.merges]
+    for m in merges:   # the tokenizers library raises a bare Exception on a merge outside the vocabulary
+        if len(m) != 2 or m[0] not in base or m[1] not in base or m[0] + m[1] not in base:
+            raise TokenizerError(f"the GGUF's merge {' '.join(m)[:60]!r} names tokens outside its vocabulary")
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": PRE_TOKENIZERS[v.pre], "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": base, "merges": [m.split(" ", 1) for m in v.merges]},
+                  "vocab": base, "merges": merges},
     }

@@ -33,6 +33,8 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
 
 def unpack(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", overwrite: bool = False) -> Path:
     """Rebuild a Hugging Face folder from a GGUF file (dequantized)."""
+    from .converters.gguf_checks import validate_gguf
     from .converters.gguf_to_hf import gguf_to_hf
+    validate_gguf(gguf_path)           # the whole file, metadata included, before anything is built from it
     with writing_to(output) as out:
         return gguf_to_hf(gguf_path, out, dtype=dtype, overwrite=overwrite)

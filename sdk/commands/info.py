@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,7 @@ def describe(artifact: str) -> dict[str, Any]:
                            "size_bytes": art.path.stat().st_size if art.path.is_file() else None}
     folder = art.path.parent
     if (folder / MANIFEST_NAME).is_file():
-        out["manifest"] = json.loads((folder / MANIFEST_NAME).read_text())
-        read_manifest(folder)  # validates paths
+        out["manifest"] = asdict(read_manifest(folder))  # validated (types, sizes, paths) before it is shown
     if art.format == "gguf":
         reader = open_gguf(art.path)
         out["metadata"] = metadata(reader)

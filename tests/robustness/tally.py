@@ -91,16 +91,16 @@ def assert_clean(name: str) -> None:
 def summary_lines() -> list[str]:
     if not TALLY:
         return []
-    head = f"{'class':<34}{'inputs':>8}{'accepted':>9}{'typed':>7}{'untyped':>8}{'crashes':>8}{'hangs':>6}{'escapes':>8}"
+    head = f"{'class':<40}{'inputs':>8}{'accepted':>9}{'typed':>7}{'untyped':>8}{'crashes':>8}{'hangs':>6}{'escapes':>8}"
     lines = [head, "-" * len(head)]
     total = Row()
     for name, r in sorted(TALLY.items()):
-        lines.append(f"{name:<34}{r.inputs:>8}{r.accepted:>9}{r.typed:>7}{r.untyped:>8}{r.crashes:>8}{r.hangs:>6}"
+        lines.append(f"{name:<40}{r.inputs:>8}{r.accepted:>9}{r.typed:>7}{r.untyped:>8}{r.crashes:>8}{r.hangs:>6}"
                      f"{r.escapes:>8}")
         for attr in ("inputs", "accepted", "typed", "untyped", "crashes", "hangs", "escapes"):
             setattr(total, attr, getattr(total, attr) + getattr(r, attr))
     lines.append("-" * len(head))
-    lines.append(f"{'total':<34}{total.inputs:>8}{total.accepted:>9}{total.typed:>7}{total.untyped:>8}"
+    lines.append(f"{'total':<40}{total.inputs:>8}{total.accepted:>9}{total.typed:>7}{total.untyped:>8}"
                  f"{total.crashes:>8}{total.hangs:>6}{total.escapes:>8}")
     for name, r in sorted(TALLY.items()):
         for ex in r.examples:

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgellm.converters.gguf_checks import check_gguf_metadata
 from edgellm.converters.gguf_reading import metadata, open_gguf
@@ -32,15 +33,30 @@ def read_everything(path: Path) -> None:
         f.close()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # mutated weights overflow when dequantized: expected
 def test_gguf_mutants_are_accepted_or_typed(seed_gguf: Path, tmp_path: Path) -> None:
+    """Every mutant through the reader and validator; the ones they accept also through what runs on a GGUF
+    before llama.cpp does: the planner, `edgellm info`, and (every 5th) `edgellm unpack` back to HF."""
+    import edgellm
+    from edgellm.commands.info import describe
+    from edgellm.planning import plan
+
     data = seed_gguf.read_bytes()
     slots = field_slots(data)
     rng = random.Random(20261202)
     target = tmp_path / "m.gguf"
     for i in range(N_MUTANTS):
         target.write_bytes(mutate_bytes(data, rng, slots))
-        classify("gguf reader (mutants)", f"mutant {i}", lambda: read_everything(target))
+        if classify("gguf reader (mutants)", f"mutant {i}", lambda: read_everything(target)) != "accepted":
+            continue
+        classify("gguf planner+info (accepted mutants)", f"mutant {i}",
+                 lambda: (plan(target, device="cpu", context=64), describe(str(target))))
+        if i % 5 == 0:
+            classify("gguf unpack (accepted mutants)", f"mutant {i}",
+                     lambda: edgellm.unpack(target, tmp_path / "hf", overwrite=True))
     assert_clean("gguf reader (mutants)")
+    assert_clean("gguf planner+info (accepted mutants)")
+    assert_clean("gguf unpack (accepted mutants)")
 
 
 N_NATIVE = int(os.environ.get("EDGELLM_FUZZ_NATIVE", "12"))

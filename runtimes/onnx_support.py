@@ -53,6 +53,60 @@ def _no_constant(name: str) -> Any:
 
 MAX_TOKENIZER_BYTES = 512 << 20
 
+# JSON side files of an ONNX artifact: key path -> (allowed types, lowest, highest) for the values edgellm (the
+# runtime and the planner) reads from them. Everything is checked before any of it is used.
+_INT = (int,)
+_SIDE_SCHEMA: dict[str, dict[tuple[str, ...], tuple[tuple[type, ...], float, float]]] = {
+    "genai_config.json": {
+        ("model",): ((dict,), 0, 0), ("model", "decoder"): ((dict,), 0, 0),
+        ("model", "context_length"): (_INT, 1, 1 << 26), ("model", "vocab_size"): (_INT, 1, 1 << 22),
+        ("model", "bos_token_id"): (_INT, 0, 1 << 22), ("model", "pad_token_id"): (_INT, -1, 1 << 22),
+        ("model", "eos_token_id"): ((int, list), 0, 1 << 22),
+        ("model", "decoder", "num_key_value_heads"): (_INT, 1, 4096),
+        ("model", "decoder", "num_attention_heads"): (_INT, 1, 4096),
+        ("model", "decoder", "head_size"): (_INT, 1, 1 << 14), ("model", "decoder", "hidden_size"): (_INT, 1, 1 << 17),
+        ("model", "decoder", "num_hidden_layers"): (_INT, 1, 512),
+    },
+    "config.json": {
+        ("num_attention_heads",): (_INT, 1, 4096), ("num_key_value_heads",): (_INT, 1, 4096),
+        ("intermediate_size",): (_INT, 1, 1 << 20), ("hidden_size",): (_INT, 1, 1 << 17),
+        ("max_position_embeddings",): (_INT, 1, 1 << 26), ("model_type",): ((str,), 0, 0),
+        ("tie_word_embeddings",): ((bool,), 0, 0), ("vocab_size",): (_INT, 1, 1 << 22),
+    },
+    "tokenizer_config.json": {
+        ("add_bos_token",): ((bool,), 0, 0), ("add_eos_token",): ((bool,), 0, 0),
+        ("chat_template",): ((str, list), 0, 0), ("bos_token",): ((str, dict), 0, 0),
+        ("eos_token",): ((str, dict), 0, 0),
+    },
+}
+
+
+def check_side_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Read and validate the JSON side files of an ONNX artifact (genai_config.json, config.json,
+    tokenizer_config.json): bounded, inside the folder (no links out), each value edgellm uses of its type and
+    range. Returns {name: data} ({} for an absent file); ArtifactError / UnsafePathError otherwise."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, schema in _SIDE_SCHEMA.items():
+        path = artifact_file(folder, name)
+        data = read_json(path) if path.is_file() else {}
+        for keys, (kinds, lo, hi) in schema.items():
+            value: Any = data
+            for k in keys:
+                value = value.get(k) if isinstance(value, dict) else None
+            if value is None:
+                continue
+            where = f"{path}: {'.'.join(keys)}"
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ArtifactError(f"{where} must be {' or '.join(k.__name__ for k in kinds)}, not "
+                                    f"{type(value).__name__}", "rebuild the artifact with `edgellm convert`")
+            items = value if isinstance(value, list) and kinds[0] is int else [value] if kinds[0] is int else []
+            for v in items:
+                if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                    raise ArtifactError(f"{where}={str(v)[:40]} must be an integer in [{int(lo)}, {int(hi)}]",
+                                        "rebuild the artifact with `edgellm convert`")
+        out[name] = data
+    return out
+
 
 # -- execution providers ---------------------------------------------------------------------------
 @dataclass(frozen=True)

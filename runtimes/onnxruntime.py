@@ -25,7 +25,7 @@ from .sampling import Sampler
 log = logging.getLogger(__name__)
 
 from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderChoice,  # noqa: F401 (re-exported)
-                           artifact_file, check_external_data, read_json, select_providers, session_config)
+                           check_external_data, check_side_files, select_providers, session_config)
 
 
 # -- the runtime -----------------------------------------------------------------------------------
@@ -42,8 +42,8 @@ class OnnxRuntime:
         proto = check_external_data(onnx_module, path)
         self._ops = {n.op_type for n in proto.graph.node}
         self._inputs = {i.name for i in proto.graph.input}
-        self.genai = self._read_json("genai_config.json")
-        self.tokenizer_config = self._read_json("tokenizer_config.json")
+        side = check_side_files(self.folder)       # bounded, typed, no links out of the folder
+        self.genai, self.tokenizer_config = side["genai_config.json"], side["tokenizer_config.json"]
         self._layers, self._kv_heads, self._head_dim = self._kv_geometry(proto)
         self._vocab = self._logits_width(proto)
         del proto
@@ -80,17 +80,13 @@ class OnnxRuntime:
         self._tok_info: TokenizerInfo | None = None
 
     # -- setup ---------------------------------------------------------------------------------
-    def _read_json(self, name: str) -> dict[str, Any]:
-        p = artifact_file(self.folder, name)     # a link out of the folder is refused
-        return read_json(p) if p.is_file() else {}
-
     def _kv_geometry(self, proto: Any) -> tuple[int, int, int]:
         past = [i for i in proto.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key")]
         if not past or "input_ids" not in self._inputs:
             raise ModelFormatError(f"{self.path} is not a decoder graph with input_ids and past_key_values.*")
         dims = past[0].type.tensor_type.shape.dim
         # genai builders leave the dims symbolic and state them in genai_config.json instead
-        decoder = self._read_json("genai_config.json").get("model", {}).get("decoder", {})
+        decoder = (self.genai.get("model") or {}).get("decoder") or {}
         kv_heads = (dims[1].dim_value if len(dims) == 4 else 0) or int(decoder.get("num_key_value_heads", 0))
         head_dim = (dims[3].dim_value if len(dims) == 4 else 0) or int(decoder.get("head_size", 0))
         if len(dims) != 4 or not kv_heads or not head_dim:

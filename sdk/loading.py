@@ -71,6 +71,10 @@ def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
 
         for template in validate_gguf(art.path)["chat_templates"].values():
             check_template(template)
+    elif art.format == "onnx":   # the side files the planner and the runtime read: bounded, typed, inside
+        from .runtimes.onnx_support import check_side_files
+
+        check_side_files(Path(art.path).parent)
     try:
         return plan(art.path, device=device, context=n_ctx)
     except InsufficientMemoryError:

@@ -26,6 +26,9 @@ _STRING, _ARRAY, _U32 = 8, 9, 4
 # llama.cpp's own limits (ggml/src/gguf.cpp, ggml.h)
 MAX_STRING = 1 << 30          # GGUF_MAX_STRING_LENGTH
 MAX_ARRAY = 1 << 30           # GGUF_MAX_ARRAY_ELEMENTS
+# Ours, tighter, so parsing time stays bounded (each item is a Python step): real files hold < 1,000 keys, < 100k
+# tensors, and string arrays (vocabularies, merges) of < 2M items.
+MAX_KEYS, MAX_TENSORS, MAX_STRING_ARRAY = 1 << 16, 1 << 20, 1 << 24
 MAX_NAME = 64                 # GGML_MAX_NAME: tensor names are shorter
 MAX_DIMS = 4                  # GGML_MAX_DIMS
 DEFAULT_ALIGNMENT = 32        # GGUF_DEFAULT_ALIGNMENT
@@ -175,7 +178,7 @@ class GGUFFile:
         if etype != _STRING and etype not in _SCALARS:
             raise self._bad(f"key {key!r} is an array of unknown type {etype}", pos)
         unit = 8 if etype == _STRING else _SCALARS[etype][1]   # a string needs at least its 8-byte length
-        if count > MAX_ARRAY or count * unit > self.size - pos:
+        if count > (MAX_STRING_ARRAY if etype == _STRING else MAX_ARRAY) or count * unit > self.size - pos:
             raise self._bad(f"key {key!r} claims {count} array elements, more than the file holds", pos)
         if etype == _STRING:
             start = pos
@@ -198,7 +201,7 @@ class GGUFFile:
         n_tensors, pos = self._u(pos, "Q", 8)
         n_kv, pos = self._u(pos, "Q", 8)
         # smallest records: a key is 8 (length) + 1 + 4 (type) + 1 bytes; a tensor info 8 + 1 + 4 + 8 + 4 + 8
-        if n_tensors > self.size // 33 or n_kv > self.size // 14:
+        if n_tensors > min(self.size // 33, MAX_TENSORS) or n_kv > min(self.size // 14, MAX_KEYS):
             raise ModelFormatError(f"{self.path}: header claims {n_tensors} tensors / {n_kv} keys in "
                                    f"{self.size} bytes; it is corrupt")
         for _ in range(n_kv):

@@ -307,6 +307,9 @@ def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], *, 
     """Render `messages` with the model's template in the bounded sandbox (see the module docstring)."""
     from jinja2 import TemplateError
 
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise ChatTemplateError(f"messages must be a list of {{'role', 'content'}} mappings, not "
+                                f"{type(messages).__name__}")
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise ChatTemplateError(f"message {i} must be a mapping with 'role' and 'content', got {str(m)[:80]}")

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import GenerationError
 from .base import SamplingParams
 
 
@@ -45,6 +46,19 @@ def _top_prefix(probs: np.ndarray, top_p: float) -> np.ndarray:
         m = min(n, m * 4)
 
 
+_BIG = 1e300
+
+
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """Logits as float64 with NaN as -inf and +inf as a huge finite value; GenerationError when nothing is left
+    (a model with corrupt weights can produce all-NaN rows; sampling must not index past its arrays)."""
+    x = np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=-np.inf, posinf=_BIG, neginf=-np.inf)
+    if x.size == 0 or not np.isfinite(x).any():
+        raise GenerationError("the model produced no finite logits (NaN or -inf everywhere)",
+                              "the artifact's weights are corrupt; rebuild or re-download it")
+    return x
+
+
 class Sampler:
     """Chooses the next token from a logits row [vocab].
 
@@ -60,7 +74,7 @@ class Sampler:
     def _kept(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ascending token ids, their float64 probabilities summing to 1) after every filter."""
         p = self.params
-        x = apply_repeat_penalty(np.asarray(logits, dtype=np.float64), history, p.repeat_penalty, p.repeat_last_n)
+        x = apply_repeat_penalty(_finite(logits), history, p.repeat_penalty, p.repeat_last_n)
         n = x.shape[-1]
         if p.temperature == 0:
             return np.array([int(np.argmax(x))]), np.ones(1)
@@ -69,7 +83,8 @@ class Sampler:
             idx = np.flatnonzero(x >= kth)                 # ties with the k-th are kept, as before
         else:
             idx = np.arange(n)
-        z = x[idx] / p.temperature
+        # a tiny temperature may overflow to inf: keep it finite so the softmax below stays defined
+        z = np.nan_to_num(x[idx] / p.temperature, nan=-np.inf, posinf=_BIG, neginf=-np.inf)
         probs = np.exp(z - z.max())
         probs /= probs.sum()
         if p.top_p < 1.0:
@@ -90,7 +105,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
         if p.temperature == 0:
-            x = apply_repeat_penalty(np.asarray(logits), history, p.repeat_penalty, p.repeat_last_n)
+            x = apply_repeat_penalty(_finite(logits), history, p.repeat_penalty, p.repeat_last_n)
             return int(np.argmax(x))
         idx, probs = self._kept(logits, history)
         if len(idx) == 1:

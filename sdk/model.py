@@ -175,7 +175,7 @@ class Model:
             self._check_open()
             if self._generating:
                 raise GenerationError("this thread already has an unfinished stream of this model",
-                                      "iterate the first stream to its end (or call its .close()) before starting another")
+                                      "iterate the first stream to its end (or .close() it) before starting another")
             self._generating = True
             try:
                 yield from self._loop(ids, params)
@@ -277,6 +277,8 @@ class Model:
         """Teacher-forced logits, shape (len(tokens), vocab)."""
         with self._use():
             ids = self._check_ids(tokens)
+            if not ids:
+                raise InvalidInputError("logits() needs at least one token")
             if len(ids) > self.runtime.n_ctx:
                 raise ContextOverflowError(f"{len(ids)} tokens do not fit the context of {self.runtime.n_ctx}")
             return self.runtime.logits(ids)

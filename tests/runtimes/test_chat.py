@@ -37,3 +37,17 @@ def test_malformed_messages_are_rejected() -> None:
         render_chat(CHATML, [{"content": "no role"}])
     with pytest.raises(ChatTemplateError, match="failed to render"):
         render_chat("{% for %}", MSGS)
+
+
+@pytest.mark.parametrize("messages", [None, "hi", {"role": "user", "content": "x"}, 5, [None], [{"role": "user"}]])
+def test_messages_of_the_wrong_shape_are_refused(messages: object) -> None:
+    with pytest.raises(ChatTemplateError):
+        render_chat(CHATML, messages)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("template", ["{% include 'x' %}", "{{ 'a' * 10**10 }}", "{% for %}"])
+def test_templates_unsafe_to_compile_are_refused_before_rendering(template: str) -> None:
+    from edgellm.runtimes.chat import check_template
+
+    with pytest.raises(ChatTemplateError):
+        check_template(template)

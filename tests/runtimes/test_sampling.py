@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgellm.runtimes.base import SamplingParams
 from edgellm.runtimes.sampling import Sampler, apply_repeat_penalty
@@ -99,3 +100,17 @@ def test_sampling_over_a_real_vocabulary_is_fast():
     for _ in range(50):
         s(logits, [1, 2, 3])
     assert (time.perf_counter() - t) / 50 < 0.005      # well under a decode step (the full sort took ~4 ms)
+
+
+def test_non_finite_logits_never_index_out_of_range() -> None:
+    import math
+
+    from edgellm.errors import GenerationError
+
+    row = np.array([0.1, math.nan, 2.0, math.inf, -math.inf], dtype=np.float32)
+    for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=0.7, seed=1),
+                   SamplingParams(temperature=1e-30, top_k=0, top_p=1.0, min_p=0.0, seed=2)):
+        assert Sampler(params)(row) == 3            # +inf wins, NaN never does
+    for bad in (np.full(5, math.nan), np.full(5, -math.inf), np.array([], dtype=np.float32)):
+        with pytest.raises(GenerationError, match="finite"):
+            Sampler(SamplingParams(temperature=0.7, seed=1))(bad)

@@ -178,7 +178,10 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 tmp_files.append(stage)
                 _write_native(model, family, args, plan, q, stage, names, vocab, context_length, progress)
             else:
-                source_type = "BF16" if (model.config.torch_dtype or "").lower() in ("bfloat16", "bf16") else "F16"
+                # the intermediate llama.cpp quantizes from keeps the checkpoint's precision (F32 stays F32, so a
+                # folder rebuilt from a quantized GGUF requantizes to the same codes)
+                source_type = {"bfloat16": "BF16", "bf16": "BF16", "float32": "F32", "fp32": "F32"}.get(
+                    (model.config.torch_dtype or "").lower(), "F16")
                 base = stage_in = out_dir / (final.name + f".{source_type}.partial")
                 tmp_files.append(stage_in)
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,

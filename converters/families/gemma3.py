@@ -49,7 +49,7 @@ def rules(a: GemmaArgs) -> tuple[TensorRule, ...]:
 
 
 def _hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    out = hf_config(key, cfg)
+    out = hf_config(key, cfg, local_theta=10000.0)     # llama.cpp's default for gemma3
     out.pop("attn_logit_softcapping")
     out.setdefault("rope_local_base_freq", float(key("rope.freq_base_swa", 10000.0)))
     return out

@@ -72,12 +72,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: make_family_model(root / name / "model", cfg, seed=7) for name, cfg in ROWS.items()}
 
 
-def llama_cpp_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
-    """Teacher-forced logits from llama.cpp itself, float32 KV cache, no flash attention."""
+def llama_cpp_logits(gguf_path: Path, ids: list[int], n_ctx: int = 64, type_k: int = 0, type_v: int = 0
+                     ) -> np.ndarray:
+    """Teacher-forced logits from llama.cpp itself, float32 KV cache (type 0), no flash attention."""
     from llama_cpp import Llama
 
-    llm = Llama(str(gguf_path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1,
-                type_k=0, type_v=0, flash_attn=False)
+    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=1,
+                type_k=type_k, type_v=type_v, flash_attn=False)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float64)

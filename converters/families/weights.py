@@ -9,7 +9,7 @@ import numpy as np
 
 from ...errors import ModelFormatError
 from ..hf import HFModel
-from .base import Family, TensorRule, to_canon
+from .base import Family, TensorRule, check_tensors, to_canon
 
 
 class Weights:
@@ -17,6 +17,8 @@ class Weights:
 
     def __init__(self, model: HFModel, family: Family, args: Any) -> None:
         self.model, self.args = model, args
+        # every tensor known, shaped as config.json says, none missing: checked before anything is written
+        check_tensors(family, args, {n: tuple(i.shape) for n, i in model.tensor_infos().items()}, str(model.path))
         self.rules: dict[str, tuple[str, TensorRule]] = {}
         for hf, (gg, rule) in family.hf_to_gguf(args).items():
             self.rules[gg] = (hf, rule)

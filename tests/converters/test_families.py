@@ -245,3 +245,32 @@ def test_longrope_uses_short_factors_up_to_the_original_context_and_long_ones_pa
         want = reference_logits(folder, ids)[:12]
         assert np.abs(got - want).max() < 1e-5 * (want.max() - want.min()) * 10
     assert np.abs(short - long).max() > 1e-2 * (short.max() - short.min())   # the factors really differ
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_gguf_names_are_llama_cpp_names_for_the_arch(name: str) -> None:
+    """Every GGUF tensor a family declares is one gguf-py lists for that llama.cpp architecture."""
+    import gguf
+    from edgellm.converters.hf import parse_config
+
+    family = get_family(ROWS[name]["architectures"][0])
+    args = family.parse(parse_config(ROWS[name]))
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == family.gguf_arch)
+    allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch]}
+    for rule in family.rules(args):
+        base = rule.gguf.replace("{i}", "{bid}").rsplit(".", 1)[0]
+        assert base in allowed, f"{name}: {rule.gguf} is not a {family.gguf_arch} tensor in gguf-py"
+
+
+def test_unknown_tensor_is_an_error(tmp_path: Path) -> None:
+    from edgellm.converters.safetensors_io import write_safetensors
+    from edgellm.errors import ConversionError
+
+    folder = make_family_model(tmp_path / "m", ROWS["gemma3"], seed=2)
+    extra = np.ones((4,), np.float32)
+    write_safetensors(folder / "extra.safetensors", [("model.vision_tower.weight", "F32", extra.shape)],
+                      [("model.vision_tower.weight", extra)])
+    for convert in (lambda: convert_to_gguf(folder, tmp_path / "g", "F32"),
+                    lambda: convert_to_onnx(folder, tmp_path / "o", "fp32")):
+        with pytest.raises(ConversionError, match="vision_tower"):
+            convert()

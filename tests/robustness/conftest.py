@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,21 @@ def seed_onnx(seed_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("seedonnx") / "a"
     edgellm.convert(seed_hf, out, format="onnx", quant="fp32")
     return out
+
+
+@pytest.fixture()
+def fast_tmp(tmp_path: Path) -> Any:
+    """A scratch folder in memory (/dev/shm) when the machine has one: the fuzzers rewrite files thousands of
+    times, and a disk-backed temp folder can make that take longer than the work itself."""
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="edgellm-fuzz-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

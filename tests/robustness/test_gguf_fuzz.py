@@ -34,9 +34,9 @@ def read_everything(path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # mutated weights overflow when dequantized: expected
-def test_gguf_mutants_are_accepted_or_typed(seed_gguf: Path, tmp_path: Path) -> None:
+def test_gguf_mutants_are_accepted_or_typed(seed_gguf: Path, fast_tmp: Path) -> None:
     """Every mutant through the reader and validator; the ones they accept also through what runs on a GGUF
-    before llama.cpp does: the planner, `edgellm info`, and (every 5th) `edgellm unpack` back to HF."""
+    before llama.cpp does: the planner and `edgellm info` (every 2nd), `edgellm unpack` back to HF (every 20th)."""
     import edgellm
     from edgellm.commands.info import describe
     from edgellm.planning import plan
@@ -44,22 +44,23 @@ def test_gguf_mutants_are_accepted_or_typed(seed_gguf: Path, tmp_path: Path) -> 
     data = seed_gguf.read_bytes()
     slots = field_slots(data)
     rng = random.Random(20261202)
-    target = tmp_path / "m.gguf"
+    target = fast_tmp / "m.gguf"
     for i in range(N_MUTANTS):
         target.write_bytes(mutate_bytes(data, rng, slots))
         if classify("gguf reader (mutants)", f"mutant {i}", lambda: read_everything(target)) != "accepted":
             continue
-        classify("gguf planner+info (accepted mutants)", f"mutant {i}",
-                 lambda: (plan(target, device="cpu", context=64), describe(str(target))))
-        if i % 5 == 0:
+        if i % 2 == 0:
+            classify("gguf planner+info (accepted mutants)", f"mutant {i}",
+                     lambda: (plan(target, device="cpu", context=64), describe(str(target))))
+        if i % 20 == 0:
             classify("gguf unpack (accepted mutants)", f"mutant {i}",
-                     lambda: edgellm.unpack(target, tmp_path / "hf", overwrite=True))
+                     lambda: edgellm.unpack(target, fast_tmp / "hf", overwrite=True))
     assert_clean("gguf reader (mutants)")
     assert_clean("gguf planner+info (accepted mutants)")
     assert_clean("gguf unpack (accepted mutants)")
 
 
-N_NATIVE = int(os.environ.get("EDGELLM_FUZZ_NATIVE", "12"))
+N_NATIVE = int(os.environ.get("EDGELLM_FUZZ_NATIVE", "10"))
 
 
 def test_gguf_mutants_the_validator_accepts_load_natively_without_crashing(seed_gguf: Path, tmp_path: Path) -> None:

@@ -31,8 +31,8 @@ CONFIG_KEYS = ["num_hidden_layers", "num_attention_heads", "num_key_value_heads"
 
 
 @pytest.fixture()
-def workdir(seed_hf: Path, tmp_path: Path) -> Path:
-    work = tmp_path / "hf"
+def workdir(seed_hf: Path, fast_tmp: Path) -> Path:
+    work = fast_tmp / "hf"
     shutil.copytree(seed_hf, work)
     return work
 
@@ -65,7 +65,7 @@ def _fuzz(name: str, n: int, n_convert: int, seed: int, write: Callable[[random.
     assert_clean(f"{name} via readers")
 
 
-def test_safetensors_mutants(workdir: Path, tmp_path: Path) -> None:
+def test_safetensors_mutants(workdir: Path, fast_tmp: Path) -> None:
     st = workdir / "model.safetensors"
     data = st.read_bytes()
     (hlen,) = struct.unpack_from("<Q", data)
@@ -79,7 +79,7 @@ def test_safetensors_mutants(workdir: Path, tmp_path: Path) -> None:
             blob = json_bytes(mutate_json(header, rng), rng)
             st.write_bytes(struct.pack("<Q", len(blob)) + blob + body)
 
-    _fuzz("safetensors", 1500, 300, 11, write, workdir, tmp_path / "out")
+    _fuzz("safetensors", 1500, 300, 11, write, workdir, fast_tmp / "out")
     st.write_bytes(data)
 
     def header_only() -> None:
@@ -98,17 +98,17 @@ def test_safetensors_mutants(workdir: Path, tmp_path: Path) -> None:
     assert_clean("safetensors header reader")
 
 
-def test_config_mutants(workdir: Path, tmp_path: Path) -> None:
+def test_config_mutants(workdir: Path, fast_tmp: Path) -> None:
     cfg_path = workdir / "config.json"
     cfg = json.loads(cfg_path.read_text())
 
     def write(rng: random.Random) -> None:
         cfg_path.write_bytes(json_bytes(mutate_json(cfg, rng, CONFIG_KEYS), rng))
 
-    _fuzz("config.json", 2000, 1200, 21, write, workdir, tmp_path / "out")
+    _fuzz("config.json", 2000, 1200, 21, write, workdir, fast_tmp / "out")
 
 
-def test_tokenizer_mutants(workdir: Path, tmp_path: Path, seed_tokenizer: dict[str, Any]) -> None:
+def test_tokenizer_mutants(workdir: Path, fast_tmp: Path, seed_tokenizer: dict[str, Any]) -> None:
     tj, tc = workdir / "tokenizer.json", workdir / "tokenizer_config.json"
     tc_doc = json.loads(tc.read_text())
     small = dict(seed_tokenizer)
@@ -122,4 +122,4 @@ def test_tokenizer_mutants(workdir: Path, tmp_path: Path, seed_tokenizer: dict[s
             tc.write_bytes(json_bytes(mutate_json(tc_doc, rng, ["chat_template", "bos_token", "eos_token",
                                                                 "add_bos_token"]), rng))
 
-    _fuzz("tokenizer json", 1200, 400, 31, write, workdir, tmp_path / "out")
+    _fuzz("tokenizer json", 1200, 400, 31, write, workdir, fast_tmp / "out")

@@ -25,8 +25,8 @@ def _use(folder: Path) -> None:
         model.chat([{"role": "user", "content": "hi"}], max_tokens=1)
 
 
-def test_onnx_side_file_mutants(seed_onnx: Path, tmp_path: Path) -> None:
-    work = tmp_path / "art"
+def test_onnx_side_file_mutants(seed_onnx: Path, fast_tmp: Path) -> None:
+    work = fast_tmp / "art"
     shutil.copytree(seed_onnx, work)
     originals = {name: (work / name).read_bytes() for name in FILES}
     docs = {name: json.loads(raw) for name, raw in originals.items()}
@@ -48,7 +48,7 @@ def test_onnx_graph_mutants_in_child_processes(seed_onnx: Path, tmp_path: Path) 
     rng = random.Random(23)
     raw = (seed_onnx / "model.onnx").read_bytes()
     folders = []
-    for i in range(int(os.environ.get("EDGELLM_FUZZ_NATIVE_ONNX", "6"))):
+    for i in range(int(os.environ.get("EDGELLM_FUZZ_NATIVE_ONNX", "4"))):
         folder = tmp_path / f"g{i}"
         shutil.copytree(seed_onnx, folder)
         (folder / "model.onnx").write_bytes(mutate_bytes(raw, rng))

@@ -10,6 +10,7 @@ import numpy as np
 from ...errors import ModelFormatError
 from ..hf import HFModel
 from .base import Family, TensorRule, check_tensors, to_canon
+from .numpy_ops import NumpyOps, Quantizer
 
 
 class Weights:
@@ -52,16 +53,16 @@ class Weights:
         return out
 
 
-def reference_logits(model_dir: str | Path, ids: list[int]) -> np.ndarray:
-    """Teacher-forced logits [len(ids), vocab] (float32) of an HF folder, computed in numpy."""
+def reference_logits(model_dir: str | Path, ids: list[int], quantize: Quantizer | None = None) -> np.ndarray:
+    """Teacher-forced logits [len(ids), vocab] (float32) of an HF folder, computed in numpy; with `quantize`,
+    each decoder linear computes with the weights it returns (what a quantized artifact stores)."""
     from ..architectures import get_family
     from ..hf import read_hf_model
-    from .numpy_ops import NumpyOps
 
     with read_hf_model(model_dir) as model:
         family = get_family(model.config.architecture)
         a = family.parse(model.config)
-        weights, ops = Weights(model, family, a), NumpyOps()
+        weights, ops = Weights(model, family, a), NumpyOps(quantize)
         embed = weights.need("token_embd.weight")
         h = np.asarray(embed[np.asarray(ids)][None], np.float32)                  # [1, S, D]
         scale = family.embed_scale(a)

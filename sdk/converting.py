@@ -17,6 +17,7 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
     fmt = format.lower() if isinstance(format, str) else format
     if fmt not in ("gguf", "onnx"):
         raise ConversionError(f"unknown format {format!r}; choose gguf or onnx")
+    _check_options(quant, options)
     if fmt == "gguf":
         from .converters.gguf_types import get_quant
         get_quant(quant)               # a bad argument is reported before anything touches the output
@@ -29,6 +30,29 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
         except ImportError as exc:
             raise ConversionError(f"the ONNX converter is unavailable ({exc})", "pip install 'edgellm[onnx]'") from None
         return convert_to_onnx(model, out, quant, **options)
+
+
+# option -> (lowest, highest) for the integer options the converters take; None is always allowed (the default)
+_INT_OPTIONS = {"context_length": (1, 1 << 26), "threads": (1, 1024), "block_size": (16, 1 << 16),
+                "accuracy_level": (0, 4), "calibration_tokens": (1, 1 << 24)}
+_STR_OPTIONS = ("pre_tokenizer", "lm_head", "embeddings")
+
+
+def _check_options(quant: Any, options: dict[str, Any]) -> None:
+    """Type and range of convert's arguments, before any file is touched (ConversionError)."""
+    problems = []
+    if not isinstance(quant, str) or not quant:
+        problems.append(f"quant={quant!r} must be a quant name such as 'Q4_K_M' or 'int4'")
+    for key, (lo, hi) in _INT_OPTIONS.items():
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+            problems.append(f"{key}={value!r} must be an integer in [{lo}, {hi}]")
+    for key in _STR_OPTIONS:
+        if options.get(key) is not None and not isinstance(options[key], str):
+            problems.append(f"{key}={options[key]!r} must be a string")
+    if problems:
+        raise ConversionError("invalid convert arguments: " + "; ".join(problems),
+                              "see `edgellm convert --help` for the allowed values")
 
 
 def unpack(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", overwrite: bool = False) -> Path:

@@ -13,7 +13,7 @@ import pytest
 
 import edgellm
 from edgellm.errors import ConfigError, ModelFormatError, TokenizerError
-from tests.robustness.tally import assert_clean, classify
+from tests.robustness.tally import assert_clean, classify, row
 
 BIG_NEST = "[" * 100000 + "]" * 100000
 
@@ -145,3 +145,21 @@ def test_errors_name_the_key(corpus: dict[str, Path], tmp_path: Path) -> None:
         edgellm.convert(corpus["added_token_id_1e6"], tmp_path / "b", format="gguf", quant="F32")
     with pytest.raises(ModelFormatError, match="element count|dimension"):
         edgellm.convert(corpus["st_shape_wrap"], tmp_path / "c", format="gguf", quant="F32")
+
+
+BAD_ARGS: list[dict[str, Any]] = [
+    {"quant": 5}, {"quant": None}, {"quant": ""}, {"quant": "../x"}, {"format": "zip"}, {"format": None},
+    {"context_length": 0}, {"context_length": -5}, {"context_length": 2**40}, {"context_length": "x"},
+    {"threads": 0}, {"threads": -1}, {"threads": "x"}, {"pre_tokenizer": 5}, {"block_size": 3},
+]
+
+
+def test_bad_convert_arguments_are_typed_before_anything_is_written(seed_hf: Path, tmp_path: Path) -> None:
+    for i, kw in enumerate(BAD_ARGS):
+        args = {"format": "gguf", "quant": "F32", **kw}
+        out = tmp_path / f"a{i}"
+        if classify("convert arguments", str(kw), lambda: edgellm.convert(seed_hf, out, **args)) == "accepted":
+            row("convert arguments").escapes += 1
+            row("convert arguments").note(f"{kw}: accepted")
+        assert not out.exists()
+    assert_clean("convert arguments")

@@ -1,8 +1,9 @@
 """A kernel-probe child standing in for a CPU with defective kernels (no such CPU exists on this machine).
 
 It is the real child (real llama.cpp, real models) with two faults injected under the *default* configuration
-only, as a defective extra-buffer kernel would show them: Q4_K dies by SIGSEGV inside the run, and Q8_0
-returns numbers far from the right ones. The safe configuration runs untouched.
+only, as a defective extra-buffer kernel would show them: Q5_0 dies by SIGSEGV inside the run, and IQ4_NL
+returns numbers far from the right ones. The safe configuration runs untouched. (Families without AMX kernels, so
+the test means the same on an AMX Xeon, where the real AMX families crash by themselves.)
 """
 import os
 import signal
@@ -11,8 +12,8 @@ import sys
 from edgellm.kernel_probe import child_main
 
 CONFIG = sys.argv[sys.argv.index("--config") + 1]
-CRASH = os.environ.get("FAULTY_PROBE_CRASH", "Q4_K")
-WRONG = os.environ.get("FAULTY_PROBE_WRONG", "Q8_0")
+CRASH = os.environ.get("FAULTY_PROBE_CRASH", "Q5_0")
+WRONG = os.environ.get("FAULTY_PROBE_WRONG", "IQ4_NL")
 BOTH = os.environ.get("FAULTY_PROBE_BOTH", "")  # families faulty under the safe configuration too
 
 

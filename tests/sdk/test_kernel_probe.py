@@ -22,11 +22,22 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_q4k(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model holding Q4_K tensors (the probe's own tiny Llama, written by edgellm's converter)."""
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real models holding Q4_K and Q5_0 tensors (the probe's own tiny Llama, written by edgellm's converter)."""
     from edgellm.kernel_probe import build_probe_models
 
-    return build_probe_models(tmp_path_factory.mktemp("q4k"), ["Q4_K"])["Q4_K"][0]
+    built = build_probe_models(tmp_path_factory.mktemp("tiny"), ["Q4_K", "Q5_0"])
+    return {fam: quantized for fam, (quantized, _) in built.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_q4k(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["Q4_K"]
+
+
+@pytest.fixture(scope="module")
+def tiny_q5(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["Q5_0"]
 
 
 def test_real_probe_on_this_cpu_and_no_switch_without_a_defect(tiny_q4k: Path) -> None:
@@ -45,32 +56,33 @@ def test_real_probe_on_this_cpu_and_no_switch_without_a_defect(tiny_q4k: Path) -
         assert policy.safe == ("Q4_K" in affected)
 
 
-def test_crashing_and_wrong_kernels_fall_back_and_warn_once(tiny_q4k: Path, caplog: pytest.LogCaptureFixture
+def test_crashing_and_wrong_kernels_fall_back_and_warn_once(tiny_q5: Path, caplog: pytest.LogCaptureFixture
                                                             ) -> None:
+    # Q5_0, IQ4_NL and F16 have no AMX kernels: the same outcome on every CPU this suite runs on
     with caplog.at_level(logging.WARNING, logger="edgellm"):
-        report = run_probe(child=FAULTY_CHILD, families=["Q4_0", "Q8_0", "Q4_K"])
+        report = run_probe(child=FAULTY_CHILD, families=["F16", "IQ4_NL", "Q5_0"])
     got = {v.family: v for v in report.verdicts}
-    assert got["Q4_K"].default == "crash:SIGSEGV" and got["Q4_K"].safe == "ok"
-    assert got["Q8_0"].default.startswith("wrong:") and got["Q8_0"].safe == "ok"
-    assert got["Q8_0"].rel_error["default"] > 1.0 > 0.05 > got["Q8_0"].rel_error["safe"]
-    assert not got["Q4_0"].default_bad  # the child that crashed on Q4_K was replaced; Q4_0 still judged
+    assert got["Q5_0"].default == "crash:SIGSEGV" and got["Q5_0"].safe == "ok"
+    assert got["IQ4_NL"].default.startswith("wrong:") and got["IQ4_NL"].safe == "ok"
+    assert got["IQ4_NL"].rel_error["default"] > 1.0 > 0.05 > got["IQ4_NL"].rel_error["safe"]
+    assert not got["F16"].default_bad  # the child that crashed on Q5_0 was replaced; F16 still judged
     warnings = [r.getMessage() for r in caplog.records if "kernel probe" in r.getMessage()]
-    assert len(warnings) == 2 and any("Q4_K crash:SIGSEGV" in w for w in warnings)
-    assert "| Q4_K | crash:SIGSEGV | ok |" in report.table()
+    assert len(warnings) == 2 and any("Q5_0 crash:SIGSEGV" in w for w in warnings)
+    assert "| Q5_0 | crash:SIGSEGV | ok |" in report.table()
 
-    policy = kernel_policy(tiny_q4k)  # read back from the cache, as every later load does
-    assert policy.safe and "Q4_K crash:SIGSEGV" in policy.reasons[0]
-    with edgellm.load(tiny_q4k, n_ctx=64) as model:  # verdicts cached: the load does not probe again
+    policy = kernel_policy(tiny_q5)  # read back from the cache, as every later load does
+    assert policy.safe and "Q5_0 crash:SIGSEGV" in policy.reasons[0]
+    with edgellm.load(tiny_q5, n_ctx=64) as model:  # verdicts cached: the load does not probe again
         result = model.generate([5, 17, 99, 3], max_tokens=4, temperature=0.0)
     assert len(result.tokens) == 4
     assert "safe kernels" in result.metrics.backend
-    plan = edgellm.plan(tiny_q4k, device="cpu")
-    assert any("extra buffer types off" in r and "Q4_K" in r for r in plan.reasons)
+    plan = edgellm.plan(tiny_q5, device="cpu")
+    assert any("extra buffer types off" in r and "Q5_0" in r for r in plan.reasons)
 
 
-def test_family_bad_under_both_configurations_is_refused(tiny_q4k: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAULTY_PROBE_BOTH", "Q4_K")
-    report = run_probe(child=FAULTY_CHILD, families=["Q4_K"])
+def test_family_bad_under_both_configurations_is_refused(tiny_q5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULTY_PROBE_BOTH", "Q5_0")
+    report = run_probe(child=FAULTY_CHILD, families=["Q5_0"])
     assert report.verdicts[0].default_bad and report.verdicts[0].safe_bad
-    with pytest.raises(BackendUnavailableError, match="Q4_K"):
-        edgellm.load(tiny_q4k, n_ctx=64)
+    with pytest.raises(BackendUnavailableError, match="Q5_0"):
+        edgellm.load(tiny_q5, n_ctx=64)

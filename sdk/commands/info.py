@@ -39,13 +39,20 @@ def run_info(artifact: str, json_out: bool = False) -> int:
         print(f"parameters: {info['parameters']:,}  tensors: {info['tensors']}")
         print("tensor types: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["tensor_types"].items())))
     for key, value in (info.get("metadata") or {}).items():
-        text = str(value)
-        print(f"  {key} = {text if len(text) < 100 else text[:97] + '...'}")
+        text = _printable(str(value))
+        print(f"  {_printable(key)} = {text if len(text) < 100 else text[:97] + '...'}")
     m = info.get("manifest")
     if m:
-        print(f"manifest: quant {m.get('quant')}, context {m.get('context_length')}, sha256 {str(m.get('sha256'))[:16]}…, "
-              f"{len(m.get('fallbacks') or [])} fallbacks, source {Path(str(m.get('source', {}).get('path', ''))).name}")
+        print(_printable(f"manifest: quant {m.get('quant')}, context {m.get('context_length')}, "
+                         f"sha256 {str(m.get('sha256'))[:16]}…, {len(m.get('fallbacks') or [])} fallbacks, "
+                         f"source {Path(str(m.get('source', {}).get('path', ''))).name}"))
     return 0
+
+
+def _printable(text: str) -> str:
+    """A string from a model file, safe for a terminal: control characters (ANSI escapes, carriage returns,
+    bells) shown as \\xNN escapes instead of acting on the user's terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -157,3 +157,14 @@ def test_hostile_ggufs_through_edgellm_load_in_child_processes(corpus: dict[str,
     """A sample of each kind through the real load path (the rest are refused by the same in-process check)."""
     native_loads("native load: gguf corpus", [corpus[name] for name in NATIVE_SAMPLE])
     assert_clean("native load: gguf corpus")
+
+
+def test_info_never_prints_control_characters_from_a_file(seed_gguf: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from edgellm.cli import main
+
+    path = rewrite_gguf(seed_gguf, tmp_path / "ansi.gguf",
+                        add={"general.name": ("\x1b]0;pwned\x07\x1b[2J\rname", V.STRING)})
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\\x1b]0;pwned" in out and "\x1b" not in out and "\r" not in out

@@ -1,44 +1,67 @@
-"""The family registry, as data: HF class name -> family module (converters/families/), GGUF arch -> family.
+"""The family registry, as data: HF class name -> family, GGUF architecture -> family.
 
-Adding a family is one module under families/ plus one entry in FAMILIES; nothing else branches on
-architecture names.
+Every module under converters/families/ that defines `FAMILIES` (a tuple of `Family`) is registered, so adding
+a family is one new module there (plus its row in the conformance test table); nothing else branches on
+architecture names. Modules load on first lookup, not at import.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import lru_cache
+
 from ..errors import UnsupportedArchitectureError
 from .families.base import Family, permute_qk, unpermute_qk
-from .families.gemma2 import GEMMA2
-from .families.gemma3 import GEMMA3
-from .families.granite import GRANITE
-from .families.llama import LLAMA, MISTRAL
-from .families.olmo2 import OLMO2
-from .families.phi3 import PHI3
-from .families.qwen2 import QWEN2
-from .families.qwen3 import QWEN3
-from .families.smollm3 import SMOLLM3
 
-__all__ = ["FAMILIES", "Family", "get_family", "family_for_gguf", "permute_qk", "unpermute_qk"]
+__all__ = ["all_families", "Family", "get_family", "family_for_gguf", "permute_qk", "unpermute_qk"]
 
-# Order matters only for GGUF -> HF: the first family of a GGUF architecture is the one it is rebuilt as.
-FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, SMOLLM3, GRANITE, OLMO2, PHI3)
 
-BY_HF_CLASS: dict[str, Family] = {cls: f for f in FAMILIES for cls in f.hf_classes}
-BY_GGUF_ARCH: dict[str, Family] = {}
-for _f in FAMILIES:
-    BY_GGUF_ARCH.setdefault(_f.gguf_arch, _f)
+@lru_cache(maxsize=1)
+def all_families() -> tuple[Family, ...]:
+    from . import families
+
+    found: list[Family] = []
+    for info in sorted(pkgutil.iter_modules(families.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{families.__name__}.{info.name}")
+        found.extend(getattr(module, "FAMILIES", ()))
+    return tuple(found)
+
+
+@lru_cache(maxsize=1)
+def _by_hf_class() -> dict[str, Family]:
+    out: dict[str, Family] = {}
+    for f in all_families():
+        for cls in f.hf_classes:
+            if cls in out:
+                raise UnsupportedArchitectureError(f"{cls} is claimed by two families: {out[cls].name}, {f.name}")
+            out[cls] = f
+    return out
+
+
+@lru_cache(maxsize=1)
+def _by_gguf_arch() -> dict[str, Family]:
+    """GGUF architecture -> the family a GGUF of it is rebuilt as (the one marked rebuilds_gguf)."""
+    out: dict[str, Family] = {}
+    for f in all_families():
+        if f.rebuilds_gguf:
+            if f.gguf_arch in out:
+                raise UnsupportedArchitectureError(
+                    f"GGUF architecture {f.gguf_arch} is rebuilt by two families: {out[f.gguf_arch].name}, {f.name}")
+            out[f.gguf_arch] = f
+    return out
 
 
 def get_family(hf_name: str) -> Family:
-    family = BY_HF_CLASS.get(hf_name)
+    family = _by_hf_class().get(hf_name)
     if family is None:
         raise UnsupportedArchitectureError(
-            f"architecture {hf_name!r} is not supported; supported: {', '.join(sorted(BY_HF_CLASS))}")
+            f"architecture {hf_name!r} is not supported; supported: {', '.join(sorted(_by_hf_class()))}")
     return family
 
 
 def family_for_gguf(arch: str) -> Family:
-    family = BY_GGUF_ARCH.get(arch)
+    family = _by_gguf_arch().get(arch)
     if family is None:
         raise UnsupportedArchitectureError(
-            f"GGUF architecture {arch!r} cannot be rebuilt; supported: {', '.join(sorted(BY_GGUF_ARCH))}")
+            f"GGUF architecture {arch!r} cannot be rebuilt; supported: {', '.join(sorted(_by_gguf_arch()))}")
     return family

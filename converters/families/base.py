@@ -164,6 +164,7 @@ class Family:
     logit_scale: Callable[[Any], float | None] = lambda args: None          # logits *= this (before capping)
     gguf_tensors: Callable[[Any], list[tuple[str, np.ndarray]]] = lambda args: []  # GGUF-only tensors (F32)
     rope_kinds: tuple[str, ...] = ("default", "linear", "llama3")                 # RoPE scalings it handles
+    rebuilds_gguf: bool = True        # GGUF -> HF rebuilds its gguf_arch as this family (one per architecture)
 
     def rules(self, args: Any) -> tuple[TensorRule, ...]:
         return self.tensors(args)

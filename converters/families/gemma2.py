@@ -166,3 +166,4 @@ def hf_config(key: Any, cfg: dict[str, Any], local_theta: float | None = None) -
 GEMMA2 = Family("gemma2", ("Gemma2ForCausalLM",), "gemma2", "gemma2", parse, lambda a: gemma_rules(True), block,
                 gguf_metadata=gguf_metadata, hf_config=hf_config, embed_scale=lambda a: math.sqrt(a.hidden),
                 final_softcap=lambda a: a.final_softcap)
+FAMILIES = (GEMMA2,)

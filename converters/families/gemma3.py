@@ -58,3 +58,4 @@ def _hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 GEMMA3 = Family("gemma3", ("Gemma3ForCausalLM",), "gemma3", "gemma3_text", parse, rules, block,
                 gguf_metadata=gguf_metadata, hf_config=_hf_config, embed_scale=lambda a: a.hidden ** 0.5,
                 final_softcap=lambda a: a.final_softcap)
+FAMILIES = (GEMMA3,)

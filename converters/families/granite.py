@@ -58,3 +58,4 @@ def hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 GRANITE = Family("granite", ("GraniteForCausalLM",), "granite", "granite", parse, lambda a: llama_rules(permute=True),
                  block, gguf_metadata=gguf_metadata, hf_config=hf_config,
                  embed_scale=lambda a: a.embedding_multiplier, logit_scale=lambda a: 1.0 / a.logits_scaling)
+FAMILIES = (GRANITE,)

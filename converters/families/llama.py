@@ -66,4 +66,5 @@ def block(ops: Ops[Any], a: Args, i: int, w: dict[str, np.ndarray], h: Any, delt
 
 LLAMA = Family("llama", ("LlamaForCausalLM",), "llama", "llama", parse, lambda a: llama_rules(permute=True), block)
 MISTRAL = Family("mistral", ("MistralForCausalLM",), "llama", "mistral", parse,
-                 lambda a: llama_rules(permute=True), block)
+                 lambda a: llama_rules(permute=True), block, rebuilds_gguf=False)   # a llama GGUF rebuilds as Llama
+FAMILIES = (LLAMA, MISTRAL)

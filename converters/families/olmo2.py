@@ -47,3 +47,4 @@ def block(ops: Ops[Any], a: Args, i: int, w: dict[str, np.ndarray], h: Any, delt
 
 
 OLMO2 = Family("olmo2", ("Olmo2ForCausalLM",), "olmo2", "olmo2", parse, rules, block)
+FAMILIES = (OLMO2,)

@@ -118,3 +118,4 @@ def hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
 PHI3 = Family("phi3", ("Phi3ForCausalLM",), "phi3", "phi3", parse, rules, block, gguf_metadata=gguf_metadata,
               hf_config=hf_config, gguf_tensors=gguf_tensors, rope_kinds=("default", "linear", "longrope"))
+FAMILIES = (PHI3,)

@@ -14,3 +14,4 @@ def _hf_config(key: Any, args: Any) -> dict[str, Any]:
 
 QWEN2 = Family("qwen2", ("Qwen2ForCausalLM",), "qwen2", "qwen2", parse, lambda a: llama_rules(permute=False, bias=True),
                block, hf_config=_hf_config)
+FAMILIES = (QWEN2,)

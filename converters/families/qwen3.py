@@ -34,3 +34,4 @@ def block(ops: Ops[Any], a: Args, i: int, w: dict[str, np.ndarray], h: Any, delt
 
 
 QWEN3 = Family("qwen3", ("Qwen3ForCausalLM",), "qwen3", "qwen3", parse, rules, block)
+FAMILIES = (QWEN3,)

@@ -59,3 +59,4 @@ def hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
 SMOLLM3 = Family("smollm3", ("SmolLM3ForCausalLM",), "smollm3", "smollm3", parse, lambda a: llama_rules(permute=True),
                  block, gguf_metadata=gguf_metadata, hf_config=hf_config)
+FAMILIES = (SMOLLM3,)

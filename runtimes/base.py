@@ -7,6 +7,7 @@ incremental UTF-8 decoding, chat templates and metrics, so every backend reports
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,17 +36,25 @@ MAX_N_CTX = 1 << 24
 
 
 def _int(problems: list[str], name: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         problems.append(f"{name}={value!r} must be an integer")
     elif not lo <= value <= hi:
         problems.append(f"{name}={value} must be between {lo} and {hi}")
 
 
 def _float(problems: list[str], name: str, value: object, ok: Callable[[float], bool], rule: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         problems.append(f"{name}={value!r} must be a number")
     elif not math.isfinite(value) or not ok(float(value)):
         problems.append(f"{name}={value!r} must be {rule}")
+
+
+def _plain(obj: object, names: tuple[str, ...], kind: type) -> None:
+    """Numpy scalars (np.int64, np.float32) accepted above become plain Python numbers for the native libraries."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and type(value) is not kind:
+            object.__setattr__(obj, name, kind(value))
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(dict.fromkeys(s for s in stop if s)))
         if problems:
             raise GenerationError("invalid sampling parameters: " + "; ".join(problems))
+        _plain(self, ("max_tokens", "top_k", "repeat_last_n", "seed"), int)
+        _plain(self, ("temperature", "top_p", "min_p", "repeat_penalty"), float)
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,7 @@ class LoadOptions:
             problems.append("extra must be a dict")
         if problems:
             raise OptionError("invalid load options: " + "; ".join(problems))
+        _plain(self, ("n_ctx", "threads", "n_gpu_layers"), int)
 
 
 @dataclass(frozen=True)

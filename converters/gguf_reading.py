@@ -27,8 +27,8 @@ _STRING, _ARRAY, _U32 = 8, 9, 4
 MAX_STRING = 1 << 30          # GGUF_MAX_STRING_LENGTH
 MAX_ARRAY = 1 << 30           # GGUF_MAX_ARRAY_ELEMENTS
 # Ours, tighter, so parsing time stays bounded (each item is a Python step): real files hold < 1,000 keys, < 100k
-# tensors, and string arrays (vocabularies, merges) of < 2M items.
-MAX_KEYS, MAX_TENSORS, MAX_STRING_ARRAY = 1 << 16, 1 << 20, 1 << 24
+# tensors, and string arrays (vocabularies, merges) of < 1M items.
+MAX_KEYS, MAX_TENSORS, MAX_STRING_ARRAY = 1 << 16, 1 << 20, 1 << 22
 MAX_NAME = 64                 # GGML_MAX_NAME: tensor names are shorter
 MAX_DIMS = 4                  # GGML_MAX_DIMS
 DEFAULT_ALIGNMENT = 32        # GGUF_DEFAULT_ALIGNMENT

@@ -26,6 +26,7 @@ _DTYPES: dict[str, tuple[str, int]] = {
     "U8": ("u1", 1), "BOOL": ("?", 1),
 }
 _MAX_HEADER = 100 * 1024 * 1024
+_MAX_TENSORS = 1 << 18         # per file; real shards hold a few thousand at most
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise ModelFormatError(f"{path} cannot be read ({exc.strerror or exc})", "check the file's permissions") \
             from None
     header = loads_json(raw, f"{path} (safetensors header)", error=ModelFormatError)
+    if len(header) > _MAX_TENSORS:
+        raise ModelFormatError(f"{path}: the header lists {len(header)} tensors (at most {_MAX_TENSORS} per file)")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ModelFormatError(f"{path}: __metadata__ must map strings to strings")

@@ -57,6 +57,11 @@ ROWS: dict[str, dict] = {
              "partial_rotary_factor": 0.75, "original_max_position_embeddings": 16, "sliding_window": None,
              "rope_scaling": {"type": "longrope", "long_factor": [1.0 + 0.3 * i for i in range(24)],
                               "short_factor": [1.0 + 0.02 * i for i in range(24)]}},
+    # EXAONE 4.0 1.2B's shape: global attention only, llama3 RoPE scaling
+    "exaone4": {**BASE, "architectures": ["Exaone4ForCausalLM"], "model_type": "exaone4", "num_hidden_layers": 3,
+                "tie_word_embeddings": True, "sliding_window": None, "rope_theta": 1000000.0,
+                "rope_scaling": {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
 }
 IDS = [5, 17, 33, 2, 100, 7, 250, 9, 11, 12, 300, 42, 64, 65, 66, 200, 201, 3, 4, 380]   # longer than the windows
 
@@ -297,3 +302,20 @@ def test_quantized_onnx_computes_with_the_weights_it_stores(name: str, checkpoin
     fp32 = ort_logits(convert_to_onnx(folder, tmp_path / "fp32", "fp32").path, IDS, *dims)
     top1, err = agreement(fp32, ort_logits(convert_to_onnx(folder, tmp_path / "fp16", "fp16").path, IDS, *dims))
     assert top1 == 1.0 and err < 1e-2, ("fp16", top1, err)
+
+
+def test_exaone4_hybrid_layers_follow_the_config_in_onnx_and_are_refused_for_gguf(tmp_path: Path) -> None:
+    """The 32B's hybrid shape (sliding layers with RoPE, global layers without) in a 4-layer model: onnxruntime
+    follows the HF math; llama.cpp would ignore the windows at this depth, so the GGUF is refused."""
+    from edgellm.errors import ConversionError
+
+    cfg = {**ROWS["exaone4"], "num_hidden_layers": 4, "sliding_window": 5, "rope_scaling": None,
+           "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]}
+    folder = make_family_model(tmp_path / "hybrid" / "model", cfg, seed=4)
+    with pytest.raises(ConversionError, match="64-layer"):
+        convert_to_gguf(folder, tmp_path / "gguf", "F32")
+    want = hf_logits(folder, IDS)
+    for fused in (True, False):
+        got = ort_logits(convert_to_onnx(folder, tmp_path / f"o{fused}", "fp32", fused=fused).path, IDS, 4, 2, 16)
+        top1, err = agreement(want, got)
+        assert top1 == 1.0 and err < 2e-5, (fused, top1, err)

@@ -49,12 +49,15 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 class _CallLock:
     """Serializes a Model's calls across threads. Re-entrant for the thread that holds it (a stream's consumer may
     call tokenize), and releasable from any thread (a stream abandoned mid-way is finalized wherever the garbage
-    collector runs)."""
+    collector runs). A stream marks itself idle while it waits for its consumer; a thread that has waited behind
+    a stream idle for more than `idle_s` gets GenerationError instead of waiting forever for an abandoned one."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float = 10.0) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
+        self._idle_since: float | None = None
+        self.idle_s = idle_s
 
     def acquire(self) -> None:
         me = threading.get_ident()
@@ -63,15 +66,30 @@ class _CallLock:
                 self._depth += 1
                 return
             while self._owner is not None:
-                self._cond.wait()
-            self._owner, self._depth = me, 1
+                idle = self._idle_since
+                if idle is not None and time.monotonic() - idle > self.idle_s:
+                    raise GenerationError(
+                        f"this model is held by an unfinished stream that has not advanced for {self.idle_s:g} s",
+                        "iterate streams to their end or call .close() on the ones you abandon")
+                self._cond.wait(timeout=0.25)
+            self._owner, self._depth, self._idle_since = me, 1, None
 
     def release(self) -> None:
         with self._cond:
             self._depth -= 1
             if self._depth <= 0:
-                self._owner, self._depth = None, 0
-                self._cond.notify()
+                self._owner, self._depth, self._idle_since = None, 0, None
+                self._cond.notify_all()
+
+    def suspend(self) -> None:
+        """The holding stream yielded a chunk and waits for its consumer."""
+        with self._cond:
+            self._idle_since = time.monotonic()
+
+    def resume(self) -> None:
+        """The holding stream was asked for its next chunk (possibly from another thread, which now owns it)."""
+        with self._cond:
+            self._owner, self._idle_since = threading.get_ident(), None
 
 
 def _check_text(text: Any) -> str:
@@ -178,7 +196,10 @@ class Model:
                                       "iterate the first stream to its end (or .close() it) before starting another")
             self._generating = True
             try:
-                yield from self._loop(ids, params)
+                for chunk in self._loop(ids, params):
+                    self._lock.suspend()
+                    yield chunk
+                    self._lock.resume()
             finally:
                 self._generating = False
                 if self._close_pending:

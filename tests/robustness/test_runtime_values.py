@@ -163,3 +163,31 @@ def test_one_model_shared_by_threads_streams_correctly(seed_gguf: Path, seed_onn
         if p.returncode or "OK" not in p.stdout:
             r.note(f"{path.name}: exit {p.returncode}: {p.stderr[-300:]}")
     assert_clean("threads sharing one Model")
+
+
+def test_an_abandoned_stream_in_another_thread_gives_a_typed_error_not_a_hang(models: dict[str, Any]) -> None:
+    import threading
+    import time
+
+    for model in models.values():
+        model._lock.idle_s = 0.5
+        started = threading.Event()
+        streams: list[Any] = []
+
+        def hold() -> None:
+            s = model.stream("hi", max_tokens=8, temperature=0)
+            next(s)
+            streams.append(s)          # kept alive, never advanced: abandoned
+            started.set()
+
+        t = threading.Thread(target=hold)
+        t.start()
+        started.wait(10)
+        t.join()
+        t0 = time.perf_counter()
+        with pytest.raises(GenerationError, match="not advanced"):
+            model.generate("x", max_tokens=2)
+        assert time.perf_counter() - t0 < 3
+        streams[0].close()             # closing it frees the model for everyone
+        assert model.generate("x", max_tokens=2).finish_reason
+        model._lock.idle_s = 10.0

@@ -7,8 +7,6 @@ this machine: both configurations loaded once in one process, alternating repeti
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import sys
 import time
@@ -16,6 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from ab_report import ab_row, write_ab  # noqa: E402
+
 QUANTS, REPS, TOKENS, THREADS = ("Q4_0", "Q4_K_M", "Q8_0"), 7, 64, 2
 PROMPT = ("Write a long story about a lighthouse keeper who counts the stairs every evening, the ships that "
           "pass in the night, and the granddaughter who asks him why the job matters. ") * 3
@@ -49,23 +50,12 @@ def main() -> int:
         for rep in range(REPS):
             for name in (list(llms) if rep % 2 == 0 else list(llms)[::-1]):
                 samples[name].append(_run(llms[name], ids))
-        med = {n: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v)) for n, v in samples.items()}
-        rows.append({"quant": quant, "default_prefill": round(med["default"][0], 1), "safe_prefill": round(med["safe"][0], 1),
-                     "prefill_ratio": round(med["safe"][0] / med["default"][0], 3),
-                     "default_decode": round(med["default"][1], 1), "safe_decode": round(med["safe"][1], 1),
-                     "decode_ratio": round(med["safe"][1] / med["default"][1], 3)})
+        med = {(n, k): statistics.median(x[i] for x in v) for n, v in samples.items()
+               for i, k in enumerate(("prefill", "decode"))}
+        rows.append(ab_row(quant, "default", "safe", med))
         for llm in llms.values():
             llm.close()
-    out = ROOT / "bench-results"
-    out.mkdir(exist_ok=True)
-    (out / "kernel_switch.json").write_text(json.dumps({"reps": REPS, "tokens": TOKENS, "threads": THREADS,
-                                                        "load_avg": os.getloadavg(), "rows": rows}, indent=2))
-    lines = ["| quant | prefill default | prefill safe | ratio | decode default | decode safe | ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['quant']} | {r['default_prefill']} | {r['safe_prefill']} | {r['prefill_ratio']:.3f} | "
-              f"{r['default_decode']} | {r['safe_decode']} | {r['decode_ratio']:.3f} |" for r in rows]
-    (out / "kernel_switch.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_ab("kernel_switch", "default", "safe", rows, {"reps": REPS, "tokens": TOKENS, "threads": THREADS}))
     return 0
 
 

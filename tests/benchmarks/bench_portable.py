@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+from ab_report import ab_row, write_ab  # noqa: E402
+
 QUANTS = ("Q4_0", "Q4_K_M", "Q8_0", "F16")
 CHILD = r"""
 import json, sys
@@ -79,20 +82,10 @@ def main() -> int:
     rows = []
     for quant in QUANTS:
         med = {(n, k): statistics.median(s[k] for s in samples[(n, quant)]) for n in builds for k in ("prefill", "decode")}
-        rows.append({"quant": quant, **{f"{n}_{k}": round(v, 1) for (n, k), v in med.items()},
-                     "prefill_ratio": round(med[("portable", "prefill")] / med[("native", "prefill")], 3),
-                     "decode_ratio": round(med[("portable", "decode")] / med[("native", "decode")], 3)})
-    out = ROOT / "bench-results"
-    out.mkdir(exist_ok=True)
-    report = {"reps": args.reps, "tokens": args.tokens, "threads": 2, "seconds": round(time.time() - started, 1),
-              "load_avg": os.getloadavg(), "features": features, "rows": rows}
-    (out / "portable.json").write_text(json.dumps(report, indent=2))
-    lines = ["| quant | prefill native | prefill portable | ratio | decode native | decode portable | ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['quant']} | {r['native_prefill']} | {r['portable_prefill']} | {r['prefill_ratio']:.3f} | "
-              f"{r['native_decode']} | {r['portable_decode']} | {r['decode_ratio']:.3f} |" for r in rows]
-    (out / "portable.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows.append(ab_row(quant, "native", "portable", med))
+    print(write_ab("portable", "native", "portable", rows, {
+        "reps": args.reps, "tokens": args.tokens, "threads": 2, "seconds": round(time.time() - started, 1),
+        "features": features}))
     return 0
 
 

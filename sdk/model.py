@@ -305,23 +305,25 @@ class Model:
             return self.runtime.logits(ids)
 
     def close(self) -> None:
-        """Free the native model. Idempotent; waits for another thread's call to finish first."""
-        with self._lock_held():
+        """Free the native model. Idempotent; waits for another thread's call to finish first. When the model is
+        held by a stream (this thread's, or one another thread abandoned), the stream stops at its next step and
+        frees the model when it ends."""
+        try:
+            self._lock.acquire()
+        except GenerationError:           # held by an abandoned stream: mark closed, it frees the runtime
+            self._closed = self._close_pending = True
+            return
+        try:
             if self._closed:
                 return
             self._closed = True
-            if self._generating:          # this thread is inside a stream's loop: freed when the stream stops
+            if self._generating:          # a stream is inside its loop: freed when the stream stops
                 self._close_pending = True
             else:
                 self.runtime.close()
-
-    @contextmanager
-    def _lock_held(self) -> Iterator[None]:
-        self._lock.acquire()
-        try:
-            yield
         finally:
             self._lock.release()
+
 
     def __enter__(self) -> "Model":
         return self

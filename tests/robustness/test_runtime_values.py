@@ -191,3 +191,23 @@ def test_an_abandoned_stream_in_another_thread_gives_a_typed_error_not_a_hang(mo
         streams[0].close()             # closing it frees the model for everyone
         assert model.generate("x", max_tokens=2).finish_reason
         model._lock.idle_s = 10.0
+
+
+def test_close_while_another_thread_abandoned_a_stream(seed_gguf: Path, seed_onnx: Path) -> None:
+    import threading
+
+    for path in (seed_gguf, seed_onnx):
+        model = edgellm.load(path, device="cpu", n_ctx=64, threads=1)
+        model._lock.idle_s = 0.3
+        streams: list[Any] = []
+        t = threading.Thread(target=lambda: (streams.append(model.stream("hi", max_tokens=8, temperature=0)),
+                                             next(streams[0])))
+        t.start()
+        t.join()
+        import time
+        time.sleep(0.5)
+        model.close()                  # does not hang, does not raise
+        with pytest.raises(ModelClosedError):
+            list(streams[0])           # the abandoned stream stops at its next step
+        with pytest.raises(ModelClosedError):
+            model.generate("x")

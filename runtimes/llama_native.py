@@ -22,6 +22,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,9 +217,14 @@ def write_verdicts(verdicts: Iterable[Verdict], path: Path | None = None) -> Pat
     data[probe_key()] = {"llama_cpp": info.version, "build": info.key, "isa": sorted(host_isa()),
                          "families": {v.family: {"default": v.default, "safe": v.safe, "rel_error": v.rel_error}
                                       for v in verdicts}}
-    tmp = target.with_name(f".{target.name}.partial")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -321,14 +328,16 @@ def open_llama(path: str | Path, *, policy: KernelPolicy | None = None, verbose:
             + "; ".join(policy.refused),
             "convert to another quant type (edgellm convert --quant ...), or rebuild llama-cpp-python "
             "(make portable) and rerun `edgellm devices --probe`")
-    with _OPEN_LOCK, _model_params(lc, policy):
+    # Safe opens hold the lock while the params function is replaced; a default open concurrent with one may get
+    # the safe params too, which is harmless.
+    with _OPEN_LOCK if policy.safe else contextlib.nullcontext(), _model_params(lc, policy):
         try:
             llm = lc.Llama(model_path=str(p), verbose=verbose, **kwargs)
         except ValueError as exc:  # llama-cpp-python raises ValueError when llama.cpp refuses the file
             raise ModelFormatError(f"llama.cpp could not load {p}: {exc}",
                                    "check the file with `edgellm info`; it may be truncated") from None
     applied = bool(getattr(getattr(llm, "model_params", None), "use_extra_bufts", True))
-    if applied != policy.use_extra_bufts:  # llama-cpp-python changed how it builds params: never run unsafe
+    if policy.safe and applied:  # llama-cpp-python changed how it builds params: never run unsafe
         llm.close()
         raise BackendUnavailableError(
             f"could not apply {SAFE_SWITCH} with this llama-cpp-python ({build_info().version})",

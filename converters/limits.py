@@ -166,6 +166,12 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
         for key in ("rope_scaling", "rope_parameters"):
             if cfg.get(key) is not None and not isinstance(cfg[key], dict):
                 raise ConfigError(f"{where}: {key} must be an object or null, got {type(cfg[key]).__name__}")
+        names = [cfg.get("_name_or_path"), cfg.get("model_type"), cfg.get("torch_dtype")]
+        names += cfg["architectures"] if isinstance(cfg.get("architectures"), list) else [cfg.get("architectures")]
+        for value in names:   # these become file names and dictionary keys
+            if value is not None and (not isinstance(value, str) or len(value) > 256
+                                      or any(ord(ch) < 32 or ch == "\x7f" for ch in value)):
+                raise ConfigError(f"{where}: {str(value)[:60]!r} must be a name of at most 256 printable characters")
         for key in ("bos_token_id", "eos_token_id"):
             value = cfg.get(key)
             for v in (value if isinstance(value, list) else [] if value is None else [value]):

@@ -37,11 +37,12 @@ def check_output(source: str | Path, output: str | Path) -> Path:
 
 
 def stale_partials(output: str | Path) -> list[Path]:
-    """What a killed run into OUT leaves: OUT/*.partial, OUT.partial and .OUT.partial-* beside OUT."""
+    """What a killed run into OUT leaves: OUT/*.partial, OUT/.edgellm-probe-* (the writability probe),
+    OUT.partial and .OUT.partial-* beside OUT."""
     out = Path(output)
     found: list[Path] = []
     if out.is_dir():
-        found += sorted(out.glob("*.partial"))
+        found += sorted(out.glob("*.partial")) + sorted(out.glob(".edgellm-probe-*"))
     if out.parent.is_dir():
         found += sorted(out.parent.glob(f".{out.name}.partial-*"))
         found += [p for p in (out.parent / f"{out.name}.partial",) if p.exists()]

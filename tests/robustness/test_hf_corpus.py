@@ -80,6 +80,9 @@ CASES: dict[str, Callable[[Path], None]] = {
     "config_huge_int_digits": _raw("config.json", b'{"vocab_size": 1' + b"0" * 5000 + b"}"),
     "config_truncated": _raw("config.json", b'{"architectures": ["Lla'),
     "text_config_heads_0": _cfg(text_config={"num_attention_heads": 0, "hidden_size": 32}),
+    "name_or_path_nul": _cfg(_name_or_path="a\x00b"),
+    "name_or_path_5000_chars": _cfg(_name_or_path="x" * 5000),
+    "architecture_control_chars": _cfg(architectures=["Llama\x1b[2J"]),
     "added_token_id_1e6": _tok(lambda t: t["added_tokens"].append({"id": 1_000_000, "content": "<x>", "special": True})),
     "added_token_id_negative": _tok(lambda t: t["added_tokens"].append({"id": -5, "content": "<x>"})),
     "added_token_id_string": _tok(lambda t: t["added_tokens"].append({"id": "7", "content": "<x>"})),
@@ -132,6 +135,8 @@ def test_every_hostile_hf_folder_is_refused_with_a_typed_error(corpus: dict[str,
 
 
 def test_onnx_convert_refuses_the_same_configs(corpus: dict[str, Path], tmp_path: Path) -> None:
+    import edgellm.converters.onnx_graph  # noqa: F401  (imported before the clock starts: onnx takes 2 s to import)
+
     for name in ("layers_2^31", "heads_0", "vocab_2^40", "added_token_id_1e6", "st_shape_wrap", "config_deep_nest"):
         classify("hf corpus via onnx convert", name,
                  lambda: edgellm.convert(corpus[name], tmp_path / name, format="onnx", quant="fp32"))

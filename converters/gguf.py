@@ -51,7 +51,8 @@ def _plan_tensors(model: HFModel, family: Family, args: Args) -> Plan:
     rows = check_tensors(family, args, {n: tuple(i.shape) for n, i in infos.items()}, str(model.path))
     if not args.tied and not any(gg == "output.weight" for _, gg, _ in rows):
         log.warning("lm_head.weight missing although tie_word_embeddings is false; using tied head")
-    return [(hf, gg, tuple(infos[hf].shape), rule) for hf, gg, rule in rows]
+    return [(hf, gg, tuple(rule.gguf_shape(args)) if rule.gguf_shape else tuple(infos[hf].shape), rule)
+            for hf, gg, rule in rows]
 
 
 def _names(model: HFModel, quant: str, n_params: int) -> dict[str, str | None]:

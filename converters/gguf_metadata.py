@@ -35,7 +35,7 @@ def write_metadata(writer: Any, model: HFModel, args: Args, vocab: GGUFVocab, na
     writer.add_block_count(a.layers)
     writer.add_feed_forward_length(a.ffn)
     writer.add_head_count(a.heads)
-    writer.add_head_count_kv(a.kv_heads)
+    writer.add_head_count_kv(a.gguf_kv_heads)
     writer.add_layer_norm_rms_eps(a.eps)
     writer.add_rope_freq_base(a.rope_theta)
     writer.add_rope_dimension_count(a.rope_dims)

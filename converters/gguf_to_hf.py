@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 _OUT_DTYPES = ("BF16", "F16", "F32")
 
 
+def _kv_heads(value: Any) -> int:
+    """head_count_kv: a number, or one per layer with 0 for recurrent layers (the attention layers' count)."""
+    if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+        return max((int(v) for v in value), default=0)
+    return int(value)
+
+
 def _hf_config(reader: Any, arch: str, family: Family, n_vocab: int, tied: bool, vocab: GGUFVocab,
                dtype: str) -> dict[str, Any]:
     def key(k: str, default: Any = None) -> Any:
@@ -42,7 +49,7 @@ def _hf_config(reader: Any, arch: str, family: Family, n_vocab: int, tied: bool,
         "intermediate_size": int(key("feed_forward_length")),
         "num_hidden_layers": int(key("block_count")),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(key("attention.head_count_kv", heads)),
+        "num_key_value_heads": _kv_heads(key("attention.head_count_kv", heads)),
         "head_dim": head_dim,
         "vocab_size": n_vocab,
         "max_position_embeddings": int(key("context_length", 2048)),
@@ -140,7 +147,7 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
     except OSError as exc:
         raise OutputPathError(f"cannot create {tmp}: {exc}") from None
     try:
-        write_safetensors(tmp / "model.safetensors", [(hf, dtype, shape_of(t)) for hf, t, _ in order],
+        write_safetensors(tmp / "model.safetensors", [(hf, dtype, tuple(rule.shape(args)) if rule.gguf_shape else shape_of(t)) for hf, t, rule in order],
                           tensors_iter(), {"format": "pt", "source": src.name})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok = Tokenizer.from_str(json.dumps(tokenizer_json_from_vocab(vocab)))

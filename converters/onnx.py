@@ -159,6 +159,9 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         raise OutputPathError("the output folder is the input folder")
     with read_hf_model(model_dir) as model:
         family = get_family(model.config.architecture)
+        if family.onnx_refusal:
+            raise ConversionError(f"{model.config.architecture} cannot be exported to ONNX: {family.onnx_refusal}",
+                                  "convert it to GGUF (--format gguf), which llama.cpp runs")
         rope_kind(family.parse(model.config).rope_scaling, family.rope_kinds)   # refuse before writing anything
         _check_recipe(model, rec)
         ctx = int(context_length or model.config.max_position_embeddings)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..errors import ConversionError
 from .families.base import AttnSpec, Ops
 from .onnx_ops import MS_DOMAIN, GraphWriter, linear, rms_norm, rope_caches, skip_rms_norm
 from .quant import BlockQuant, Recipe
@@ -136,6 +137,14 @@ class OnnxOps(Ops[str]):
     def softcap(self, x: str, cap: float) -> str:
         g = self.g
         return g.op("Mul", g.op("Tanh", g.op("Mul", x, g.const(1.0 / cap, np.float32))), g.const(cap, np.float32))
+
+    def mul(self, a: str, b: str) -> str:
+        self._need(a, b)
+        return self.g.op("Mul", a, b)
+
+    def causal_conv(self, x: str, weight: np.ndarray, name: str) -> str:
+        raise ConversionError("short convolutions need a state cache the ONNX graph does not have yet",
+                              "convert this model to GGUF")
 
     def scale(self, x: str, factor: float) -> str:
         self._need(x)

@@ -79,7 +79,7 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
         ops.quantized = calib.layer(i, w) if calib is not None else {}
         h, delta = family.block(ops, a, i, w, h, delta)
 
-    norm_w = weights.need("output_norm.weight")
+    norm_w = weights.need(family.final_norm)
     x, _ = ops.add_norm(h, delta, norm_w, a.eps, "norm")
     head = weights.get("output.weight")
     if a.tied or head is None:

@@ -59,6 +59,11 @@ class Args:
         """Dims of each head that RoPE rotates (llama.cpp's rope.dimension_count)."""
         return self.head_dim
 
+    @property
+    def gguf_kv_heads(self) -> int | list[int]:
+        """llama.cpp's head_count_kv: one number, or one per layer (0 marks a recurrent layer)."""
+        return self.kv_heads
+
 
 Shape = Callable[[Any], tuple[int, ...]]          # args -> numpy shape
 Transform = Callable[[np.ndarray, Any], np.ndarray]  # (weight, args) -> weight
@@ -78,6 +83,8 @@ class TensorRule:
     from_canon: Transform | None = None
     permute: str | None = None
     optional: bool = False
+    layers: Callable[[Any], Any] | None = None    # args -> the block indices it exists in (None: every block)
+    gguf_shape: Shape | None = None               # numpy shape in GGUF when a transform reshapes it
 
     @property
     def per_block(self) -> bool:
@@ -131,6 +138,14 @@ class Ops(Generic[T]):
     def scale(self, x: T, factor: float) -> T:
         raise NotImplementedError
 
+    def mul(self, a: T, b: T) -> T:
+        raise NotImplementedError
+
+    def causal_conv(self, x: T, weight: np.ndarray, name: str) -> T:
+        """Depthwise causal convolution along the sequence: x [B, S, D], weight [D, L];
+        out[t] = sum_j weight[:, j] * x[t - (L - 1) + j] (zeros before the first token)."""
+        raise NotImplementedError
+
     def head_norm(self, x: T, weight: np.ndarray, eps: float, heads: int, name: str) -> T:
         """RMS norm of each head: x [B, S, heads*hd] viewed as [B, S, heads, hd], weight [hd]."""
         raise NotImplementedError
@@ -165,6 +180,8 @@ class Family:
     gguf_tensors: Callable[[Any], list[tuple[str, np.ndarray]]] = lambda args: []  # GGUF-only tensors (F32)
     rope_kinds: tuple[str, ...] = ("default", "linear", "llama3")                 # RoPE scalings it handles
     rebuilds_gguf: bool = True        # GGUF -> HF rebuilds its gguf_arch as this family (one per architecture)
+    onnx_refusal: str | None = None   # why this family has no ONNX export (None: it has one)
+    final_norm: str = "output_norm.weight"    # GGUF name of the norm before the LM head
 
     def rules(self, args: Any) -> tuple[TensorRule, ...]:
         return self.tensors(args)
@@ -173,7 +190,8 @@ class Family:
         """HF tensor name -> (GGUF name, rule), expanded for every block."""
         out: dict[str, tuple[str, TensorRule]] = {}
         for r in self.rules(args):
-            for i in (range(args.layers) if r.per_block else (None,)):
+            blocks = (r.layers(args) if r.layers is not None else range(args.layers)) if r.per_block else (None,)
+            for i in blocks:
                 out[r.hf.format(i=i)] = (r.gguf.format(i=i), r)
         return out
 

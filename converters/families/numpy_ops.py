@@ -87,6 +87,18 @@ class NumpyOps(Ops[np.ndarray]):
     def scale(self, x: np.ndarray, factor: float) -> np.ndarray:
         return (x * np.float32(factor)).astype(np.float32)
 
+    def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a * b).astype(np.float32)
+
+    def causal_conv(self, x: np.ndarray, weight: np.ndarray, name: str) -> np.ndarray:
+        b, s, d = x.shape
+        taps = weight.shape[1]
+        padded = np.concatenate([np.zeros((b, taps - 1, d), np.float32), x], axis=1)   # [B, L-1+S, D]
+        out = np.zeros_like(x)
+        for j in range(taps):
+            out += padded[:, j:j + s] * weight[:, j].astype(np.float32)
+        return out
+
     def head_norm(self, x: np.ndarray, weight: np.ndarray, eps: float, heads: int, name: str) -> np.ndarray:
         b, s, d = x.shape
         return rms(x.reshape(b, s, heads, d // heads), weight, eps).reshape(b, s, d)

@@ -71,7 +71,7 @@ def reference_logits(model_dir: str | Path, ids: list[int], quantize: Quantizer 
         delta = None
         for i in range(a.layers):
             h, delta = family.block(ops, a, i, weights.layer(i), h, delta)
-        x, _ = ops.add_norm(h, delta, weights.need("output_norm.weight"), a.eps, "norm")
+        x, _ = ops.add_norm(h, delta, weights.need(family.final_norm), a.eps, "norm")
         head = weights.get("output.weight")
         logits = x[0] @ np.asarray(embed if a.tied or head is None else head, np.float32).T
         factor = family.logit_scale(a)

@@ -330,3 +330,18 @@ def test_exaone4_hybrid_layers_follow_the_config_in_onnx_and_are_refused_for_ggu
         got = ort_logits(convert_to_onnx(folder, tmp_path / f"o{fused}", "fp32", fused=fused).path, IDS, 4, 2, 16)
         top1, err = agreement(want, got)
         assert top1 == 1.0 and err < 2e-5, (fused, top1, err)
+
+
+def test_gemma3_nested_rope_parameters_read_like_the_classic_keys() -> None:
+    """transformers >= 4.56 writes rope_parameters per attention kind; both spellings give the same args."""
+    from edgellm.converters.hf import parse_config
+
+    classic = ROWS["gemma3"]
+    nested = {k: v for k, v in classic.items() if k not in ("rope_theta", "rope_local_base_freq", "rope_scaling")}
+    nested["rope_parameters"] = {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    family = get_family("Gemma3ForCausalLM")
+    a, b = family.parse(parse_config(classic)), family.parse(parse_config(nested))
+    assert (a.rope_theta, a.rope_local_theta, a.rope_scaling["factor"]) == (b.rope_theta, b.rope_local_theta,
+                                                                            b.rope_scaling["factor"])
+    assert a.swa_layers == b.swa_layers == (True, True, False, True)

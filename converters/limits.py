@@ -135,6 +135,36 @@ def _pick(cfg: dict[str, Any], *names: str) -> tuple[str, Any] | None:
     return None
 
 
+_ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor", "beta_fast", "beta_slow",
+                 "mscale", "mscale_all_dim", "rope_theta", "partial_rotary_factor")
+
+
+def _check_rope(rope: dict[str, Any], where: str) -> None:
+    """RoPE scaling settings: positive finite numbers, an int original context, finite factor lists, the
+    factor a scaled kind needs, and llama3's high_freq_factor above its low_freq_factor (it divides by the gap)."""
+    kind = rope.get("rope_type", rope.get("type"))
+    for key in _ROPE_NUMBERS:
+        if rope.get(key) is not None:
+            as_float(rope[key], key, where, lo=0.0 if key != "factor" else 1e-6, hi=1e12)
+    if rope.get("original_max_position_embeddings") is not None:
+        as_int(rope["original_max_position_embeddings"], "original_max_position_embeddings", where, lo=1,
+               hi=MODEL_LIMITS["max_position_embeddings"])
+    for key in ("short_factor", "long_factor"):
+        value = rope.get(key)
+        if value is not None:
+            if not isinstance(value, list) or len(value) > 1 << 16:
+                raise ConfigError(f"{where}: {key} must be a list of numbers")
+            for v in value:
+                as_float(v, key, where, lo=0.0, hi=1e12)
+    if kind in ("linear", "dynamic", "yarn", "llama3") and rope.get("factor") is None:
+        raise ConfigError(f"{where}: rope_type {kind!r} needs a 'factor'")
+    if kind == "llama3":
+        lo, hi = rope.get("low_freq_factor"), rope.get("high_freq_factor")
+        if lo is None or hi is None or not hi > lo or rope.get("original_max_position_embeddings") is None:
+            raise ConfigError(f"{where}: llama3 RoPE needs original_max_position_embeddings and "
+                              "high_freq_factor > low_freq_factor")
+
+
 def check_config_values(raw: dict[str, Any], source: str) -> None:
     """Range-check a config.json's hyperparameters (and its text_config) before anything loops over them:
     integer types, bounds, head divisibility, finite floats, dict-or-null rope settings."""
@@ -166,6 +196,8 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
         for key in ("rope_scaling", "rope_parameters"):
             if cfg.get(key) is not None and not isinstance(cfg[key], dict):
                 raise ConfigError(f"{where}: {key} must be an object or null, got {type(cfg[key]).__name__}")
+            if isinstance(cfg.get(key), dict):
+                _check_rope(cfg[key], f"{where}: {key}")
         names = [cfg.get("_name_or_path"), cfg.get("model_type"), cfg.get("torch_dtype")]
         names += cfg["architectures"] if isinstance(cfg.get("architectures"), list) else [cfg.get("architectures")]
         for value in names:   # these become file names and dictionary keys

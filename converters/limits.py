@@ -145,7 +145,8 @@ def _check_rope(rope: dict[str, Any], where: str) -> None:
     kind = rope.get("rope_type", rope.get("type"))
     for key in _ROPE_NUMBERS:
         if rope.get(key) is not None:
-            as_float(rope[key], key, where, lo=0.0 if key != "factor" else 1e-6, hi=1e12)
+            positive = key in ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow")
+            as_float(rope[key], key, where, lo=1.0 if key == "rope_theta" else 1e-6 if positive else 0.0, hi=1e12)
     if rope.get("original_max_position_embeddings") is not None:
         as_int(rope["original_max_position_embeddings"], "original_max_position_embeddings", where, lo=1,
                hi=MODEL_LIMITS["max_position_embeddings"])
@@ -190,9 +191,10 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
         if heads and hidden and not got.get("head_dim") and hidden % heads:
             raise ConfigError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads} "
                               "and no head_dim is given")
-        for key in ("rms_norm_eps", "layer_norm_eps", "rope_theta", "partial_rotary_factor"):
+        for key, lo, hi in (("rms_norm_eps", 0.0, 1.0), ("layer_norm_eps", 0.0, 1.0), ("rope_theta", 1.0, 1e12),
+                            ("partial_rotary_factor", 1e-6, 1.0)):
             if cfg.get(key) is not None:
-                as_float(cfg[key], key, where, lo=0.0, hi=1e12)
+                as_float(cfg[key], key, where, lo=lo, hi=hi)
         for key in ("rope_scaling", "rope_parameters"):
             if cfg.get(key) is not None and not isinstance(cfg[key], dict):
                 raise ConfigError(f"{where}: {key} must be an object or null, got {type(cfg[key]).__name__}")

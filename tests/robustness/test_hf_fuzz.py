@@ -101,9 +101,12 @@ def test_safetensors_mutants(workdir: Path, fast_tmp: Path) -> None:
 def test_config_mutants(workdir: Path, fast_tmp: Path) -> None:
     cfg_path = workdir / "config.json"
     cfg = json.loads(cfg_path.read_text())
+    scaled = {**cfg, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}
 
-    def write(rng: random.Random) -> None:
-        cfg_path.write_bytes(json_bytes(mutate_json(cfg, rng, CONFIG_KEYS), rng))
+    def write(rng: random.Random) -> None:   # two seeds: plain, and with llama3 RoPE scaling to mutate inside
+        seed = cfg if rng.random() < 0.6 else scaled
+        cfg_path.write_bytes(json_bytes(mutate_json(seed, rng, CONFIG_KEYS), rng))
 
     _fuzz("config.json", 2000, 1200, 21, write, workdir, fast_tmp / "out")
 

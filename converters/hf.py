@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ConfigError, ModelFormatError, UnsafeCheckpointError
-from .limits import check_config_values, check_tokenizer_config, load_json, read_text
+from .limits import (check_config_values, check_generation_config, check_tokenizer_config, load_json,
+                     read_text)
 from .safetensors_io import MappedFile, TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,9 @@ class HFModel:
         self.tokenizer_config: dict[str, Any] = check_tokenizer_config(
             _load_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {},
             str(path / "tokenizer_config.json"))
-        self.generation_config: dict[str, Any] = (
-            _load_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else {})
+        self.generation_config: dict[str, Any] = check_generation_config(
+            _load_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else {},
+            str(path / "generation_config.json"))
         tj = path / "tokenizer.json"
         self.tokenizer_json: Path | None = tj if tj.is_file() else None
         self._tensors = self._index_tensors()

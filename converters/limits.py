@@ -206,10 +206,11 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
             if value is not None and (not isinstance(value, str) or len(value) > 256
                                       or any(ord(ch) < 32 or ch == "\x7f" for ch in value)):
                 raise ConfigError(f"{where}: {str(value)[:60]!r} must be a name of at most 256 printable characters")
+        top = max(got.get("vocab_size", MODEL_LIMITS["vocab_size"]) - 1, 0)   # ids index the embedding rows
         for key in ("bos_token_id", "eos_token_id"):
             value = cfg.get(key)
             for v in (value if isinstance(value, list) else [] if value is None else [value]):
-                as_int(v, key, where, lo=0, hi=MODEL_LIMITS["vocab_size"])
+                as_int(v, key, where, lo=0, hi=top)
 
 
 
@@ -277,6 +278,30 @@ def check_tokenizer_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
     return doc
 
 
+
+_GEN_NUMBERS = {"temperature": (0.0, 1e4), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0), "repetition_penalty": (0.0, 1e4),
+                "length_penalty": (-1e4, 1e4)}
+_GEN_INTS = {"top_k": (0, MODEL_LIMITS["vocab_size"]), "max_length": (0, 1 << 30), "max_new_tokens": (0, 1 << 30),
+             "min_length": (0, 1 << 30), "num_beams": (1, 1024)}
+
+
+def check_generation_config(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """generation_config.json's values edgellm copies into artifacts: token ids (int or list of ints in range),
+    sampling numbers finite and in range, flags bool (ConfigError otherwise)."""
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = doc.get(key)
+        for v in value if isinstance(value, list) else [] if value is None else [value]:
+            as_int(v, key, where, lo=0, hi=MODEL_LIMITS["vocab_size"], strict=True)
+    for key, (lo, hi) in _GEN_NUMBERS.items():
+        if doc.get(key) is not None:
+            as_float(doc[key], key, where, lo=lo, hi=hi)
+    for key, (lo, hi) in _GEN_INTS.items():
+        if doc.get(key) is not None:
+            as_int(doc[key], key, where, lo=lo, hi=hi, strict=True)
+    if doc.get("do_sample") is not None and not isinstance(doc["do_sample"], bool):
+        raise ConfigError(f"{where}: do_sample must be true or false")
+    return doc
+
 __all__ = ["MAX_CONFIG_BYTES", "MAX_TOKENIZER_BYTES", "MAX_JSON_DEPTH", "MODEL_LIMITS", "INT64_LIMIT", "load_json",
            "loads_json", "as_int", "as_float", "shape_elements", "check_config_values", "json_depth", "read_text",
-           "check_tokenizer_json", "check_tokenizer_config"]
+           "check_tokenizer_json", "check_tokenizer_config", "check_generation_config"]

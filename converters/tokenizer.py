@@ -19,6 +19,11 @@ from .tokenizer_spm import add_space_prefix, is_byte_token, is_spm, merge_scores
 _GPT2_REGEX = None  # the ByteLevel pre-tokenizer's built-in GPT-2 regex (use_regex=True)
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O_REGEX = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN35_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -32,13 +37,16 @@ def _split(regex: str) -> dict[str, Any]:
 
 
 # llama.cpp pre-tokenizer name -> the tokenizers pre_tokenizer pipeline it implements.
-# Rows from llama.cpp's vocab: gpt-2 (GPT-2), smollm (SmolLM/SmolLM2), qwen2 (Qwen2/2.5), llama-bpe (Llama 3).
+# Rows from llama.cpp's vocab: gpt-2 (GPT-2), smollm (SmolLM/SmolLM2), qwen2 (Qwen2/2.5/Qwen3), llama-bpe (Llama 3,
+# SmolLM3), gpt-4o (Phi-4-mini, Llama 4: the o200k pattern), qwen35 (Qwen3.5: marks join letters).
 PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     "gpt-2": _byte_level(True),
     "smollm": {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, _byte_level(True)]},
     "qwen2": {"type": "Sequence", "pretokenizers": [_split(_QWEN2_REGEX), _byte_level(False)]},
     "llama-bpe": {"type": "Sequence", "pretokenizers": [_split(_LLAMA3_REGEX), _byte_level(False)]},
+    "gpt-4o": {"type": "Sequence", "pretokenizers": [_split(_GPT4O_REGEX), _byte_level(False)]},
+    "qwen35": {"type": "Sequence", "pretokenizers": [_split(_QWEN35_REGEX), _byte_level(False)]},
 }
 
 # GGUF token types (llama.cpp's llama_token_type).

@@ -1,4 +1,5 @@
-"""SentencePiece-style tokenizer.json (BPE + byte fallback over "▁") -> llama.cpp SPM vocabulary -> back.
+"""Tokenizers llama.cpp must split exactly as `tokenizers` does: SentencePiece-style tokenizer.json (BPE + byte
+fallback over "▁") -> llama.cpp SPM vocabulary -> back, and every named byte-level BPE pre-tokenizer.
 
 llama.cpp's own SPM tokenizer must give the ids HF `tokenizers` gives on varied text (prose, code, digits,
 emoji and CJK through byte fallback, accents, chat markup), in the Llama 2 shape (space prefix) and the Gemma
@@ -34,12 +35,12 @@ def spm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
     return out
 
 
-def _llama_ids(gguf: Path, text: str) -> list[int]:
+def _llama_ids(gguf: Path, text: str, special: bool = False) -> list[int]:
     from llama_cpp import Llama
 
     llm = Llama(str(gguf), vocab_only=True, verbose=False)
     try:
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
     finally:
         llm.close()
 
@@ -90,3 +91,29 @@ def test_unsupported_spm_normalizer_is_refused(tmp_path: Path) -> None:
     folder = make_family_model(tmp_path / "m", ROWS["llama"], tokenizer=tok)
     with pytest.raises(TokenizerError, match="NFKC"):
         convert_to_gguf(folder, tmp_path / "out", "F32")
+
+
+@pytest.fixture(scope="module")
+def bpe_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """pre-tokenizer name -> (HF folder with a tokenizer trained behind it, GGUF F32)."""
+    from edgellm.converters.tokenizer import PRE_TOKENIZERS
+    from tests.fixtures.tiny import train_tokenizer
+
+    root = tmp_path_factory.mktemp("bpe")
+    out = {}
+    for pre in PRE_TOKENIZERS:
+        folder = make_family_model(root / pre / "model", ROWS["qwen3"], tokenizer=train_tokenizer(320, pre))
+        out[pre] = (folder, convert_to_gguf(folder, root / pre / "gguf", "F32").path)
+    return out
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "qwen2", "llama-bpe", "gpt-4o", "qwen35"])
+def test_every_named_byte_level_pre_tokenizer_splits_as_llama_cpp_does(
+        pre: str, bpe_models: dict[str, tuple[Path, Path]]) -> None:
+    """The tokenizers pipeline each llama.cpp pre-tokenizer name stands for gives llama.cpp's ids on the varied
+    text set (a tokenizer trained behind that pipeline; merges never cross its splits)."""
+    folder, gguf = bpe_models[pre]
+    assert field_value(open_gguf(gguf), "tokenizer.ggml.pre") == pre
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for text in VARIED:
+        assert tok.encode(text, add_special_tokens=False).ids == _llama_ids(gguf, text, special=True), text[:40]

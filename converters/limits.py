@@ -37,8 +37,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def json_depth(value: Any, limit: int) -> int:
-    """Nesting depth of a decoded JSON value, walked iteratively; stops counting past `limit`."""
+def _unicode_ok(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's "\\udc80" decodes to one; it is not valid Unicode and
+    cannot be written as UTF-8)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_depth(value: Any, limit: int, bad_strings: list[str] | None = None) -> int:
+    """Nesting depth of a decoded JSON value, walked iteratively; stops counting past `limit`. Strings (keys and
+    values) that are not valid Unicode are appended to `bad_strings` when given."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -46,8 +59,19 @@ def json_depth(value: Any, limit: int) -> int:
             deepest = max(deepest, depth)
             if deepest > limit:
                 return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+            if isinstance(item, dict):
+                if bad_strings is not None:
+                    bad_strings.extend(k for k in item if not _unicode_ok(k))
+                children = item.values()
+            else:
+                children = item
+            for c in children:
+                if isinstance(c, (dict, list)):
+                    stack.append((c, depth + 1))
+                elif bad_strings is not None and isinstance(c, str) and not _unicode_ok(c):
+                    bad_strings.append(c)
+        elif bad_strings is not None and isinstance(item, str) and not _unicode_ok(item):
+            bad_strings.append(item)
     return deepest
 
 
@@ -80,8 +104,12 @@ def loads_json(raw: bytes | str, where: str, *, max_depth: int = MAX_JSON_DEPTH,
         raise error(f"{where} nests JSON deeper than {max_depth} levels") from None
     except ValueError as exc:   # JSONDecodeError, NaN/Infinity, integers with more digits than Python parses
         raise error(f"{where} is not valid JSON ({str(exc)[:200]})") from None
-    if json_depth(data, max_depth) > max_depth:
+    bad: list[str] = []
+    if json_depth(data, max_depth, bad) > max_depth:
         raise error(f"{where} nests JSON deeper than {max_depth} levels")
+    if bad:
+        raise error(f"{where} holds a string with a lone surrogate ({bad[0][:40].encode('utf-8', 'replace')!r}); "
+                    "it is not valid Unicode")
     if want_object and not isinstance(data, dict):
         raise error(f"{where} must hold a JSON object, not {type(data).__name__}")
     return data
@@ -195,6 +223,12 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
                             ("partial_rotary_factor", 1e-6, 1.0)):
             if cfg.get(key) is not None:
                 as_float(cfg[key], key, where, lo=lo, hi=hi)
+        for key in ("rms_norm_eps", "layer_norm_eps", "max_position_embeddings"):
+            if key in cfg and cfg[key] is None:   # readers default a missing key, not an explicit null
+                raise ConfigError(f"{where}: {key} is null; give a number or leave the key out")
+        for key in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if cfg.get(key) is not None and not isinstance(cfg[key], bool):
+                raise ConfigError(f"{where}: {key} must be true or false, not {str(cfg[key])[:40]!r}")
         for key in ("rope_scaling", "rope_parameters"):
             if cfg.get(key) is not None and not isinstance(cfg[key], dict):
                 raise ConfigError(f"{where}: {key} must be an object or null, got {type(cfg[key]).__name__}")

@@ -44,6 +44,10 @@ def read_json(path: Path, *, max_bytes: int = 16 << 20, error: type[EdgeLLMError
         raise error(f"{path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise error(f"{path} must hold a JSON object")
+    try:   # a lone surrogate ("\\udc80" in the file) is not valid Unicode: refuse it here, not deep in a library
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{path} holds a string with a lone surrogate; it is not valid Unicode") from None
     return data
 
 

@@ -44,7 +44,7 @@ def mutate_bytes(data: bytes, rng: random.Random, slots: Sequence[tuple[int, int
 def hostile_values(rng: random.Random) -> Any:
     return rng.choice([
         None, True, False, 0, -1, 1, 2**31, 2**32, 2**63, 2**64, 10**30, -(2**63), 0.5, -0.0, 1e308, 1e-308,
-        "", "x", "\udcff".encode("utf-8", "surrogatepass").decode("utf-8", "replace"), "a" * 1000, [], [1], {},
+        "", "x", "\udc80", "a\ud800b", "\U0001F600", "\x00", "a" * 1000, [], [1], {},
         {"a": 1}, [[[[1]]]], "NaN", "0x10", 3.5, "32",
     ])
 

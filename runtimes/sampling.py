@@ -84,7 +84,8 @@ class Sampler:
         else:
             idx = np.arange(n)
         # a tiny temperature may overflow to inf: keep it finite so the softmax below stays defined
-        z = np.nan_to_num(x[idx] / p.temperature, nan=-np.inf, posinf=_BIG, neginf=-np.inf)
+        with np.errstate(over="ignore"):
+            z = np.nan_to_num(x[idx] / p.temperature, nan=-np.inf, posinf=_BIG, neginf=-np.inf)
         probs = np.exp(z - z.max())
         probs /= probs.sum()
         if p.top_p < 1.0:

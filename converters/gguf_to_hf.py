@@ -41,7 +41,7 @@ def _hf_config(reader: Any, arch: str, family: Family, n_vocab: int, tied: bool,
         return field_value(reader, f"{arch}.{k}", default)
 
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
-    head_dim = int(key("attention.key_length", 0) or key("rope.dimension_count", 0) or hidden // heads)
+    head_dim = int(key("attention.key_length", 0) or hidden // heads)   # llama.cpp: n_embd_head_k (rope dims may be fewer)
     cfg: dict[str, Any] = {
         "architectures": [family.hf_classes[0]],
         "model_type": family.model_type,

@@ -345,3 +345,16 @@ def test_gemma3_nested_rope_parameters_read_like_the_classic_keys() -> None:
     assert (a.rope_theta, a.rope_local_theta, a.rope_scaling["factor"]) == (b.rope_theta, b.rope_local_theta,
                                                                             b.rope_scaling["factor"])
     assert a.swa_layers == b.swa_layers == (True, True, False, True)
+
+
+def test_partial_rotary_survives_the_gguf_round_trip(tmp_path: Path) -> None:
+    """rope.dimension_count (48 of 64 dims rotated) is not the head size: the rebuilt folder keeps head_dim 64
+    and partial_rotary_factor 0.75, and computes the same logits."""
+    import json
+
+    folder = make_family_model(tmp_path / "phi" / "model", {**ROWS["phi3"], "rope_scaling": None}, seed=3)
+    back = gguf_to_hf(convert_to_gguf(folder, tmp_path / "g", "F32").path, tmp_path / "back", dtype="F32")
+    cfg = json.loads((back / "config.json").read_text())
+    assert (cfg["head_dim"], cfg["partial_rotary_factor"]) == (64, 0.75)
+    want, got = reference_logits(folder, IDS), reference_logits(back, IDS)
+    assert np.abs(want - got).max() < 1e-5 * (want.max() - want.min())

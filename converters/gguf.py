@@ -117,8 +117,8 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
         extra.append(("rope_freqs.weight", factors))
     extra += [(name, np.asarray(data, np.float32)) for name, data in family.gguf_tensors(args)]
     types: list[str] = []
-    for hf, gg, shape, _ in plan:
-        t = native_type_for(quant, gg, shape)
+    for hf, gg, shape, rule in plan:
+        t = "F32" if rule.keep_f32 else native_type_for(quant, gg, shape)
         types.append(t)
         writer.add_tensor_info(gg, shape, np.dtype(np.float32), tensor_nbytes(t, shape),
                                raw_dtype=gguf.GGMLQuantizationType[t])

@@ -85,6 +85,7 @@ class TensorRule:
     optional: bool = False
     layers: Callable[[Any], Any] | None = None    # args -> the block indices it exists in (None: every block)
     gguf_shape: Shape | None = None               # numpy shape in GGUF when a transform reshapes it
+    keep_f32: bool = False                        # stored F32 whatever the quant (llama.cpp's ops need it)
 
     @property
     def per_block(self) -> bool:

@@ -79,7 +79,8 @@ def rules(a: Lfm2Args) -> tuple[TensorRule, ...]:
         attn("self_attn.q_layernorm.weight", "blk.{i}.attn_q_norm.weight", lambda a: (a.head_dim,)),
         attn("self_attn.k_layernorm.weight", "blk.{i}.attn_k_norm.weight", lambda a: (a.head_dim,)),
         # HF stores the depthwise kernel as Conv1d's [D, 1, L]; llama.cpp wants [D, L]
-        conv("conv.conv.weight", "blk.{i}.shortconv.conv.weight", lambda a: (a.hidden, 1, a.l_cache),
+        # (F32 always: ggml_ssm_conv asserts a float kernel; llama.cpp's quantizer leaves it alone)
+        conv("conv.conv.weight", "blk.{i}.shortconv.conv.weight", lambda a: (a.hidden, 1, a.l_cache), keep_f32=True,
              gguf_shape=lambda a: (a.hidden, a.l_cache),
              to_canon=lambda w, a: np.asarray(w).reshape(a.hidden, a.l_cache),
              from_canon=lambda w, a: np.asarray(w).reshape(a.hidden, 1, a.l_cache)),

@@ -358,3 +358,27 @@ def test_partial_rotary_survives_the_gguf_round_trip(tmp_path: Path) -> None:
     assert (cfg["head_dim"], cfg["partial_rotary_factor"]) == (64, 0.75)
     want, got = reference_logits(folder, IDS), reference_logits(back, IDS)
     assert np.abs(want - got).max() < 1e-5 * (want.max() - want.min())
+
+
+K_DIMS = {"hidden_size": 256, "intermediate_size": 512, "block_ff_dim": 512}   # rows divisible by 256: K-quants apply
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_quantized_gguf_runs_in_llama_cpp(name: str, tmp_path: Path) -> None:
+    """Q8_0 (written by edgellm) and Q4_K_M (llama.cpp's quantizer) of every family load and compute in
+    llama.cpp; Q8_0 stays near F32. Tensors a llama.cpp op needs in float (LFM2's conv kernel) stay F32."""
+    import gguf as gg
+
+    cfg = {**ROWS[name], **K_DIMS}
+    if "head_dim" in cfg:
+        cfg["head_dim"] = 64
+    if name == "phi3":
+        cfg["rope_scaling"] = None
+    folder = make_family_model(tmp_path / "m" / "model", cfg, seed=3)
+    ref = llama_cpp_logits(convert_to_gguf(folder, tmp_path / "f32", "F32").path, IDS)
+    for quant, max_err in (("Q8_0", 0.15), ("Q4_K_M", 1.0)):
+        res = convert_to_gguf(folder, tmp_path / quant, quant)
+        got = llama_cpp_logits(res.path, IDS)
+        assert np.isfinite(got).all() and agreement(ref, got)[1] < max_err, (quant, agreement(ref, got))
+        types = {t.name: t.tensor_type.name for t in gg.GGUFReader(res.path).tensors}
+        assert all(t == "F32" for n, t in types.items() if "shortconv.conv" in n)

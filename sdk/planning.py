@@ -45,11 +45,15 @@ def facts_from_gguf(path: str | Path) -> ModelFacts:
     return ModelFacts(
         architecture=arch, num_layers=int(key("block_count")), hidden_size=hidden,
         intermediate_size=int(key("feed_forward_length", 4 * hidden)), num_heads=n_heads,
-        num_kv_heads=int(key("attention.head_count_kv", n_heads)),
-        head_dim=int(key("attention.key_length", 0) or key("rope.dimension_count", 0) or hidden // n_heads),
+        num_kv_heads=_max_int(key("attention.head_count_kv", n_heads)),   # per-layer in hybrids (LFM2: 0 = conv)
+        head_dim=int(key("attention.key_length", 0) or hidden // n_heads),   # rope dims may be fewer (Phi-4-mini)
         vocab_size=int(vocab), max_context=int(key("context_length", 2048)),
         tie_word_embeddings=not any(t.name == "output.weight" for t in tensors),
         tensors=tensors, source="gguf", quant=_gguf_quant_name(file_type, tensors), file_bytes=p.stat().st_size)
+
+
+def _max_int(value: Any) -> int:
+    return max((int(v) for v in value), default=0) if hasattr(value, "__len__") else int(value)
 
 
 def _gguf_quant_name(file_type: Any, tensors: tuple[TensorFacts, ...]) -> str:

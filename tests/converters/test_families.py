@@ -382,3 +382,22 @@ def test_quantized_gguf_runs_in_llama_cpp(name: str, tmp_path: Path) -> None:
         assert np.isfinite(got).all() and agreement(ref, got)[1] < max_err, (quant, agreement(ref, got))
         types = {t.name: t.tensor_type.name for t in gg.GGUFReader(res.path).tensors}
         assert all(t == "F32" for n, t in types.items() if "shortconv.conv" in n)
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_every_family_loads_and_generates_through_edgellm(name: str, checkpoints: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """The whole path a user takes: convert, then edgellm.load (validation, plan, runtime) and generate, in
+    both formats where the family has both."""
+    import edgellm
+
+    folder = checkpoints[name]
+    artifacts = [convert_to_gguf(folder, tmp_path / "gguf", "Q8_0").path.parent]
+    if name in ONNX_ROWS:
+        artifacts.append(convert_to_onnx(folder, tmp_path / "onnx", "int8").path.parent)
+    for art in artifacts:
+        with edgellm.load(art, n_ctx=64) as model:
+            out = model.generate("hello world", max_tokens=4, temperature=0.0)
+            assert 1 <= out.metrics.generated_tokens <= 4
+            logits = model.logits(model.tokenize("the quick brown fox"))
+            assert logits.shape[-1] == 384 and np.isfinite(logits).all()

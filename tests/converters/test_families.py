@@ -401,3 +401,31 @@ def test_every_family_loads_and_generates_through_edgellm(name: str, checkpoints
             assert 1 <= out.metrics.generated_tokens <= 4
             logits = model.logits(model.tokenize("the quick brown fox"))
             assert logits.shape[-1] == 384 and np.isfinite(logits).all()
+
+
+def test_the_table_catches_a_transform_both_converters_would_share(checkpoints: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A Gemma 3 family that forgets the (1 + w) offset of one norm builds a graph that still runs; the
+    independent HF math sees it (llama.cpp alone could not: its GGUF would carry the same mistake)."""
+    from dataclasses import replace
+
+    from edgellm.converters.families.gemma3 import GEMMA3
+    from edgellm.converters.onnx_graph import GraphOptions, build_decoder
+    from edgellm.converters.onnx_ops import GraphWriter
+    from edgellm.converters.quant import get_recipe
+
+    def broken_rules(a: object) -> tuple:
+        return tuple(replace(r, to_canon=None, from_canon=None) if r.gguf == "blk.{i}.attn_norm.weight" else r
+                     for r in GEMMA3.tensors(a))
+
+    folder = checkpoints["gemma3"]
+    writer = GraphWriter(tmp_path / "model.onnx.data", "model.onnx.data")
+    with read_hf_model(folder) as m:
+        build_decoder(m, replace(GEMMA3, tensors=broken_rules), writer, GraphOptions(get_recipe("fp32"),
+                                                                                     max_positions=512))
+    writer.finish()
+    (tmp_path / "model.onnx").write_bytes(writer.model("broken", True).SerializeToString())
+    got = ort_logits(tmp_path / "model.onnx", IDS, 4, 1, 32)
+    assert np.isfinite(got).all()
+    err = agreement(hf_logits(folder, IDS), got)[1]
+    assert err > 1e-2, f"a missing norm offset went unnoticed ({err:.1e})"   # correct: ~1e-6

@@ -174,7 +174,8 @@ class Family:
     tensors: Callable[[Any], tuple[TensorRule, ...]]
     block: BlockFn                              # (ops, args, layer, weights, residual, delta) -> (residual, delta)
     gguf_metadata: Callable[[Any, Any], None] = lambda writer, args: None   # family keys beyond the common ones
-    hf_config: Callable[[Callable[[str, Any], Any], Any], dict[str, Any]] = lambda key, args: {}
+    # GGUF -> HF: family keys of config.json, from (metadata reader key(name, default), the config so far)
+    hf_config: Callable[[Callable[[str, Any], Any], dict[str, Any]], dict[str, Any]] = lambda key, cfg: {}
     embed_scale: Callable[[Any], float | None] = lambda args: None          # hidden *= this after the lookup
     final_softcap: Callable[[Any], float | None] = lambda args: None        # logits soft-capping
     logit_scale: Callable[[Any], float | None] = lambda args: None          # logits *= this (before capping)

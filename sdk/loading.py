@@ -92,8 +92,14 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
     memory caps, refusing what would not fit there). threads: a number, None (the device's plan) or "auto"
     (a short measured sweep, cached per machine and model). n_gpu_layers: None lets the plan decide.
     """
+    from .errors import OptionError
     from .planning import resolve_device, tune_threads
 
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1):
+        raise OptionError(f"n_ctx={n_ctx!r} must be a positive whole number of tokens", "e.g. n_ctx=2048")
+    if threads is not None and threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                                                      or threads < 1):
+        raise OptionError(f"threads={threads!r} must be a positive whole number, None or 'auto'", "e.g. threads=4")
     dev = resolve_device(device)
     if (Path(path) / "bundle.json").is_file():
         from .bundling import pick_variant, verify_variant
@@ -106,15 +112,13 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
         from .kernel_probe import ensure_probed
 
         ensure_probed()  # once per machine and llama.cpp build: which CPU kernels are safe to run here
-    ctx = n_ctx or min(art.context_length or 2048, 4096)
+    ctx = n_ctx if n_ctx is not None else min(art.context_length or 2048, 4096)
     planned = _check_fit(art, dev, ctx)
     cap = dev.max_threads
     if threads == "auto":
         threads = tune_threads(art.path).threads if art.format == "gguf" else None
     if threads is None and planned is not None:
         threads = planned.threads
-    if isinstance(threads, str):
-        raise ArtifactError(f"threads={threads!r} must be a number, None or 'auto'", "e.g. threads=4")
     if threads is not None and cap is not None:
         threads = min(threads, cap)
     if n_gpu_layers is None:

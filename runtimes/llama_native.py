@@ -129,18 +129,37 @@ def _load_backends(lc: ModuleType) -> None:
     """A portable build (GGML_BACKEND_DL, one CPU variant per ISA level) keeps its backends in loadable
     modules beside libllama; llama-cpp-python does not load them, so do it once, before the first model."""
     lib_dir = lib_dir_of(lc)
-    ggml = next((p for p in sorted(lib_dir.glob("libggml.*")) if p.suffix in (".so", ".dylib", ".dll")), None)
+    ggml = _loaded_ggml() or next((p for p in sorted(lib_dir.glob("libggml.*"))
+                                   if p.suffix in (".so", ".dylib", ".dll")), None)
     if ggml is None:
         return
+    # the backend modules sit beside libggml, or (pip's wheel layout for CMake's runtime targets) in the
+    # site-packages bin/ folder
+    homes = [d for d in (lib_dir, lib_dir.parent.parent / "bin") if any(d.glob("*ggml-cpu*"))]
     try:
         lib = ctypes.CDLL(str(ggml))
         lib.ggml_backend_reg_count.restype = ctypes.c_size_t
-        if lib.ggml_backend_reg_count() == 0 and hasattr(lib, "ggml_backend_load_all_from_path"):
+        if lib.ggml_backend_reg_count() == 0 and homes and hasattr(lib, "ggml_backend_load_all_from_path"):
             lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-            lib.ggml_backend_load_all_from_path(str(lib_dir).encode())
-            log.info("llama.cpp: loaded %d dynamic backends from %s", lib.ggml_backend_reg_count(), lib_dir)
+            lib.ggml_backend_load_all_from_path(str(homes[0]).encode())
+            log.info("llama.cpp: loaded %d dynamic backends from %s", lib.ggml_backend_reg_count(), homes[0])
     except (OSError, AttributeError) as exc:  # not a DL build, or symbols absent: nothing to load
         log.debug("llama.cpp backend loading skipped: %s", exc)
+
+
+def _loaded_ggml() -> Path | None:
+    """The libggml file libllama was linked against, as mapped in this process (Linux). A wheel cannot hold
+    symlinks, so libggml.so and libggml.so.0 are separate copies: registering backends in the wrong one would
+    leave llama.cpp with none."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+        if Path(path).name.startswith("libggml.so"):
+            return Path(path)
+    return None
 
 
 def parse_system_info(text: str) -> dict[str, str]:

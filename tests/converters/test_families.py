@@ -86,9 +86,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def llama_cpp_logits(gguf_path: Path, ids: list[int], n_ctx: int = 64, type_k: int = 0, type_v: int = 0
                      ) -> np.ndarray:
     """Teacher-forced logits from llama.cpp itself, float32 KV cache (type 0), no flash attention."""
-    from llama_cpp import Llama
+    from edgellm.runtimes.llama_native import open_llama  # the host's kernel policy, as edgellm.load
 
-    llm = Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=1,
+    llm = open_llama(gguf_path, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_threads=1,
                 type_k=type_k, type_v=type_v, flash_attn=False)
     try:
         llm.eval(ids)

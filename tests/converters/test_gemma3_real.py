@@ -32,9 +32,9 @@ def hf(original: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ids(original: Path) -> list[int]:
-    from llama_cpp import Llama
+    from edgellm.runtimes.llama_native import open_llama  # the host's kernel policy, as edgellm.load
 
-    llm = Llama(str(original), vocab_only=True, verbose=False)
+    llm = open_llama(original, vocab_only=True)
     try:
         return llm.tokenize(PROSE.encode("utf-8"), add_bos=True, special=False)
     finally:
@@ -59,11 +59,11 @@ def test_unpacked_folder_is_gemma3_text(hf: Path) -> None:
 
 @pytest.mark.parametrize("text", VARIED + [CHAT], ids=range(len(VARIED) + 1))
 def test_tokenizer_ids_equal_llama_cpp(text: str, hf: Path, original: Path) -> None:
-    from llama_cpp import Llama
+    from edgellm.runtimes.llama_native import open_llama  # the host's kernel policy, as edgellm.load
     from tokenizers import Tokenizer
 
     ours = Tokenizer.from_file(str(hf / "tokenizer.json")).encode(text, add_special_tokens=False).ids
-    llm = Llama(str(original), vocab_only=True, verbose=False)
+    llm = open_llama(original, vocab_only=True)
     try:
         assert ours == llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     finally:

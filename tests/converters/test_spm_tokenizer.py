@@ -36,9 +36,9 @@ def spm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
 
 
 def _llama_ids(gguf: Path, text: str, special: bool = False) -> list[int]:
-    from llama_cpp import Llama
+    from edgellm.runtimes.llama_native import open_llama  # the host's kernel policy, as edgellm.load
 
-    llm = Llama(str(gguf), vocab_only=True, verbose=False)
+    llm = open_llama(gguf, vocab_only=True)
     try:
         return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
     finally:

@@ -26,6 +26,7 @@ class Capabilities:
     native_sampling: bool = False  # samples inside the native library
     formats: tuple[str, ...] = ()  # artifact formats it opens ("gguf", "onnx")
     constrained_json: bool = False  # can hold its output to JSON / a JSON schema (SamplingParams.json_schema)
+    logprobs: bool = False          # token_logprobs() right after each generated token
 
 
 MAX_SEED = 2**32 - 1          # llama.cpp's seeds are u32; numpy's generator takes the same range

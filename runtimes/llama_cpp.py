@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import GenerationError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
 from .llama_native import KernelPolicy, kernel_policy, llama_module, open_llama
+from .sampling import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class LlamaCppRuntime:
     name: ClassVar[str] = "llama.cpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, logits=True, gpu_offload=True, native_sampling=True, formats=("gguf",),
-        constrained_json=True)
+        constrained_json=True, logprobs=True)
 
     def __init__(self, path: Path, options: LoadOptions, llama_module: Any) -> None:
         self._lc = llama_module
@@ -128,6 +129,12 @@ class LlamaCppRuntime:
         except (ValueError, TypeError, RuntimeError, RecursionError) as exc:
             raise GenerationError(f"the JSON schema cannot be turned into a grammar: {exc}",
                                   "simplify the schema (types, properties, required, enum, arrays)") from None
+
+    def token_logprobs(self, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """For the token `generate` just yielded: its log-probability and the `top` alternatives (the context
+        still holds the logits row that produced it until the next step runs)."""
+        row = np.ctypeslib.as_array(self._llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+        return token_logprobs(row, token, top)
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         if self._eval_llm is None:

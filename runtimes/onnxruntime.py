@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError, ContextOverflowError, ModelFormatError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
-from .sampling import Sampler
+from .sampling import Sampler, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderCho
 class OnnxRuntime:
     name: ClassVar[str] = "onnxruntime"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, logits=True, gpu_offload=True, native_sampling=False, formats=("onnx",))
+        streaming=True, logits=True, gpu_offload=True, native_sampling=False, formats=("onnx",), logprobs=True)
 
     def __init__(self, path: Path, options: LoadOptions, ort: Any, onnx_module: Any) -> None:
         self._ort = ort
@@ -328,10 +328,15 @@ class OnnxRuntime:
         for produced in range(1, budget + 1):
             token = sampler(row, history)
             history.append(token)
+            self._last_row = row  # what token_logprobs reads, until advance() runs the next step
             yield token
             if produced >= budget:
                 return
             row = advance(token, len(prompt) + produced - 1)
+
+    def token_logprobs(self, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """For the token `generate` just yielded: its log-probability and the `top` alternatives."""
+        return token_logprobs(self._last_row, token, top)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]  # onnxruntime frees its arenas with the session

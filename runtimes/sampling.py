@@ -115,3 +115,18 @@ class Sampler:
         cdf = np.cumsum(probs)
         cdf /= cdf[-1]
         return int(idx[int(np.searchsorted(cdf, self.rng.random(), side="right"))])
+
+
+def token_logprobs(row: np.ndarray, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """Log-probability of `token` under the model's distribution `row` (raw logits, before temperature and the
+    sampler's filters) and the `top` most likely tokens with theirs, most likely first."""
+    x = np.asarray(row, dtype=np.float64)
+    x = np.where(np.isnan(x), -np.inf, x)
+    peak = float(x.max())
+    lp = x - (peak + float(np.log(np.exp(x - peak).sum())))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        idx = np.argpartition(-lp, min(top, lp.size) - 1)[:top]
+        idx = idx[np.argsort(-lp[idx], kind="stable")]
+        best = tuple((int(i), float(lp[i])) for i in idx)
+    return float(lp[token]), best

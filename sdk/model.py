@@ -16,6 +16,8 @@ from .metrics import Metrics, RawCounters, compute_metrics
 from .runtimes.base import Runtime, SamplingParams
 from .runtimes.chat import render_chat
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -25,6 +27,8 @@ class Chunk:
     index: int
     finish_reason: str | None = None      # "stop" (EOS or stop string) | "length" | "context"
     metrics: Metrics | None = None
+    logprob: float | None = None          # with stream(logprobs=N): log-probability of `token` (raw distribution)
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # the N most likely (token id, logprob), most likely first
 
 
 @dataclass(frozen=True)
@@ -173,9 +177,15 @@ class Model:
     def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                seed: int | None = None, stop: Sequence[str] = (), parse_special: bool = False,
-               json_schema: Mapping[str, Any] | None = None) -> Iterator[Chunk]:
+               json_schema: Mapping[str, Any] | None = None, logprobs: int | None = None) -> Iterator[Chunk]:
         """json_schema: hold the output to JSON ({} any object, or that schema); runtimes with the
-        `constrained_json` capability only (llama.cpp), else OptionError."""
+        `constrained_json` capability only (llama.cpp), else OptionError. logprobs=N (0..20): each chunk carries
+        its token's log-probability under the model's raw distribution and the N most likely alternatives."""
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
+            raise OptionError(f"logprobs={logprobs!r} must be None or a whole number in 0..{MAX_TOP_LOGPROBS}")
+        if logprobs is not None and not self.runtime.capabilities.logprobs:
+            raise OptionError(f"the {self.runtime.name} backend cannot report log-probabilities")
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
                                 stop=tuple(stop) if isinstance(stop, list) else stop, json_schema=json_schema)
@@ -185,9 +195,9 @@ class Model:
         with self._use():
             ids = (self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str)
                    else self._check_ids(prompt))
-        return self._locked_loop(ids, params)
+        return self._locked_loop(ids, params, logprobs)
 
-    def _locked_loop(self, ids: list[int], params: SamplingParams) -> Iterator[Chunk]:
+    def _locked_loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None) -> Iterator[Chunk]:
         self._lock.acquire()
         try:
             self._check_open()
@@ -196,7 +206,7 @@ class Model:
                                       "iterate the first stream to its end (or .close() it) before starting another")
             self._generating = True
             try:
-                for chunk in self._loop(ids, params):
+                for chunk in self._loop(ids, params, logprobs):
                     self._lock.suspend()
                     yield chunk
                     self._lock.resume()
@@ -208,7 +218,7 @@ class Model:
         finally:
             self._lock.release()
 
-    def _loop(self, ids: list[int], params: SamplingParams) -> Iterator[Chunk]:
+    def _loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None) -> Iterator[Chunk]:
         n_ctx = self.runtime.n_ctx
         if len(ids) >= n_ctx:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds {n_ctx}")
@@ -233,6 +243,7 @@ class Model:
                 if tok in eos:
                     finish = "stop"
                     break
+                lp, tops = self.runtime.token_logprobs(tok, logprobs) if logprobs is not None else (None, ())
                 t_detok = time.perf_counter()
                 pending += decoder.decode(self.runtime.token_bytes(tok))
                 hit = min(((pending.find(s), s) for s in params.stop if s in pending), default=None)
@@ -242,7 +253,7 @@ class Model:
                 hold = _held_back(pending, params.stop)
                 out, pending = (pending[: len(pending) - hold], pending[len(pending) - hold:]) if hold else (pending, "")
                 counters.detok_s += time.perf_counter() - t_detok
-                yield Chunk(text=out, token=tok, index=index)
+                yield Chunk(text=out, token=tok, index=index, logprob=lp, top_logprobs=tops)
                 index += 1
                 emitted += 1
                 if emitted >= budget:

@@ -16,6 +16,7 @@ from typing import Any
 
 MAX_STOPS = 4
 MAX_TOKENS = (1 << 31) - 1
+MAX_TOP_LOGPROBS = 20
 MAX_MESSAGES = 1024
 
 
@@ -43,6 +44,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    logprobs: int | None = None                # alternatives per token to report; None: no log-probabilities
     response_format: str = "text"              # "text" | "json_object" | "json_schema"
     json_schema: dict[str, Any] | None = None
     sampling_extra: dict[str, Any] = field(default_factory=dict)  # top_k, min_p, repeat_penalty (edgellm's)
@@ -65,6 +67,20 @@ def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ApiError(400, f"'{key}' must be an integer between {lo} and {hi}, got {value!r}", param=key)
     return value
+
+
+def _logprobs(body: dict[str, Any], kind: str) -> int | None:
+    """How many alternatives per token to report (None: no log-probabilities). Chat: `logprobs: true` with
+    `top_logprobs: 0..20`; completions: `logprobs: 0..20`."""
+    if kind == "chat":
+        flag = body.get("logprobs")
+        if flag not in (None, True, False):
+            raise ApiError(400, "'logprobs' must be true or false", param="logprobs")
+        top = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+        if top is not None and not flag:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        return (top or 0) if flag else None
+    return _int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
 
 
 def _seed(body: dict[str, Any]) -> int | None:
@@ -141,8 +157,7 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
                        param="model", code="model_not_found")
     if _int(body, "n", 1, 1 << 30) not in (None, 1):
         raise ApiError(400, "only n=1 is supported", param="n")
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        raise ApiError(400, "logprobs are not supported by edgellm serve yet", param="logprobs")
+    logprobs = _logprobs(body, kind)
     if kind == "chat" and body.get("tools"):
         raise ApiError(400, "tool calls are not supported by edgellm serve yet", param="tools")
     # a positive count up to 2^31-1 is clamped to what the context holds; beyond that no runtime could mean it
@@ -171,7 +186,8 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
         kind=kind, model=model, messages=messages, prompt=prompt, max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
         seed=_seed(body), stop=_stops(body.get("stop")), stream=stream,
-        include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")), response_format=fmt,
+        include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")), logprobs=logprobs,
+        response_format=fmt,
         json_schema=schema, sampling_extra=extra)
 
 
@@ -204,31 +220,52 @@ def timings(metrics: Any) -> dict[str, Any]:
             "energy_method": metrics.energy_method, "backend": metrics.backend, "device": metrics.device}
 
 
-def completion_body(req: GenerationRequest, rid: str, text: str, reason: str, metrics: Any) -> dict[str, Any]:
-    created = int(time.time())
+def logprobs_body(req: GenerationRequest, entries: list[dict[str, Any]] | None, offset: int = 0) -> Any:
+    """OpenAI's logprobs object for `entries` ({"token", "logprob", "bytes", "top_logprobs": [...]} per token):
+    chat's {"content": [...]}, or the legacy completions layout (tokens, token_logprobs, top_logprobs,
+    text_offset, counted from `offset` characters into the completion)."""
+    if req.logprobs is None or entries is None:
+        return None
     if req.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+        return {"content": entries, "refusal": None}
+    offsets, at = [], offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
+
+
+def completion_body(req: GenerationRequest, rid: str, text: str, reason: str, metrics: Any,
+                    entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    created = int(time.time())
+    lp = logprobs_body(req, entries)
+    if req.kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp,
                   "finish_reason": finish_reason(reason)}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason(reason)}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice],
             "usage": usage(metrics.prompt_tokens, metrics.generated_tokens), "timings": timings(metrics)}
 
 
 def chunk_body(req: GenerationRequest, rid: str, text: str | None, reason: str | None = None,
-               role: bool = False, metrics: Any = None) -> dict[str, Any]:
+               role: bool = False, metrics: Any = None, entries: list[dict[str, Any]] | None = None,
+               offset: int = 0) -> dict[str, Any]:
     created = int(time.time())
+    lp = logprobs_body(req, entries, offset)
     if req.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
         if text:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": lp,
                                   "finish_reason": None if reason is None else finish_reason(reason)}
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "logprobs": None,
+        choice = {"index": 0, "text": text or "", "logprobs": lp,
                   "finish_reason": None if reason is None else finish_reason(reason)}
         obj = "text_completion"
     out = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice]}

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
-from .errors import BackendUnavailableError, ContextOverflowError, EdgeLLMError
+from .errors import BackendUnavailableError
 from .server_metrics import ServerMetrics
+from .server_generation import Outcome, run_generation
 from .server_schema import (ApiError, GenerationRequest, chunk_body, completion_body, new_id, parse_json,
                             parse_request, usage_chunk)
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_Piece = tuple[str, list[dict[str, Any]]]  # streamed text and its tokens' logprobs entries
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,6 @@ class ServerOptions:
     request_timeout_s: float = 300.0
     max_body_bytes: int = 1 << 20
     retry_after_s: int = 2
-
-
-@dataclass
-class _Outcome:
-    text: str = ""
-    reason: str = "stop"
-    metrics: Any = None
-    cancelled: bool = False
 
 
 class Slots:
@@ -101,56 +95,6 @@ class Slots:
         self._report()
 
 
-# -- generation on a worker thread ------------------------------------------------------------------------------
-def _sampling(model: Any, req: GenerationRequest, prompt_len: int) -> dict[str, Any]:
-    n_ctx = model.n_ctx
-    if prompt_len >= n_ctx:
-        raise ApiError(400, f"the prompt has {prompt_len} tokens but the model's context holds {n_ctx}",
-                       param="messages" if req.kind == "chat" else "prompt", code="context_length_exceeded")
-    kwargs: dict[str, Any] = {
-        "max_tokens": min(req.max_tokens or n_ctx, n_ctx - prompt_len),  # clamped to what the context holds
-        "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "stop": req.stop,
-        "top_k": 0, "min_p": 0.0}  # OpenAI semantics: only temperature and top_p shape the distribution
-    kwargs.update(req.sampling_extra)
-    if req.response_format != "text":
-        if not model.runtime.capabilities.constrained_json:
-            raise ApiError(400, f"response_format {req.response_format} needs a GGUF artifact (llama.cpp grammars); "
-                                f"the {model.runtime.name} backend cannot constrain its output",
-                           param="response_format")
-        kwargs["json_schema"] = req.json_schema if req.response_format == "json_schema" else {}
-    return kwargs
-
-
-def run_generation(model: Any, req: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event,
-                   deadline: float) -> _Outcome:
-    """Blocking: prompt ids, sampling, the token loop. Stops within one token of `cancel` or the deadline."""
-    try:
-        ids = (model.chat_prompt(list(req.messages)) if req.kind == "chat"
-               else model.tokenize(req.prompt))
-        stream = model.stream(ids, **_sampling(model, req, len(ids)))
-    except ContextOverflowError as exc:
-        raise ApiError(400, exc.message, code="context_length_exceeded") from None
-    except EdgeLLMError as exc:
-        raise ApiError(400, exc.message) from None
-    out = _Outcome()
-    parts: list[str] = []
-    try:
-        for chunk in stream:
-            if chunk.text:
-                parts.append(chunk.text)
-                emit(chunk.text)
-            if chunk.finish_reason is not None:
-                out.reason, out.metrics = chunk.finish_reason, chunk.metrics
-                break
-            if cancel.is_set() or time.monotonic() > deadline:
-                out.cancelled = True
-                break
-    finally:
-        stream.close()
-    out.text = "".join(parts)
-    return out
-
-
 class _Server:
     def __init__(self, models: Sequence[Any], options: ServerOptions) -> None:
         self.options = options
@@ -181,15 +125,15 @@ class _Server:
                 raise ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
         return parse_json(bytes(body))
 
-    def start(self, model: Any, req: GenerationRequest, emit: Callable[[str], None],
-              cancel: threading.Event) -> asyncio.Future[_Outcome]:
+    def start(self, model: Any, req: GenerationRequest, emit: Callable[[str, list[dict[str, Any]]], None],
+              cancel: threading.Event) -> asyncio.Future[Outcome]:
         """Run the generation on the slot's thread; the slot is released (and metrics taken) when it ends."""
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         fut = loop.run_in_executor(self.pool, run_generation, model, req, emit, cancel,
                                    t0 + self.options.request_timeout_s)
 
-        def done(f: asyncio.Future[_Outcome]) -> None:
+        def done(f: asyncio.Future[Outcome]) -> None:
             self.slots.release(model)
             if not f.cancelled() and f.exception() is None:
                 res = f.result()
@@ -209,7 +153,7 @@ class _Server:
         rid = new_id(kind)
         if not req.stream:
             try:
-                fut = self.start(model, req, lambda _t: None, cancel)
+                fut = self.start(model, req, lambda _t, _e: None, cancel)
             except BaseException:
                 self.slots.release(model)
                 raise
@@ -221,11 +165,12 @@ class _Server:
             if res.cancelled:
                 raise ApiError(408, "the generation was stopped (client gone or request timeout)",
                                type_="timeout")
-            return JSONResponse(completion_body(req, rid, res.text, res.reason, res.metrics))
+            return JSONResponse(completion_body(req, rid, res.text, res.reason, res.metrics, res.entries))
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        queue: asyncio.Queue[_Piece | None] = asyncio.Queue()
         try:
-            fut = self.start(model, req, lambda text: loop.call_soon_threadsafe(queue.put_nowait, text), cancel)
+            fut = self.start(model, req, lambda text, entries: loop.call_soon_threadsafe(
+                queue.put_nowait, (text, entries)), cancel)
         except BaseException:
             self.slots.release(model)
             raise
@@ -233,13 +178,16 @@ class _Server:
         return StreamingResponse(self._sse(req, rid, queue, fut, cancel), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _sse(self, req: GenerationRequest, rid: str, queue: asyncio.Queue[str | None],
-                   fut: asyncio.Future[_Outcome], cancel: threading.Event) -> AsyncIterator[str]:
+    async def _sse(self, req: GenerationRequest, rid: str, queue: asyncio.Queue[_Piece | None],
+                   fut: asyncio.Future[Outcome], cancel: threading.Event) -> AsyncIterator[str]:
         try:
             if req.kind == "chat":
                 yield _event(chunk_body(req, rid, None, role=True))
-            while (text := await queue.get()) is not None:
-                yield _event(chunk_body(req, rid, text))
+            sent = 0  # characters streamed so far (the completions layout's text_offset)
+            while (item := await queue.get()) is not None:
+                text, entries = item
+                yield _event(chunk_body(req, rid, text, entries=entries, offset=sent))
+                sent += len(text)
             try:
                 res = fut.result()
             except ApiError as exc:

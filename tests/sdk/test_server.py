@@ -63,7 +63,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(gguf_server
         gguf_server.client("sk-wrong").chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2)
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         good.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
-    for bad in ({"max_tokens": -5}, {"max_tokens": 10 ** 12}, {"temperature": 5}, {"n": 3},
+    for bad in ({"max_tokens": -5}, {"max_tokens": 10 ** 12}, {"temperature": 5}, {"n": 3}, {"top_logprobs": 2},
                 {"stop": ["a", "b", "c", "d", "e"]}, {"response_format": {"type": "xml"}}):
         with pytest.raises(openai.BadRequestError):
             good.chat.completions.create(model="smollm2", messages=MESSAGES, **bad)
@@ -162,6 +162,11 @@ def test_onnx_artifact_streams_the_same_text(smollm2_onnx_int4: Path) -> None:
                                                               temperature=0, stream=True))
         assert full.choices[0].message.content and text == full.choices[0].message.content
         assert "onnxruntime" in full.model_extra["timings"]["backend"]
+        scored = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=6, temperature=0,
+                                                logprobs=True, top_logprobs=2)
+        content = scored.choices[0].logprobs.content
+        assert len(content) == scored.usage.completion_tokens and all(e.top_logprobs[0].token == e.token
+                                                                      for e in content)
         with pytest.raises(openai.BadRequestError, match="GGUF"):  # no grammar engine behind onnxruntime
             client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=4,
                                            response_format={"type": "json_object"})
@@ -186,3 +191,31 @@ def test_json_mode_and_schema_hold_the_output_to_json(gguf_server: RunningServer
         response_format={"type": "json_schema", "json_schema": {"name": "cat", "schema": schema}})
     data = json.loads(typed.choices[0].message.content)
     assert set(data) == {"name", "age"} and isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
+def test_logprobs_chat_and_completion_streamed_and_not(gguf_server: RunningServer) -> None:
+    client = gguf_server.client("sk-test")
+    full = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=12, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    content = full.choices[0].logprobs.content
+    assert len(content) == full.usage.completion_tokens
+    assert "".join(e.token for e in content) == full.choices[0].message.content
+    for e in content:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3 and bytes(e.bytes).decode() == e.token
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        assert e.top_logprobs[0].token == e.token and abs(e.top_logprobs[0].logprob - e.logprob) < 1e-9  # greedy
+    streamed = [e for c in client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=12,
+                                                          temperature=0, logprobs=True, top_logprobs=3, stream=True)
+                if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(streamed, content)) < 1e-3
+
+    comp = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=6,
+                                     temperature=0, logprobs=2)
+    lp = comp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    assert "".join(lp.tokens) == comp.choices[0].text and lp.text_offset[0] == 0
+    assert lp.text_offset[1] == len(lp.tokens[0]) and all(len(t) == 2 for t in lp.top_logprobs)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=2, top_logprobs=30,
+                                       logprobs=True)

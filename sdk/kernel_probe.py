@@ -237,13 +237,29 @@ def run_probe(*, child: Sequence[str] | None = None, families: Sequence[str] = t
     return report
 
 
+_GAVE_UP: list[str] = []  # this process could not probe (and says why once)
+
+
 def ensure_probed() -> None:
     """Run the probe once per machine and llama.cpp build (EDGELLM_KERNEL_PROBE=0 skips it; known defects
-    still apply)."""
-    if os.environ.get("EDGELLM_KERNEL_PROBE", "1") == "0" or read_verdicts() is not None:
+    still apply). A frozen app (PyInstaller and the like) has no interpreter to start children with, and a cache
+    that cannot be written must not fail the load: both skip the probe, with one warning."""
+    if _GAVE_UP or os.environ.get("EDGELLM_KERNEL_PROBE", "1") == "0" or read_verdicts() is not None:
+        return
+    if getattr(sys, "frozen", False):
+        _give_up("a frozen app cannot start the probe's child interpreter; run `edgellm devices --probe` once "
+                 "with the same llama.cpp build, or set EDGELLM_KERNEL_PROBE=0")
         return
     log.info("probing llama.cpp's CPU kernels on this machine (once per llama.cpp build)")
-    run_probe()
+    try:
+        run_probe()
+    except OSError as exc:
+        _give_up(f"its verdicts cannot be cached ({exc}); set EDGELLM_CACHE_DIR to a writable folder")
+
+
+def _give_up(why: str) -> None:
+    _GAVE_UP.append(why)
+    log.warning("llama.cpp kernel probe skipped: %s. Known kernel defects still apply.", why)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,21 @@ def test_family_bad_under_both_configurations_is_refused(tiny_q5: Path, monkeypa
     assert report.verdicts[0].default_bad and report.verdicts[0].safe_bad
     with pytest.raises(BackendUnavailableError, match="Q5_0"):
         edgellm.load(tiny_q5, n_ctx=64)
+
+
+def test_unwritable_cache_skips_the_probe_but_not_the_load(tiny_q5: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from edgellm import kernel_probe
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("EDGELLM_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(kernel_probe, "_GAVE_UP", [])
+    with caplog.at_level(logging.WARNING, logger="edgellm"):
+        with edgellm.load(tiny_q5, n_ctx=64) as model:
+            assert len(model.generate([5, 17], max_tokens=2, temperature=0.0).tokens) == 2
+        with edgellm.load(tiny_q5, n_ctx=64):  # the second load does not try again
+            pass
+    skipped = [r.getMessage() for r in caplog.records if "probe skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "EDGELLM_CACHE_DIR" in skipped[0]

@@ -48,7 +48,8 @@ def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and l
     if name == "Metrics":
         from .metrics import Metrics
         return Metrics
-    if name == "EdgeLLMError":
-        from .errors import EdgeLLMError
-        return EdgeLLMError
+    if name == "EdgeLLMError" or (name.endswith("Error") and not name.startswith("_")):
+        from . import errors  # every error class: `except edgellm.ContextOverflowError`
+        if isinstance(getattr(errors, name, None), type):
+            return getattr(errors, name)
     raise AttributeError(f"module 'edgellm' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -31,8 +32,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="edgellm", description="Deploy LLMs on the edge.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"edgellm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():  # -v also after the subcommand (`edgellm run X "hi" -v`)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log progress details")
     return parser
 
 
@@ -57,11 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
     try:
         code = func(**kwargs)
+        sys.stdout.flush()
     except EdgeLLMError as exc:
         sys.stderr.write(f"edgellm: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edgellm ... --json | head`: the reader left; no traceback, no second error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return int(code or 0)
 
 

@@ -13,8 +13,7 @@ import numpy as np
 from ...errors import ConfigError, ConversionError
 from ..hf import ModelConfig
 from .base import Args, AttnSpec, Family, Ops, TensorRule
-
-_L = "model.layers.{i}."
+from .olmo2 import post_norm_rules
 
 
 @dataclass(frozen=True)
@@ -42,22 +41,7 @@ def parse(c: ModelConfig) -> Exaone4Args:
 
 
 def rules(a: Exaone4Args) -> tuple[TensorRule, ...]:
-    return (
-        TensorRule("model.embed_tokens.weight", "token_embd.weight", lambda a: (a.vocab, a.hidden)),
-        TensorRule("model.norm.weight", "output_norm.weight", lambda a: (a.hidden,)),
-        TensorRule("lm_head.weight", "output.weight", lambda a: (a.vocab, a.hidden), optional=True),
-        TensorRule(_L + "self_attn.q_proj.weight", "blk.{i}.attn_q.weight", lambda a: (a.q_rows, a.hidden)),
-        TensorRule(_L + "self_attn.k_proj.weight", "blk.{i}.attn_k.weight", lambda a: (a.kv_rows, a.hidden)),
-        TensorRule(_L + "self_attn.v_proj.weight", "blk.{i}.attn_v.weight", lambda a: (a.kv_rows, a.hidden)),
-        TensorRule(_L + "self_attn.o_proj.weight", "blk.{i}.attn_output.weight", lambda a: (a.hidden, a.q_rows)),
-        TensorRule(_L + "self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", lambda a: (a.head_dim,)),
-        TensorRule(_L + "self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", lambda a: (a.head_dim,)),
-        TensorRule(_L + "post_attention_layernorm.weight", "blk.{i}.post_attention_norm.weight", lambda a: (a.hidden,)),
-        TensorRule(_L + "post_feedforward_layernorm.weight", "blk.{i}.post_ffw_norm.weight", lambda a: (a.hidden,)),
-        TensorRule(_L + "mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", lambda a: (a.ffn, a.hidden)),
-        TensorRule(_L + "mlp.up_proj.weight", "blk.{i}.ffn_up.weight", lambda a: (a.ffn, a.hidden)),
-        TensorRule(_L + "mlp.down_proj.weight", "blk.{i}.ffn_down.weight", lambda a: (a.hidden, a.ffn)),
-    )
+    return post_norm_rules(lambda a: (a.head_dim,), lambda a: (a.head_dim,))  # per-head q/k norms
 
 
 def attn_spec(a: Exaone4Args, i: int) -> AttnSpec:

@@ -3,7 +3,7 @@
 (q_rows and kv_rows wide, not per head). llama.cpp `olmo2` uses NeoX-style RoPE: no permutation."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,7 +13,9 @@ from .llama import attn_spec, parse
 _L = "model.layers.{i}."
 
 
-def rules(a: Args) -> tuple[TensorRule, ...]:
+def post_norm_rules(q_norm: Callable[[Any], tuple[int, ...]], k_norm: Callable[[Any], tuple[int, ...]]
+                    ) -> tuple[TensorRule, ...]:
+    """The post-norm layout (OLMo 2, EXAONE 4.0): norms after attention and MLP, q/k norms of the given shapes."""
     return (
         TensorRule("model.embed_tokens.weight", "token_embd.weight", lambda a: (a.vocab, a.hidden)),
         TensorRule("model.norm.weight", "output_norm.weight", lambda a: (a.hidden,)),
@@ -22,14 +24,18 @@ def rules(a: Args) -> tuple[TensorRule, ...]:
         TensorRule(_L + "self_attn.k_proj.weight", "blk.{i}.attn_k.weight", lambda a: (a.kv_rows, a.hidden)),
         TensorRule(_L + "self_attn.v_proj.weight", "blk.{i}.attn_v.weight", lambda a: (a.kv_rows, a.hidden)),
         TensorRule(_L + "self_attn.o_proj.weight", "blk.{i}.attn_output.weight", lambda a: (a.hidden, a.q_rows)),
-        TensorRule(_L + "self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", lambda a: (a.q_rows,)),
-        TensorRule(_L + "self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", lambda a: (a.kv_rows,)),
+        TensorRule(_L + "self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight", q_norm),
+        TensorRule(_L + "self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight", k_norm),
         TensorRule(_L + "post_attention_layernorm.weight", "blk.{i}.post_attention_norm.weight", lambda a: (a.hidden,)),
         TensorRule(_L + "post_feedforward_layernorm.weight", "blk.{i}.post_ffw_norm.weight", lambda a: (a.hidden,)),
         TensorRule(_L + "mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", lambda a: (a.ffn, a.hidden)),
         TensorRule(_L + "mlp.up_proj.weight", "blk.{i}.ffn_up.weight", lambda a: (a.ffn, a.hidden)),
         TensorRule(_L + "mlp.down_proj.weight", "blk.{i}.ffn_down.weight", lambda a: (a.hidden, a.ffn)),
     )
+
+
+def rules(a: Args) -> tuple[TensorRule, ...]:
+    return post_norm_rules(lambda a: (a.q_rows,), lambda a: (a.kv_rows,))  # over the whole projection
 
 
 def block(ops: Ops[Any], a: Args, i: int, w: dict[str, np.ndarray], h: Any, delta: Any) -> tuple[Any, Any]:

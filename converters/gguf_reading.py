@@ -222,7 +222,7 @@ class GGUFFile:
             if align <= 0 or align & (align - 1):
                 raise self._bad(f"general.alignment={align} is not a power of two")
             self.alignment = align
-        infos = []
+        infos: list[tuple[str, tuple[int, ...], int, int]] = []
         names: set[str] = set()
         for _ in range(n_tensors):
             name_pos = pos
@@ -244,8 +244,8 @@ class GGUFFile:
             infos.append((name, tuple(dims), ttype, offset))
         self.data_start = data_start = pos + (-pos % self.alignment) if infos else pos
         expected = 0
-        for name, dims, ttype, offset in infos:
-            qtype, n, nbytes = self._tensor_size(name, dims, ttype)
+        for name, shape, ttype, offset in infos:
+            qtype, n, nbytes = self._tensor_size(name, shape, ttype)
             if offset != expected:
                 raise self._bad(f"tensor {name} starts at data offset {offset}, expected {expected} "
                                 "(tensors must be packed in order at the file's alignment)")
@@ -257,7 +257,7 @@ class GGUFFile:
                 raise ModelFormatError(f"{self.path}: tensor {name} needs bytes [{start}, {start + nbytes}) of a "
                                        f"{self.size}-byte file; it is truncated")
             expected = offset + nbytes + (-nbytes % self.alignment)
-            self.tensors.append(GGUFTensor(name, dims, qtype, start, n, nbytes, self))
+            self.tensors.append(GGUFTensor(name, shape, qtype, start, n, nbytes, self))
 
     def _tensor_size(self, name: str, dims: tuple[int, ...], ttype: int) -> tuple[Any, int, int]:
         """(type, elements, bytes) of a tensor, with every check ggml makes, in Python ints (no wrap-around)."""

@@ -62,7 +62,7 @@ def json_depth(value: Any, limit: int, bad_strings: list[str] | None = None) -> 
             if isinstance(item, dict):
                 if bad_strings is not None:
                     bad_strings.extend(k for k in item if not _unicode_ok(k))
-                children = item.values()
+                children: Any = item.values()
             else:
                 children = item
             for c in children:
@@ -219,10 +219,12 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
         if heads and hidden and not got.get("head_dim") and hidden % heads:
             raise ConfigError(f"{where}: hidden_size={hidden} is not divisible by num_attention_heads={heads} "
                               "and no head_dim is given")
-        for key, lo, hi in (("rms_norm_eps", 0.0, 1.0), ("layer_norm_eps", 0.0, 1.0), ("rope_theta", 1.0, 1e12),
-                            ("partial_rotary_factor", 1e-6, 1.0)):
+        ranges: tuple[tuple[str, float, float], ...] = (
+            ("rms_norm_eps", 0.0, 1.0), ("layer_norm_eps", 0.0, 1.0), ("rope_theta", 1.0, 1e12),
+            ("partial_rotary_factor", 1e-6, 1.0))
+        for key, flo, fhi in ranges:
             if cfg.get(key) is not None:
-                as_float(cfg[key], key, where, lo=lo, hi=hi)
+                as_float(cfg[key], key, where, lo=flo, hi=fhi)
         for key in ("rms_norm_eps", "layer_norm_eps", "max_position_embeddings"):
             if key in cfg and cfg[key] is None:   # readers default a missing key, not an explicit null
                 raise ConfigError(f"{where}: {key} is null; give a number or leave the key out")
@@ -234,9 +236,9 @@ def check_config_values(raw: dict[str, Any], source: str) -> None:
                 raise ConfigError(f"{where}: {key} must be an object or null, got {type(cfg[key]).__name__}")
             if isinstance(cfg.get(key), dict):
                 _check_rope(cfg[key], f"{where}: {key}")
-        names = [cfg.get("_name_or_path"), cfg.get("model_type"), cfg.get("torch_dtype")]
-        names += cfg["architectures"] if isinstance(cfg.get("architectures"), list) else [cfg.get("architectures")]
-        for value in names:   # these become file names and dictionary keys
+        labels = [cfg.get("_name_or_path"), cfg.get("model_type"), cfg.get("torch_dtype")]
+        labels += cfg["architectures"] if isinstance(cfg.get("architectures"), list) else [cfg.get("architectures")]
+        for value in labels:   # these become file names and dictionary keys
             if value is not None and (not isinstance(value, str) or len(value) > 256
                                       or any(ord(ch) < 32 or ch == "\x7f" for ch in value)):
                 raise ConfigError(f"{where}: {str(value)[:60]!r} must be a name of at most 256 printable characters")

@@ -107,8 +107,8 @@ def _embeddings(g: GraphWriter, embed: np.ndarray, recipe: Recipe, tied: bool, f
         if not fused:
             raise ModelFormatError("quantized embeddings need onnxruntime's GatherBlockQuantized (fused graph)")
         if not recipe.shares_embeddings(tied):   # its own table: rows are read directly, so weight error counts
-            table = replace(spec, method="mse") if spec.method == "gptq" else spec
-            store_nbits(g, "model.embed_tokens", spec, quantize_blocks(embed, table, "model.embed_tokens"))
+            table_spec = replace(spec, method="mse") if spec.method == "gptq" else spec
+            store_nbits(g, "model.embed_tokens", spec, quantize_blocks(embed, table_spec, "model.embed_tokens"))
             return quantized_gather(g, "input_ids", "model.embed_tokens", spec, rows)
         return quantized_gather(g, "input_ids", "lm_head", spec, rows)   # stored with the head, below
     table = g.initializer("model.embed_tokens.weight",

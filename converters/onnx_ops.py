@@ -159,9 +159,10 @@ def linear(g: GraphWriter, x: str, w: np.ndarray, spec: QuantSpec, name: str, fu
                   axis=0, block_size=spec.block_size)
         y = g.op("MatMul", x, wt, base=name + "/MatMul")
     else:
-        dtype = np.float16 if spec.kind == "fp16" else np.float32
-        wt = g.initializer(name + ".weight", np.asarray(w, dtype=np.float32).T.astype(dtype), spec.kind)
-        if dtype == np.float16:
+        half = spec.kind == "fp16"
+        wt = g.initializer(name + ".weight", np.asarray(w, dtype=np.float32).T.astype(np.float16 if half else np.float32),
+                           spec.kind)
+        if half:
             wt = g.op("Cast", wt, to=TensorProto.FLOAT)
         y = g.op("MatMul", x, wt, base=name + "/MatMul")
     if bias is not None:

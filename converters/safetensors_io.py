@@ -202,4 +202,4 @@ def _write_array(f: BinaryIO, arr: np.ndarray, dtype: str) -> None:
     f.write(np.ascontiguousarray(data).tobytes())
 
 
-__all__ = ["TensorInfo", "MappedFile", "read_header", "write_safetensors", "bf16_to_f32", "f32_to_bf16"] 
+__all__ = ["TensorInfo", "MappedFile", "read_header", "write_safetensors", "bf16_to_f32", "f32_to_bf16"]

@@ -121,7 +121,7 @@ def llama_module() -> ModuleType:
 
 def lib_dir_of(lc: ModuleType) -> Path:
     """Where llama-cpp-python loaded its native libraries from (LLAMA_CPP_LIB_PATH overrides the package's)."""
-    return Path(getattr(lc.llama_cpp, "_base_path", Path(lc.__file__).parent / "lib"))
+    return Path(getattr(lc.llama_cpp, "_base_path", None) or Path(str(lc.__file__)).parent / "lib")
 
 
 @functools.lru_cache(maxsize=1)

@@ -131,7 +131,7 @@ def evaluate(model: str | Path | Model, reference: str | Path | Model | Referenc
             ref = reference
             n_ctx = ref.size
         m = _open(model, stack, n_ctx, threads)
-        if reference is not None and ref is None:
+        if reference is not None and not isinstance(reference, ReferenceScores):
             ref = reference_scores(reference, ids, text=text, max_tokens=max_tokens, n_ctx=min(n_ctx, m.n_ctx),
                                    threads=threads)
         if ref is not None:

@@ -172,7 +172,7 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
     extra = {}
     for key, lo, hi in (("top_k", 0, 1 << 20), ("min_p", 0.0, 0.999), ("repeat_penalty", 0.01, 10.0)):
         if key in body:
-            extra[key] = _int(body, key, lo, hi) if key == "top_k" else _number(body, key, 0.0, lo, hi)
+            extra[key] = _int(body, key, int(lo), int(hi)) if key == "top_k" else _number(body, key, 0.0, lo, hi)
     if kind == "chat":
         messages, prompt = _messages(body.get("messages")), ""
     else:

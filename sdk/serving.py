@@ -169,8 +169,10 @@ class _Server:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Piece | None] = asyncio.Queue()
         try:
-            fut = self.start(model, req, lambda text, entries: loop.call_soon_threadsafe(
-                queue.put_nowait, (text, entries)), cancel)
+            def emit(text: str, entries: list[dict[str, Any]]) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (text, entries))
+
+            fut = self.start(model, req, emit, cancel)
         except BaseException:
             self.slots.release(model)
             raise

@@ -20,7 +20,6 @@ REPS, TOKENS = 3, 32
 def main(argv: list[str]) -> int:
     import llama_cpp
 
-    from edgellm.devices.threads import default_candidates
     from edgellm.planning import tune_threads
 
     if argv:

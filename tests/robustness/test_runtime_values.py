@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import edgellm
-from edgellm.errors import EdgeLLMError, GenerationError, InvalidInputError, ModelClosedError, OptionError
+from edgellm.errors import EdgeLLMError, GenerationError, ModelClosedError, OptionError
 from edgellm.runtimes.base import LoadOptions, SamplingParams
 from tests.robustness.native import ROOT
 from tests.robustness.tally import assert_clean, classify, row

@@ -184,6 +184,7 @@ class Family:
     rebuilds_gguf: bool = True        # GGUF -> HF rebuilds its gguf_arch as this family (one per architecture)
     onnx_refusal: str | None = None   # why this family has no ONNX export (None: it has one)
     final_norm: str = "output_norm.weight"    # GGUF name of the norm before the LM head
+    skipped: tuple[str, ...] = ()     # HF name prefixes deliberately not converted (a vision tower, an MTP head)
 
     def rules(self, args: Any) -> tuple[TensorRule, ...]:
         return self.tensors(args)
@@ -203,7 +204,7 @@ def check_tensors(family: Family, args: Any, present: dict[str, tuple[int, ...]]
     """(HF name, GGUF name, rule) for every tensor the checkpoint holds, in rule order; an unknown tensor, a
     missing required one or a shape that disagrees with config.json is an error."""
     mapping = family.hf_to_gguf(args)
-    unknown = [n for n in present if n not in mapping and not n.endswith(ignored)]
+    unknown = [n for n in present if n not in mapping and not n.endswith(ignored) and not n.startswith(family.skipped)]
     if unknown:
         raise ConversionError(f"{len(unknown)} tensors have no GGUF name in the {family.name} family, e.g. "
                               f"{unknown[0]}", "the checkpoint does not match its config.json architecture")

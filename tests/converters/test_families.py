@@ -6,6 +6,7 @@ the logit spread. Adding a family = its module under converters/families/ + one 
 reference_hf.py)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,15 @@ ROWS: dict[str, dict] = {
                 "tie_word_embeddings": True, "sliding_window": None, "rope_theta": 1000000.0,
                 "rope_scaling": {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
+    # Qwen3.5's shape: Gated DeltaNet layers around full-attention ones, twice as many value heads as key heads
+    # (llama.cpp tiles them), gated q_proj, partial interleaved M-RoPE (GGUF only)
+    "qwen35": {**{k: v for k, v in BASE.items() if k != "rope_theta"}, "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text", "num_hidden_layers": 4,
+               "head_dim": 32, "tie_word_embeddings": True, "full_attention_interval": 2,
+               "layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"],
+               "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16,
+               "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4, "attn_output_gate": True,
+               "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                                   "mrope_section": [2, 1, 1], "mrope_interleaved": True}},
 }
 ONNX_ROWS = [n for n, cfg in ROWS.items() if get_family(cfg["architectures"][0]).onnx_refusal is None]
 IDS = [5, 17, 33, 2, 100, 7, 250, 9, 11, 12, 300, 42, 64, 65, 66, 200, 201, 3, 4, 380]   # longer than the windows
@@ -123,7 +133,7 @@ def test_llama_cpp_and_onnxruntime_agree(name: str, checkpoints: dict[str, Path]
         a = get_family(m.config.architecture).parse(m.config)
     gguf = convert_to_gguf(folder, tmp_path / "gguf", "F32")
     ref = llama_cpp_logits(gguf.path, IDS)
-    results, hf = {}, hf_logits(folder, IDS)
+    results, hf = {}, HF_MATH.get(name, hf_logits)(folder, IDS)
     if name not in ONNX_ROWS:   # refused with the GGUF route named
         from edgellm.errors import ConversionError
 
@@ -274,7 +284,8 @@ def test_gguf_names_are_llama_cpp_names_for_the_arch(name: str) -> None:
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == family.gguf_arch)
     allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch]}
     for rule in family.rules(args):
-        base = rule.gguf.replace("{i}", "{bid}").rsplit(".", 1)[0]
+        base = rule.gguf.replace("{i}", "{bid}")
+        base = base if base in allowed else base.rsplit(".", 1)[0]      # ssm_a has no .weight
         assert base in allowed, f"{name}: {rule.gguf} is not a {family.gguf_arch} tensor in gguf-py"
 
 
@@ -374,6 +385,8 @@ def test_quantized_gguf_runs_in_llama_cpp(name: str, tmp_path: Path) -> None:
         cfg["head_dim"] = 64
     if name == "phi3":
         cfg["rope_scaling"] = None
+    if name == "qwen35":     # 16 of 64 dims rotated
+        cfg["rope_parameters"] = {**cfg["rope_parameters"], "mrope_section": [4, 2, 2]}
     folder = make_family_model(tmp_path / "m" / "model", cfg, seed=3)
     ref = llama_cpp_logits(convert_to_gguf(folder, tmp_path / "f32", "F32").path, IDS)
     for quant, max_err in (("Q8_0", 0.15), ("Q4_K_M", 1.0)):
@@ -381,7 +394,7 @@ def test_quantized_gguf_runs_in_llama_cpp(name: str, tmp_path: Path) -> None:
         got = llama_cpp_logits(res.path, IDS)
         assert np.isfinite(got).all() and agreement(ref, got)[1] < max_err, (quant, agreement(ref, got))
         types = {t.name: t.tensor_type.name for t in gg.GGUFReader(res.path).tensors}
-        assert all(t == "F32" for n, t in types.items() if "shortconv.conv" in n)
+        assert all(t == "F32" for n, t in types.items() if "shortconv.conv" in n or "ssm_conv1d" in n)
 
 
 @pytest.mark.parametrize("name", list(ROWS))
@@ -429,3 +442,124 @@ def test_the_table_catches_a_transform_both_converters_would_share(checkpoints: 
     assert np.isfinite(got).all()
     err = agreement(hf_logits(folder, IDS), got)[1]
     assert err > 1e-2, f"a missing norm offset went unnoticed ({err:.1e})"   # correct: ~1e-6
+
+
+# -- Qwen3.5 --------------------------------------------------------------------------------------------------
+def qwen35_hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """Float64 Qwen3.5 from transformers' modeling_qwen3_5 math, on the raw HF tensors (grouped value heads,
+    repeat_interleave, A_log, (1 + w) norms, the torch recurrent gated delta rule): shares nothing with the family
+    module's canonical (llama.cpp-shaped) form."""
+    import json
+
+    from tests.fixtures.reference_hf import _rms, _rope, _silu
+
+    cfg = json.loads((folder / "config.json").read_text())
+    with read_hf_model(folder) as m:
+        w = {k: np.array(m.tensor(k), np.float64) for k in m.tensor_infos()}
+    eps, n, hd = cfg["rms_norm_eps"], len(ids), cfg["head_dim"]
+    heads, kv, rope = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rope_parameters"]
+    nk, nv, dk, dv = (cfg[f"linear_{k}"] for k in ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim"))
+    sig = lambda x: 1 / (1 + np.exp(-x))   # noqa: E731
+    x = w["model.embed_tokens.weight"][np.asarray(ids)]
+    for i, kind in enumerate(cfg["layer_types"]):
+        p = f"model.layers.{i}."
+        h = _rms(x, w[p + "input_layernorm.weight"], eps, 1.0)
+        if kind == "linear_attention":
+            a = p + "linear_attn."
+            mixed = h @ w[a + "in_proj_qkv.weight"].T                                 # [n, conv_dim]
+            kernel = w[a + "conv1d.weight"][:, 0, :]
+            padded = np.concatenate([np.zeros((kernel.shape[1] - 1, mixed.shape[1])), mixed])
+            mixed = _silu(np.stack([(padded[t:t + kernel.shape[1]].T * kernel).sum(-1) for t in range(n)]))
+            q, k, v = np.split(mixed, [nk * dk, 2 * nk * dk], axis=1)
+            q, k = (np.repeat(t.reshape(n, nk, dk), nv // nk, axis=1) for t in (q, k))  # repeat_interleave
+            q = q / np.sqrt((q * q).sum(-1, keepdims=True) + 1e-6) / math.sqrt(dk)
+            k = k / np.sqrt((k * k).sum(-1, keepdims=True) + 1e-6)
+            v = v.reshape(n, nv, dv)
+            beta = sig(h @ w[a + "in_proj_b.weight"].T)
+            g = -np.exp(w[a + "A_log"]) * np.log1p(np.exp(h @ w[a + "in_proj_a.weight"].T + w[a + "dt_bias"]))
+            state, out = np.zeros((nv, dk, dv)), np.zeros((n, nv, dv))
+            for t in range(n):
+                state = state * np.exp(g[t])[:, None, None]
+                delta = (v[t] - np.einsum("hkv,hk->hv", state, k[t])) * beta[t][:, None]
+                state = state + k[t][:, :, None] * delta[:, None, :]
+                out[t] = np.einsum("hkv,hk->hv", state, q[t])
+            z = (h @ w[a + "in_proj_z.weight"].T).reshape(n, nv, dv)
+            o = (_rms(out, w[a + "norm.weight"], eps) * _silu(z)).reshape(n, -1) @ w[a + "out_proj.weight"].T
+        else:
+            s = p + "self_attn."
+            qg = (h @ w[s + "q_proj.weight"].T).reshape(n, heads, 2 * hd)
+            q, gate = qg[..., :hd], qg[..., hd:].reshape(n, -1)
+            q = _rms(q, w[s + "q_norm.weight"], eps, 1.0).transpose(1, 0, 2)
+            k = _rms((h @ w[s + "k_proj.weight"].T).reshape(n, kv, hd), w[s + "k_norm.weight"], eps, 1.0)
+            k, v = k.transpose(1, 0, 2), (h @ w[s + "v_proj.weight"].T).reshape(n, kv, hd).transpose(1, 0, 2)
+            rot = int(hd * rope["partial_rotary_factor"])
+            inv = 1.0 / rope["rope_theta"] ** (np.arange(0, rot, 2) / rot)
+            q, k = _rope(q, inv, 1.0), _rope(k, inv, 1.0)
+            k, v = np.repeat(k, heads // kv, axis=0), np.repeat(v, heads // kv, axis=0)
+            sc = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + np.triu(np.full((n, n), -np.inf), 1)
+            sc = np.exp(sc - sc.max(-1, keepdims=True))
+            att = ((sc / sc.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, -1)
+            o = (att * sig(gate)) @ w[s + "o_proj.weight"].T
+        x = x + o
+        h = _rms(x, w[p + "post_attention_layernorm.weight"], eps, 1.0)
+        x = x + (_silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)) @ \
+            w[p + "mlp.down_proj.weight"].T
+    return _rms(x, w["model.norm.weight"], eps, 1.0) @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
+
+
+HF_MATH = {"qwen35": qwen35_hf_logits}
+
+
+def _gguf_tensors(path: Path) -> dict[str, tuple[str, bytes]]:
+    return {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).tobytes())) for t in open_gguf(path).tensors}
+
+
+def test_qwen35_unpack_round_trips_bit_exactly(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """GGUF -> HF -> GGUF gives the same tensors bit for bit (ssm_a = -exp(A_log) is inverted to an A_log whose
+    -exp is exactly ssm_a; the tiled value heads go back to HF's grouped order and return) and the same
+    hybrid metadata, so llama.cpp computes the same logits."""
+    first = convert_to_gguf(checkpoints["qwen35"], tmp_path / "g1", "F32").path
+    back = gguf_to_hf(first, tmp_path / "back", dtype="F32")
+    second = convert_to_gguf(back, tmp_path / "g2", "F32").path
+    assert _gguf_tensors(first) == _gguf_tensors(second)
+    r1, r2 = open_gguf(first), open_gguf(second)
+    from edgellm.converters.gguf_reading import field_value
+
+    for key in ("attention.recurrent_layers", "full_attention_interval", "rope.dimension_sections", "ssm.conv_kernel",
+                "ssm.state_size", "ssm.group_count", "ssm.time_step_rank", "ssm.inner_size", "rope.dimension_count"):
+        a, b = field_value(r1, f"qwen35.{key}"), field_value(r2, f"qwen35.{key}")
+        assert a is not None and list(np.atleast_1d(a)) == list(np.atleast_1d(b)), key
+    a, b = llama_cpp_logits(first, IDS), llama_cpp_logits(second, IDS)
+    assert np.array_equal(a, b) and np.array_equal(a, llama_cpp_logits(first, IDS))   # and deterministic
+
+
+def test_qwen35_multimodal_checkpoint_converts_its_text_model(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """The released checkpoints are Qwen3_5ForConditionalGeneration: text weights under model.language_model.,
+    config under text_config, a vision tower and an MTP head beside them (not converted). Same GGUF tensors as
+    the text-only folder; a tensor outside those declared prefixes is still an error."""
+    import json
+
+    from edgellm.converters.safetensors_io import write_safetensors
+    from edgellm.errors import ConversionError
+
+    src, folder = checkpoints["qwen35"], tmp_path / "vl" / "model"
+    folder.mkdir(parents=True)
+    with read_hf_model(src) as m:
+        tensors = {k.replace("model.", "model.language_model.", 1): np.array(m.tensor(k)) for k in m.tensor_infos()}
+    tensors["model.visual.patch_embed.proj.weight"] = np.ones((4, 3), np.float32)
+    tensors["mtp.fc.weight"] = np.ones((4, 4), np.float32)
+    write_safetensors(folder / "model.safetensors", [(n, "F32", t.shape) for n, t in tensors.items()],
+                      ((n, t.astype(np.float32)) for n, t in tensors.items()))
+    text = json.loads((src / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen3_5ForConditionalGeneration"],
+                                                    "model_type": "qwen3_5", "tie_word_embeddings": True,
+                                                    "text_config": text, "vision_config": {"depth": 1}}))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / f).write_bytes((src / f).read_bytes())
+    want = _gguf_tensors(convert_to_gguf(src, tmp_path / "text", "F32").path)
+    assert _gguf_tensors(convert_to_gguf(folder, tmp_path / "vl-gguf", "F32").path) == want
+    tensors["model.audio_tower.weight"] = np.ones((2,), np.float32)
+    write_safetensors(folder / "model.safetensors", [(n, "F32", t.shape) for n, t in tensors.items()],
+                      ((n, t.astype(np.float32)) for n, t in tensors.items()))
+    with pytest.raises(ConversionError, match="audio_tower"):
+        convert_to_gguf(folder, tmp_path / "bad", "F32")

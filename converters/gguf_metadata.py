@@ -59,6 +59,10 @@ def write_metadata(writer: Any, model: HFModel, args: Args, vocab: GGUFVocab, na
         writer.add_token_merges(vocab.merges)
     if vocab.add_space_prefix is not None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.remove_extra_whitespaces is not None:
+        writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+    if vocab.precompiled_charsmap:
+        writer.add_precompiled_charsmap(vocab.precompiled_charsmap)
     for role, idx in vocab.special_ids.items():
         writer.add_uint32(f"tokenizer.ggml.{SPECIAL_KEYS[role]}_token_id", idx)
     writer.add_add_bos_token(vocab.add_bos)

@@ -82,6 +82,7 @@ def _vocab(reader: Any) -> GGUFVocab:
         if idx is not None:
             specials[{"unknown": "unk", "padding": "pad", "seperator": "sep"}.get(key, key)] = int(idx)
     scores = field_value(reader, "tokenizer.ggml.scores")
+    charsmap = field_value(reader, "tokenizer.ggml.precompiled_charsmap")
     return GGUFVocab(
         model=str(field_value(reader, "tokenizer.ggml.model", "")),
         pre=str(field_value(reader, "tokenizer.ggml.pre", "default")),
@@ -93,6 +94,8 @@ def _vocab(reader: Any) -> GGUFVocab:
         add_eos=bool(field_value(reader, "tokenizer.ggml.add_eos_token", False)),
         scores=[float(x) for x in scores] if scores is not None else None,
         add_space_prefix=bool(field_value(reader, "tokenizer.ggml.add_space_prefix", True)),
+        remove_extra_whitespaces=bool(field_value(reader, "tokenizer.ggml.remove_extra_whitespaces", False)),
+        precompiled_charsmap=bytes(bytearray(int(b) & 0xFF for b in charsmap)) if charsmap is not None else None,
     )
 
 
@@ -154,7 +157,7 @@ def gguf_to_hf(gguf_path: str | Path, output: str | Path, dtype: str = "BF16", o
         tok.save(str(tmp / "tokenizer.json"))
         text_of = {k: vocab.tokens[i] for k, i in vocab.special_ids.items()}
         tok_cfg: dict[str, Any] = {
-            "tokenizer_class": "LlamaTokenizer" if vocab.model == "llama" else "GPT2Tokenizer",
+            "tokenizer_class": {"llama": "LlamaTokenizer", "t5": "T5Tokenizer"}.get(vocab.model, "GPT2Tokenizer"),
             "add_bos_token": vocab.add_bos, "add_eos_token": vocab.add_eos,
             "clean_up_tokenization_spaces": False, "model_max_length": cfg["max_position_embeddings"],
             **{f"{k}_token": v for k, v in text_of.items()},

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import TokenizerError
 from .limits import MAX_TOKENIZER_BYTES, check_tokenizer_json, load_json
 from .tokenizer_spm import add_space_prefix, is_byte_token, is_spm, merge_scores, spm_tokenizer_json
+from .tokenizer_unigram import unigram_pipeline, unigram_tokenizer_json, unigram_tokens
 
 _GPT2_REGEX = None  # the ByteLevel pre-tokenizer's built-in GPT-2 regex (use_regex=True)
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -91,8 +92,10 @@ class GGUFVocab:
     special_ids: dict[str, int]     # bos/eos/unk/pad/... -> id
     add_bos: bool
     add_eos: bool
-    scores: list[float] | None = None       # SPM ("llama") vocabularies: merge priority per token
-    add_space_prefix: bool | None = None    # SPM: "▁" before the text
+    scores: list[float] | None = None       # SPM ("llama"): merge priority per token; UGM ("t5"): log-probability
+    add_space_prefix: bool | None = None    # SPM, UGM: "▁" before the text
+    remove_extra_whitespaces: bool | None = None   # UGM: whitespace runs collapse to one "▁" (T5)
+    precompiled_charsmap: bytes | None = None      # UGM: SentencePiece's normalization map
 
 
 def _special_id(content: str | None, vocab: dict[str, int]) -> int | None:
@@ -108,21 +111,32 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
     `pre_tokenizer` overrides detection: only pass it when you know the model's pre-tokenizer.
     """
     tok = load_json(path, max_bytes=MAX_TOKENIZER_BYTES, error=TokenizerError)
-    check_tokenizer_json(tok, vocab_size, str(path))   # ids bounded by vocab_size before any list is built
+    model = tok.get("model") if isinstance(tok, dict) else None
+    ugm = isinstance(model, dict) and model.get("type") == "Unigram"
+    pieces: list[str] = []
+    if ugm:   # [piece, score] pairs in id order: validated as the {piece: id} object the check knows
+        pieces, ugm_scores, ugm_unk = unigram_tokens(tok, str(path))
+        if len(set(pieces)) != len(pieces):
+            raise TokenizerError(f"{path}: the Unigram vocabulary repeats a piece")
+        check_tokenizer_json({**tok, "model": {**model, "vocab": {t: i for i, t in enumerate(pieces)}}},
+                             vocab_size, str(path))
+        space_prefix, remove_extra, charsmap = unigram_pipeline(tok, str(path))
+    else:
+        check_tokenizer_json(tok, vocab_size, str(path))   # ids bounded by vocab_size before any list is built
     model = tok["model"]
     spm = is_spm(tok)
-    if model.get("type") != "BPE":
+    if model.get("type") != "BPE" and not ugm:
         raise TokenizerError(
-            f"{path}: {model.get('type')} tokenizers cannot be exported to GGUF yet; byte-level BPE and "
-            "SentencePiece-style BPE (byte fallback) can", "Unigram vocabularies are on the roadmap")
-    pre = "default" if spm else pre_tokenizer or detect_pre_tokenizer(tok)
+            f"{path}: {model.get('type')} tokenizers cannot be exported to GGUF; byte-level BPE, SentencePiece-style "
+            "BPE (byte fallback) and Unigram can", "WordPiece (BERT) vocabularies are for encoders, not chat models")
+    pre = "default" if spm or ugm else pre_tokenizer or detect_pre_tokenizer(tok)
     if pre is None:
         raise TokenizerError(
             f"{path}: pre-tokenizer {json.dumps(tok.get('pre_tokenizer'))[:200]} is not one llama.cpp knows "
             f"under a name edgellm recognises ({', '.join(PRE_TOKENIZERS)})",
             "llama.cpp would split text differently from the model's training; pass --pre-tokenizer NAME "
             "only if you know which llama.cpp pre-tokenizer matches")
-    vocab: dict[str, int] = dict(model["vocab"])
+    vocab: dict[str, int] = {t: i for i, t in enumerate(pieces)} if ugm else dict(model["vocab"])
     added = tok.get("added_tokens") or []
     for a in added:
         vocab[a["content"]] = int(a["id"])
@@ -137,7 +151,7 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
                 types[i] = TOKEN_BYTE
     for a in added:
         types[int(a["id"])] = TOKEN_CONTROL if a.get("special") else TOKEN_USER_DEFINED
-    unk = vocab.get(model.get("unk_token") or "") if spm else None
+    unk = vocab.get(model.get("unk_token") or "") if spm else ugm_unk if ugm else None
     if unk is not None:
         types[unk] = TOKEN_UNKNOWN
     for i, t in enumerate(tokens):
@@ -150,6 +164,10 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
         by_text = merge_scores(dict(model["vocab"]), merges)
         scores = [by_text.get(str(t), 0.0) if k == TOKEN_NORMAL else 0.0 for t, k in zip(tokens, types)]
         merges = []
+    if ugm:
+        scores = [ugm_scores[i] if i < len(pieces) and k in (TOKEN_NORMAL, TOKEN_USER_DEFINED) else 0.0
+                  for i, k in enumerate(types)]
+        merges = []
     names = specials or {}
     special_ids: dict[str, int] = {}
     for key in ("bos", "eos", "unk", "pad", "sep", "mask"):
@@ -160,17 +178,21 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
         idx = _special_id(content, vocab)
         if idx is not None:
             special_ids[key] = idx
-    return GGUFVocab("llama" if spm else "gpt2", pre, [str(t) for t in tokens], types, merges, special_ids,
-                     add_bos=bool(tokenizer_config.get("add_bos_token", False)),
+    if ugm and unk is not None:
+        special_ids.setdefault("unk", unk)
+    return GGUFVocab("t5" if ugm else "llama" if spm else "gpt2", pre, [str(t) for t in tokens], types, merges,
+                     special_ids, add_bos=bool(tokenizer_config.get("add_bos_token", False)),
                      add_eos=bool(tokenizer_config.get("add_eos_token", False)), scores=scores,
-                     add_space_prefix=add_space_prefix(tok, str(path)) if spm else None)
+                     add_space_prefix=space_prefix if ugm else add_space_prefix(tok, str(path)) if spm else None,
+                     remove_extra_whitespaces=remove_extra if ugm else None,
+                     precompiled_charsmap=charsmap if ugm else None)
 
 
 def tokenizer_json_from_vocab(v: GGUFVocab) -> dict[str, Any]:
     """Build an HF tokenizer.json dict from GGUF vocabulary data (the inverse of the above)."""
-    if v.model not in ("gpt2", "llama"):
+    if v.model not in ("gpt2", "llama", "t5"):
         raise TokenizerError(f"GGUF tokenizer model {v.model!r} cannot be rebuilt yet; only 'gpt2' (byte-level "
-                             "BPE) and 'llama' (SentencePiece BPE)")
+                             "BPE), 'llama' (SentencePiece BPE) and 't5' (Unigram)")
     if v.model == "gpt2" and v.pre not in PRE_TOKENIZERS:
         raise TokenizerError(f"GGUF pre-tokenizer {v.pre!r} has no known tokenizers equivalent; "
                              f"known: {', '.join(PRE_TOKENIZERS)}")
@@ -190,6 +212,14 @@ def tokenizer_json_from_vocab(v: GGUFVocab) -> dict[str, Any]:
                 "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                          {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {bos_text: {"id": bos_text, "ids": [bos], "tokens": [bos_text]}}}
+    if v.model == "t5":
+        if v.scores is None or len(v.scores) != len(v.tokens):
+            raise TokenizerError("the GGUF's Unigram vocabulary has no tokenizer.ggml.scores")
+        ugm_post = None if post.get("type") == "ByteLevel" else post
+        used = max((i for i, k in enumerate(v.token_types) if k != TOKEN_UNUSED), default=-1) + 1
+        return unigram_tokenizer_json(v.tokens, v.scores, v.special_ids.get("unk"), added, ugm_post,
+                                      bool(v.add_space_prefix), bool(v.remove_extra_whitespaces),
+                                      v.precompiled_charsmap, used)
     if v.model == "llama":
         if v.scores is None or len(v.scores) != len(v.tokens):
             raise TokenizerError("the GGUF's SentencePiece vocabulary has no tokenizer.ggml.scores")

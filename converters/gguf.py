@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, ModelFormatError, OutputPathError, QuantizationError
+from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
 from .gguf_metadata import write_metadata
@@ -103,9 +105,8 @@ def _check_finite(name: str, w: np.ndarray) -> None:
 
 
 def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant: GGUFQuant, out_file: Path,
-                  names: dict[str, str | None], vocab: Any, context_length: int | None, progress: bool) -> Counter[str]:
+                  names: dict[str, str | None], vocab: Any, context_length: int | None, rep: Reporter) -> Counter[str]:
     import gguf
-    from tqdm import tqdm
 
     writer = gguf.GGUFWriter(None, family.gguf_arch)
     write_metadata(writer, model, args, vocab, names, quant.file_type, context_length)
@@ -129,10 +130,11 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     try:
-        for (hf, gg, shape, rule), t in tqdm(list(zip(plan, types)), desc=f"writing {quant.name}", unit="tensor",
-                                       disable=not progress, leave=False):
-            writer.write_tensor_data(_encode_tensor(model, args, hf, rule, shape, t))
-            model.release(hf)
+        with rep.stage(f"writing {quant.name}", total=len(plan), unit="tensors") as bar:
+            for (hf, _gg, shape, rule), t in zip(plan, types):
+                writer.write_tensor_data(_encode_tensor(model, args, hf, rule, shape, t))
+                model.release(hf)
+                bar.advance()
         for _, data in extra:
             writer.write_tensor_data(data)
     finally:
@@ -146,11 +148,57 @@ def _read_types(path: Path) -> Counter[str]:
     return Counter(t.tensor_type.name for t in open_gguf(path).tensors)
 
 
+def _bits(ggml_type: str) -> float:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]]
+    return 8.0 * size / block
+
+
+def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, threads: int | None,
+                      rep: Reporter) -> Any:
+    """llama.cpp's quantizer has no progress callback: a watcher thread reports the output file's growth
+    against the expected size (the intermediate's size scaled by the main type's bits per weight; fallback
+    tensors make the real file somewhat larger, so the count is clipped there and set exactly at the end)."""
+    try:
+        expected: float | None = src.stat().st_size * _bits(q.main_type) / _bits(source_type)
+    except (KeyError, OSError):
+        expected = None
+    stop = threading.Event()
+    failed: list[BaseException] = []   # a callback's exception, raised on this thread once llama.cpp returns
+    with rep.stage(f"quantizing {q.name} (llama.cpp)", total=expected, unit="B") as bar:
+        def watch() -> None:
+            while not stop.wait(0.5):
+                try:
+                    bar.update(min(dst.stat().st_size, expected or float("inf")))
+                except OSError:
+                    pass
+                except BaseException as exc:  # noqa: BLE001 - handed to the converting thread
+                    failed.append(exc)
+                    return
+        watcher = threading.Thread(target=watch, name="edgellm-quantize-progress", daemon=True)
+        if rep.enabled:
+            watcher.start()
+        try:
+            result = quantize_gguf(src, dst, q.file_type, threads)
+        finally:
+            stop.set()
+            if watcher.is_alive():
+                watcher.join()
+        if failed:
+            raise failed[0]
+        if dst.exists():
+            bar.total = bar.done = dst.stat().st_size
+    return result
+
+
 def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_0", *,
                     pre_tokenizer: str | None = None, context_length: int | None = None,
-                    threads: int | None = None, progress: bool = False) -> GGUFResult:
-    """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json."""
+                    threads: int | None = None, progress: ProgressArg | Reporter = False) -> GGUFResult:
+    """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
+    progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent)."""
     q = get_quant(quant)
+    rep = reporter(progress)
     out_dir = Path(output)
     created = not out_dir.exists()
     try:
@@ -177,7 +225,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
             if q.native:
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
-                _write_native(model, family, args, plan, q, stage, names, vocab, context_length, progress)
+                _write_native(model, family, args, plan, q, stage, names, vocab, context_length, rep)
             else:
                 # the intermediate llama.cpp quantizes from keeps the checkpoint's precision (F32 stays F32, so a
                 # folder rebuilt from a quantized GGUF requantizes to the same codes)
@@ -186,14 +234,14 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 base = stage_in = out_dir / (final.name + f".{source_type}.partial")
                 tmp_files.append(stage_in)
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
-                              progress)
+                              rep)
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
                 if q.needs_imatrix:
                     raise QuantizationError(
                         f"{q.name} needs an importance matrix, which edgellm does not compute yet",
                         "pick IQ4_NL/IQ4_XS/IQ3_S or a K-quant (Q2_K … Q6_K)")
-                fallbacks = quantize_gguf(stage_in, stage, q.file_type, threads).fallbacks
+                fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep).fallbacks
             counts = _read_types(stage)
             os.replace(stage, final)
             manifest = Manifest(
@@ -207,8 +255,11 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 extra={"gguf_arch": family.gguf_arch, "family": family.name, "file_type": q.file_type},
             )
             if fallbacks:
-                log.warning("%d of %d tensors fell back from their %s type (e.g. %s -> %s)", len(fallbacks),
-                            sum(counts.values()), q.name, fallbacks[0]["tensor"], fallbacks[0]["type"])
+                kinds = Counter(f["type"] for f in fallbacks)
+                log.warning("%d of %d tensors fell back from their %s type (rows not divisible by its block size): "
+                            "%s (e.g. %s -> %s)", len(fallbacks), sum(counts.values()), q.name,
+                            ", ".join(f"{n} -> {k}" for k, n in sorted(kinds.items())), fallbacks[0]["tensor"],
+                            fallbacks[0]["type"])
             manifest_path = write_manifest(out_dir, manifest)
             return GGUFResult(final, manifest_path, q.name, dict(counts), fallbacks)
     except BaseException:

@@ -6,6 +6,7 @@ output and moved into place when complete, manifest last, so a failure leaves no
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConversionError, OutputPathError
+from ..errors import ConversionError, OutputPathError, TokenizerError, missing_extra
+from ..progress import ProgressArg, Reporter, Stage, reporter
 from .architectures import get_family
 from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, calibration_set
 from .hf import HFModel, read_hf_model
@@ -88,11 +90,37 @@ def _check_recipe(model: HFModel, recipe: Recipe) -> None:
 
 
 def _stage_dir(out_dir: Path) -> Path:
+    """A private staging folder beside OUT. mkdtemp makes it 0700; it gets a new folder's mode (0777 less the
+    umask, 0755 usually) so the artifact renamed from it is as readable as any folder the user creates."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        os.chmod(stage, 0o777 & ~_umask())
+        return stage
     except OSError as exc:
         raise OutputPathError(f"cannot write beside {out_dir}: {exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)   # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _layer_progress(family: Any, stage: Stage, calibrated: bool) -> Any:
+    """The family with its block function wrapped to report each finished graph layer (build_decoder calls it
+    with graph ops once per layer, after the layer's GPTQ calibration when the recipe is calibrated, which calls
+    it with numpy ops first)."""
+    from .onnx_block_ops import OnnxOps
+
+    block = family.block
+
+    def reporting_block(ops: Any, args: Any, i: int, *rest: Any) -> Any:
+        out = block(ops, args, i, *rest)
+        if isinstance(ops, OnnxOps):
+            stage.advance(message=f"layer {i}" + (" calibrated" if calibrated else ""))
+        return out
+    return dataclasses.replace(family, block=reporting_block)
 
 
 def _export_ort(stage: Path, threads: int | None) -> list[str]:
@@ -135,16 +163,21 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
                     lm_head: str | None = None, embeddings: str | None = None, recipe: Recipe | None = None,
                     ort_format: bool = False, context_length: int | None = None, threads: int | None = None,
                     calibration_text: str | Path | None = None, calibration_tokens: int = DEFAULT_TOKENS,
-                    progress: bool = False) -> ONNXResult:
+                    progress: ProgressArg | Reporter = False) -> ONNXResult:
     """Convert an HF folder into an ONNX artifact folder `output/` (model.onnx + external data + genai files).
 
     quant names a recipe (ONNX_QUANTS) unless `recipe` is given; block_size/symmetric/lm_head/embeddings
     override it. fused=False writes only ai.onnx ops. GPTQ recipes calibrate on `calibration_tokens` of
-    `calibration_text` (default: standard-library docstrings). Returns paths, the recipe name and tensor types."""
-    from .onnx_graph import GraphOptions, build_decoder
-    from .onnx_ops import GraphWriter
+    `calibration_text` (default: standard-library docstrings). Returns paths, the recipe name and tensor types.
+    progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent)."""
+    try:
+        from .onnx_graph import GraphOptions, build_decoder
+        from .onnx_ops import GraphWriter
+    except ImportError as exc:
+        raise missing_extra(exc, "ONNX conversion") from None
 
     t0 = time.perf_counter()
+    rep = reporter(progress)
     base = recipe or get_recipe(quant)
     rec = base.with_options(block_size=block_size, symmetric=symmetric, lm_head=lm_head, embeddings=embeddings)
     if not fused and rec.embeddings.bits:
@@ -162,25 +195,38 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         if family.onnx_refusal:
             raise ConversionError(f"{model.config.architecture} cannot be exported to ONNX: {family.onnx_refusal}",
                                   "convert it to GGUF (--format gguf), which llama.cpp runs")
+        if model.tokenizer_json is None:   # the runtime tokenizes with it: an artifact without it cannot run
+            raise TokenizerError(f"{model.path} has no tokenizer.json; an ONNX artifact ships it for the runtime",
+                                 "copy the model's tokenizer.json (from its hub page) into the folder and retry")
         rope_kind(family.parse(model.config).rope_scaling, family.rope_kinds)   # refuse before writing anything
         _check_recipe(model, rec)
         ctx = int(context_length or model.config.max_position_embeddings)
-        calib = (calibration_set(Path(model_dir), calibration_text, calibration_tokens, seq_len=min(DEFAULT_SEQ_LEN, ctx))
-                 if rec.calibrated else None)
+        calib = None
+        if rec.calibrated:
+            with rep.stage("tokenizing calibration text") as st:
+                calib = calibration_set(Path(model_dir), calibration_text, calibration_tokens,
+                                        seq_len=min(DEFAULT_SEQ_LEN, ctx))
+                st.update(calib.tokens, f"{calib.tokens} tokens from {calib.source}")
         stage = _stage_dir(out_dir)
         try:
             writer = GraphWriter(stage / DATA_FILE, DATA_FILE)
+            n_layers = family.parse(model.config).layers
+            label = f"ONNX {rec.name} layers" + (" (GPTQ-calibrated)" if calib is not None else "")
             try:
-                build_decoder(model, family, writer, GraphOptions(rec, fused, accuracy_level, max_positions=ctx,
-                                                                  calibration=calib, progress=progress))
+                with rep.stage(label, total=n_layers, unit="layers") as layers:
+                    build_decoder(model, _layer_progress(family, layers, calib is not None), writer,
+                                  GraphOptions(rec, fused, accuracy_level, max_positions=ctx, calibration=calib))
             finally:
                 writer.finish()
-            proto = writer.model(f"edgellm-{model.config.model_type or 'decoder'}", fused)
-            (stage / MODEL_FILE).write_bytes(proto.SerializeToString())
-            files = [MODEL_FILE, DATA_FILE]
-            files += write_genai_files(model, stage, filename=MODEL_FILE, context_length=ctx, share_buffer=fused)
+            with rep.stage("writing model.onnx, tokenizer and genai_config"):
+                proto = writer.model(f"edgellm-{model.config.model_type or 'decoder'}", fused)
+                (stage / MODEL_FILE).write_bytes(proto.SerializeToString())
+                files = [MODEL_FILE, DATA_FILE]
+                files += write_genai_files(model, stage, filename=MODEL_FILE, context_length=ctx,
+                                           share_buffer=fused)
             if ort_format:
-                files += _export_ort(stage, threads)
+                with rep.stage("exporting model.ort"):
+                    files += _export_ort(stage, threads)
             size = sum((stage / f).stat().st_size for f in (MODEL_FILE, DATA_FILE))
             manifest = Manifest(
                 format="onnx", file=MODEL_FILE, files=files, quant=rec.name, size_bytes=size,

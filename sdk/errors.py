@@ -119,3 +119,17 @@ class BudgetNotMetError(EdgeLLMError):
     def __init__(self, message: str, hint: str | None = None, table: list[dict] | None = None) -> None:
         super().__init__(message, hint)
         self.table = list(table or [])
+
+
+# Optional dependency -> the extra that installs it (pyproject's [project.optional-dependencies]).
+EXTRAS: dict[str, str] = {"onnx": "onnx", "onnxruntime": "onnx", "onnxruntime_genai": "onnx",
+                          "starlette": "server", "uvicorn": "server", "pynvml": "cuda"}
+
+
+def missing_extra(exc: ImportError, what: str) -> BackendUnavailableError:
+    """The typed error for an optional package that cannot be imported: names the package and the extra."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    hint = f"pip install 'edgellm[{extra}]'" if extra else f"pip install {name or 'the missing package'}"
+    return BackendUnavailableError(f"{what} needs the {name or 'missing'} package, which cannot be imported ({exc})",
+                                   hint)

@@ -56,6 +56,20 @@ def _device(spec: str) -> tuple[str, int | None]:
     return dev.label, dev.max_threads
 
 
+def _require_runtime(art: ResolvedArtifact) -> None:
+    """An ONNX artifact needs the `edgellm[onnx]` extra (onnxruntime to run, onnx to plan): a typed error naming
+    it before anything else touches the artifact."""
+    if art.format != "onnx":
+        return
+    from .errors import missing_extra
+
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise missing_extra(exc, f"loading the ONNX artifact {art.path}") from None
+
+
 def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
     """Plan this artifact on the device before opening it: refuses (InsufficientMemoryError, with the
     numbers) what cannot fit, and proposes threads and GPU layers. A GGUF is validated first (structure, sizes,
@@ -108,6 +122,7 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
         log.info("bundle %s: variant %s (%s)", path, variant, why)
         path = verify_variant(path, variant)
     art = resolve_artifact(path)
+    _require_runtime(art)
     if art.format == "gguf" and (backend or "llama.cpp") == "llama.cpp":
         from .kernel_probe import ensure_probed
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from .errors import BudgetNotMetError, EdgeLLMError
 from .evaluation import EvalResult, evaluate, reference_scores
+from .progress import ProgressArg, Reporter, reporter
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,31 @@ class PruneResult:
     decode_tps_before: float | None = None
     decode_tps_after: float | None = None
     ranking: list[LayerCost] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)   # each measured set of dropped layers
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["output"] = str(self.output) if self.output else None
         return d
+
+    def format_table(self) -> str:
+        """The measured tables: each block's cost alone (the ranking), then each set of blocks dropped together."""
+        lines = []
+        if self.ranking:
+            lines += ["| layer dropped alone | mean KLD | PPL | top-1 |", "|---:|---:|---:|---:|"]
+            lines += [f"| {c.layer} | {c.kld:.4f} | {c.ppl:.3f} | {c.top1 * 100:.1f} % |" for c in self.ranking]
+            lines.append("")
+        lines += [f"| layers dropped together | mean KLD | PPL (base {self.ppl_before:.3f}) | PPL vs base | top-1 "
+                  "| within budget |", "|---|---:|---:|---:|---:|---|"]
+        for t in self.trials:
+            lines.append(f"| {', '.join(map(str, t['dropped']))} | {t['kld'] or 0:.4f} | {t['ppl']:.3f} | "
+                         f"{t['ppl_increase'] * 100:+.2f} % | {(t['top1'] or 0) * 100:.1f} % | "
+                         f"{'yes' if t['within_budget'] else 'no'} |")
+        return "\n".join(lines)
+
+
+def format_ranking(ranking: Sequence[LayerCost]) -> str:
+    return PruneResult(None, (), 0, 0, 0.0, 0.0, 0.0, 0.0, ranking=list(ranking)).format_table().split("\n\n")[0]
 
 
 def gguf_file(model: str | Path) -> Path:
@@ -111,25 +132,40 @@ class _Calibration:
         self.ref.log_probs.clear()
 
 
-def _rank(cal: _Calibration, workdir: Path, candidates: Sequence[int]) -> list[LayerCost]:
+def _rank(cal: _Calibration, workdir: Path, candidates: Sequence[int], rep: Reporter | None = None) -> list[LayerCost]:
     costs = []
-    for layer in candidates:
-        out = drop_layers(cal.src, workdir / f"drop-{layer}.gguf", [layer], cal.threads)
-        r = cal.score(out)
-        out.unlink()
-        costs.append(LayerCost(layer, float(r.kld_mean or 0.0), r.ppl, float(r.top1 or 0.0)))
-        log.info("without layer %d: KLD %.4f, ppl %.2f", layer, costs[-1].kld, r.ppl)
+    layers = list(candidates)
+    with (rep or reporter(False)).stage("ranking layers (each dropped alone)", total=len(layers),
+                                        unit="layers") as st:
+        for layer in layers:
+            out = drop_layers(cal.src, workdir / f"drop-{layer}.gguf", [layer], cal.threads)
+            r = cal.score(out)
+            out.unlink()
+            costs.append(LayerCost(layer, float(r.kld_mean or 0.0), r.ppl, float(r.top1 or 0.0)))
+            log.info("without layer %d: KLD %.4f, ppl %.2f", layer, costs[-1].kld, r.ppl)
+            st.advance(message=f"layer {layer}: KLD {costs[-1].kld:.4f}, PPL {r.ppl:.2f}")
     return sorted(costs, key=lambda c: c.kld)
 
 
+def _calibrate(src: Path, text: str | None, max_tokens: int, threads: int | None, rep: Reporter) -> _Calibration:
+    with rep.stage("scoring the unpruned model", unit="tokens") as st:
+        cal = _Calibration(src, text, max_tokens, threads)
+        st.update(len(cal.ref.tokens))
+    return cal
+
+
 def rank_layers(model: str | Path, *, text: str | None = None, max_tokens: int = 128,
-                candidates: Sequence[int] | None = None, threads: int | None = None) -> list[LayerCost]:
-    """Every block (or `candidates`), cheapest to remove first."""
+                candidates: Sequence[int] | None = None, threads: int | None = None,
+                progress: ProgressArg | Reporter = None) -> list[LayerCost]:
+    """Every block (or `candidates`), cheapest to remove first. progress: see edgellm.progress."""
     src = gguf_file(model)
-    cal = _Calibration(src, text, max_tokens, threads)
+    rep = reporter(progress)
+    cal = _calibrate(src, text, max_tokens, threads, rep)
     try:
         with tempfile.TemporaryDirectory(prefix="edgellm-prune-") as tmp:
-            return _rank(cal, Path(tmp), candidates if candidates is not None else range(block_count(src)))
+            ranking = _rank(cal, Path(tmp), candidates if candidates is not None else range(block_count(src)), rep)
+            rep.note("layer ranking (cheapest to drop first)\n" + format_ranking(ranking))
+            return ranking
     finally:
         cal.close()
 
@@ -137,14 +173,19 @@ def rank_layers(model: str | Path, *, text: str | None = None, max_tokens: int =
 def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[int] | str = "auto", *,
           max_kld: float | None = None, max_ppl_increase: float | None = None, text: str | None = None,
           max_tokens: int = 128, candidates: Sequence[int] | None = None, threads: int | None = None,
-          measure_speed: bool = True) -> PruneResult:
+          measure_speed: bool = True, progress: ProgressArg | Reporter = None,
+          source_label: str | None = None) -> PruneResult:
     """Drop `layers` blocks (a count, explicit indices, or "auto": as many as `max_kld` allows) and write
     the pruned artifact to `output` (a folder). Raises BudgetNotMetError with the measured table when the
-    result misses `max_kld` / `max_ppl_increase` (or "auto" cannot drop even one layer)."""
+    result misses `max_kld` / `max_ppl_increase` (or "auto" cannot drop even one layer).
+    progress: see edgellm.progress (the ranking reports each layer; the measured tables are shown at the end,
+    `result.format_table()` returns them). source_label: what the manifest names as the source instead of
+    `model`'s path (when that is a temporary file)."""
     if layers == "auto" and max_kld is None and max_ppl_increase is None:
         raise EdgeLLMError("layers='auto' needs a quality budget", "pass max_kld (e.g. 0.05) or max_ppl_increase")
     src = gguf_file(model)
-    cal = _Calibration(src, text, max_tokens, threads)
+    rep = reporter(progress)
+    cal = _calibrate(src, text, max_tokens, threads, rep)
     table: list[dict[str, Any]] = []
     try:
         base = cal.score(src)
@@ -154,7 +195,7 @@ def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[i
             if isinstance(layers, (list, tuple)):
                 chosen = [int(i) for i in layers]
             else:
-                ranking = _rank(cal, work, candidates if candidates is not None else range(block_count(src)))
+                ranking = _rank(cal, work, candidates if candidates is not None else range(block_count(src)), rep)
                 chosen = [c.layer for c in ranking[: int(layers)]] if not isinstance(layers, str) else []
 
             def within(r: EvalResult) -> bool:
@@ -163,10 +204,12 @@ def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[i
                 return ok_kld and ok_ppl
 
             def trial(drop: list[int]) -> tuple[Path, EvalResult]:
-                path = drop_layers(src, work / f"pruned-{len(table)}.gguf", drop, threads)
-                r = cal.score(path)
-                table.append({"dropped": sorted(drop), "kld": r.kld_mean, "ppl": r.ppl, "top1": r.top1,
-                              "ppl_increase": r.ppl / base.ppl - 1.0, "within_budget": within(r)})
+                with rep.stage(f"measuring layers {', '.join(map(str, sorted(drop)))} dropped together") as st:
+                    path = drop_layers(src, work / f"pruned-{len(table)}.gguf", drop, threads)
+                    r = cal.score(path)
+                    table.append({"dropped": sorted(drop), "kld": r.kld_mean, "ppl": r.ppl, "top1": r.top1,
+                                  "ppl_increase": r.ppl / base.ppl - 1.0, "within_budget": within(r)})
+                    st.close(f"KLD {r.kld_mean or 0:.4f}, PPL {r.ppl:.2f}")
                 return path, r
 
             if layers == "auto":  # grow the set in rank order while the budget holds
@@ -189,18 +232,22 @@ def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[i
                         f"(base {base.ppl:.2f}), over the budget (max_kld={max_kld}, "
                         f"max_ppl_increase={max_ppl_increase})", table=table)
             result = PruneResult(None, tuple(sorted(chosen)), src.stat().st_size, path.stat().st_size,
-                                 float(r.kld_mean or 0.0), base.ppl, r.ppl, float(r.top1 or 0.0), ranking=ranking)
+                                 float(r.kld_mean or 0.0), base.ppl, r.ppl, float(r.top1 or 0.0), ranking=ranking,
+                                 trials=table)
             if measure_speed:
-                result.decode_tps_before = _decode_tps(src, threads)
-                result.decode_tps_after = _decode_tps(path, threads)
+                with rep.stage("measuring decode speed before and after"):
+                    result.decode_tps_before = _decode_tps(src, threads)
+                    result.decode_tps_after = _decode_tps(path, threads)
             if output is not None:
-                result.output = _write_artifact(src, path, Path(output), result, table)
+                result.output = _write_artifact(src, path, Path(output), result, table, source_label)
+            rep.note("prune: measured tables\n" + result.format_table())
             return result
     finally:
         cal.close()
 
 
-def _write_artifact(src: Path, pruned: Path, out_dir: Path, result: PruneResult, table: list[dict]) -> Path:
+def _write_artifact(src: Path, pruned: Path, out_dir: Path, result: PruneResult, table: list[dict],
+                    source_label: str | None = None) -> Path:
     from .converters.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, write_manifest
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +259,7 @@ def _write_artifact(src: Path, pruned: Path, out_dir: Path, result: PruneResult,
     else:
         m = Manifest(format="gguf", file=name, quant="?", size_bytes=0, sha256="", context_length=2048)
     m.file, m.files, m.size_bytes, m.sha256 = name, [name], final.stat().st_size, sha256_file(final)
-    m.extra = {**m.extra, "prune": {"dropped_layers": list(result.dropped), "source": str(src),
+    m.extra = {**m.extra, "prune": {"dropped_layers": list(result.dropped), "source": source_label or str(src),
                                     "kld": result.kld, "ppl_before": result.ppl_before,
                                     "ppl_after": result.ppl_after, "top1": result.top1, "trials": table,
                                     "ranking": [asdict(c) for c in result.ranking]}}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BudgetNotMetError, EdgeLLMError, OutputPathError
+from .progress import ProgressArg, Reporter, reporter
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,16 @@ def autoquant(model: str | Path, output: str | Path, max_kld: float | None = Non
               formats: Sequence[str] = ("gguf",), *, candidates: Sequence[str] | None = None,
               reference: str | Path | None = None, reference_quant: str = "F16", prefer: str = "smallest",
               text: str | None = None, max_tokens: int = 256, threads: int | None = None,
-              speed_tokens: int = 32, **convert_options: Any) -> AutoQuantResult:
+              speed_tokens: int = 32, progress: ProgressArg | Reporter = None,
+              **convert_options: Any) -> AutoQuantResult:
     """Convert the HF folder `model` at each candidate quant, measure, and keep the best into `output`.
 
     candidates: quant names (GGUF names, or ONNX recipe names when formats includes "onnx"); default the
     ladder of each format. reference: an existing high-precision artifact of the same model; default:
     convert `model` at `reference_quant`. prefer: "smallest" or "fastest" among those meeting the budget.
     convert_options go to the converter (pre_tokenizer, context_length, ONNX recipe options).
+    progress: see edgellm.progress; each candidate's conversion and measurement is reported, and the measured
+    table is shown at the end (`result.format_table()` returns it).
     Raises BudgetNotMetError (its `.table` holds every measured row) when none meets the budget."""
     from .converting import convert
     from .evaluation import evaluate, reference_scores
@@ -136,25 +140,39 @@ def autoquant(model: str | Path, output: str | Path, max_kld: float | None = Non
         raise EdgeLLMError("no candidates to try", f"GGUF: {', '.join(GGUF_LADDER)}; ONNX: {', '.join(ONNX_LADDER)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     budget = {"max_kld": max_kld, "max_ppl_increase": max_ppl_increase, "min_tps": min_tps}
+    rep = reporter(progress)
     with tempfile.TemporaryDirectory(prefix=".edgellm-autoquant-", dir=out.parent) as tmp:
         work = Path(tmp)
-        if reference is None:
-            reference = convert(model, work / f"ref-{reference_quant}", format="gguf", quant=reference_quant).path
-        ref = reference_scores(reference, text=text, max_tokens=max_tokens, n_ctx=max_tokens + 1, threads=threads)
-        ref_info: dict[str, Any] = {"artifact": str(reference), "quant": reference_quant, "tokens": len(ref.tokens)}
+        ref_info: dict[str, Any]
+        if reference is None:   # built here and removed with the work folder: the manifest names how, not where
+            ref_path = convert(model, work / f"ref-{reference_quant}", format="gguf", quant=reference_quant,
+                               progress=rep.child("[reference] ")).path
+            ref_info = {"artifact": None, "built_from": str(Path(model).resolve()), "format": "gguf",
+                        "temporary": True}
+        else:
+            ref_path = reference
+            ref_info = {"artifact": str(Path(reference).resolve()), "temporary": False}
+        with rep.stage("[reference] scoring", unit="tokens") as st:
+            ref = reference_scores(ref_path, text=text, max_tokens=max_tokens, n_ctx=max_tokens + 1,
+                                   threads=threads)
+            st.update(len(ref.tokens))
+        ref_info.update({"quant": reference_quant, "tokens": len(ref.tokens)})
         table: list[Candidate] = []
-        for fmt, quant in plan:
+        for k, (fmt, quant) in enumerate(plan, 1):
             cand = Candidate(fmt, quant)
             table.append(cand)
             folder = work / f"{fmt}-{quant}"
+            sub = rep.child(f"[{k}/{len(plan)}] {fmt}:{quant}: ")
             try:
-                convert(model, folder, format=fmt, quant=quant, threads=threads, **convert_options)
+                convert(model, folder, format=fmt, quant=quant, threads=threads, progress=sub, **convert_options)
                 cand.path = str(folder)
                 cand.size_bytes = sum(p.stat().st_size for p in folder.iterdir() if p.suffix != ".json")
-                r = evaluate(folder, ref, threads=threads)
-                cand.kld, cand.ppl, cand.top1, cand.ppl_increase = r.kld_mean, r.ppl, r.top1, r.ppl_increase
-                ref_info["ppl"] = r.ref_ppl
-                cand.decode_tps = _decode_tps(folder, threads, speed_tokens)
+                with sub.stage("measuring KLD, perplexity and decode speed") as st:
+                    r = evaluate(folder, ref, threads=threads)
+                    cand.kld, cand.ppl, cand.top1, cand.ppl_increase = r.kld_mean, r.ppl, r.top1, r.ppl_increase
+                    ref_info["ppl"] = r.ref_ppl
+                    cand.decode_tps = _decode_tps(folder, threads, speed_tokens)
+                    st.close(f"KLD {cand.kld or 0:.4f}, {cand.decode_tps or 0:.1f} tok/s")
             except EdgeLLMError as exc:
                 cand.why_not = f"failed: {exc.message}"
                 log.warning("autoquant candidate %s:%s failed: %s", fmt, quant, exc.message)
@@ -173,7 +191,10 @@ def autoquant(model: str | Path, output: str | Path, max_kld: float | None = Non
         shutil.move(chosen.path, out)
         _record(out, chosen, table, ref_info, budget, prefer)
     chosen.path = str(out)
-    return AutoQuantResult(chosen, out, ref_info, table, budget)
+    result = AutoQuantResult(chosen, out, ref_info, table, budget)
+    rep.note("autoquant: measured candidates (reference " + f"gguf:{reference_quant}, {len(ref.tokens)} tokens)\n"
+             + result.format_table())
+    return result
 
 
 def _record(out: Path, chosen: Candidate, table: list[Candidate], ref: dict[str, Any],

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,20 @@ def _onnx_cli() -> tuple[tuple[str, ...], tuple[tuple[str, dict[str, Any]], ...]
     return tuple(getattr(onnx, "ONNX_QUANTS", ())), tuple(getattr(onnx, "ONNX_CLI_OPTIONS", ()))
 
 
-def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_0", json_out: bool = False,  # noqa: A002
+def _busy(path: Path) -> bool:
+    return path.is_dir() and any(p for p in path.iterdir() if not p.name.endswith(".partial"))
+
+
+def run_convert(model: str, output: str, format: str = "gguf", quant: str | None = None, json_out: bool = False,  # noqa: A002
                 max_kld: float | None = None, max_ppl_increase: float | None = None, min_tps: float | None = None,
-                prefer: str = "smallest", prune_layers: str | None = None, **options: Any) -> int:
-    from ..converting import convert
-    from ..errors import ConversionError
+                prefer: str = "smallest", prune_layers: str | None = None, overwrite: bool = False,
+                **options: Any) -> int:
+    from ..converting import check_quant, convert
+    from ..errors import ConversionError, OutputPathError
+    from ..progress import terminal
+
+    rep = terminal(notes=False)   # the CLI always reports progress on stderr; tables go to stdout, below
+    quant = quant or ("int4" if format == "onnx" else "Q8_0")
 
     _, onnx_options = _onnx_cli()
     onnx_dests = {kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in onnx_options}
@@ -35,21 +46,62 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_
     if prune_layers is not None and quant.lower() == "auto":
         raise ConversionError("--quant auto and --prune-layers each spend the quality budget; use one at a time",
                               "pick the quant with --quant auto first, then prune that quant")
-    target = output if prune_layers is None else tempfile.mkdtemp(prefix="edgellm-unpruned-")
+    if prune_layers is not None and prune_layers != "auto" and not prune_layers.isdigit():
+        raise ConversionError(f"--prune-layers {prune_layers!r} must be a number of blocks or 'auto'")
+    if quant.lower() != "auto":
+        check_quant(format, quant)
+    out = Path(output)
+    measured = quant.lower() == "auto" or prune_layers is not None
+    if measured and _busy(out) and not overwrite:   # before minutes of work, not after
+        raise OutputPathError(f"{out} already exists and is not empty",
+                              "pass --overwrite to replace it, or choose another folder")
+    if not measured:
+        result = convert(model, output, format=format, quant=quant, overwrite=overwrite, progress=rep, **options)
+        return _report(result, json_out)
+    # autoquant and prune build into a fresh folder beside OUT, swapped in when complete
+    final = out
+    out = out.parent / f".{out.name}.partial-{os.getpid()}" if _busy(out) else out
+    unpruned = tempfile.mkdtemp(prefix="edgellm-unpruned-") if prune_layers is not None else None
     try:
         if quant.lower() == "auto":
             from ..quant_search import autoquant
 
-            result = autoquant(model, target, max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_tps=min_tps,
-                               formats=(format,), prefer=prefer, **options)
-        else:
-            result = convert(model, target if prune_layers is None else str(Path(target) / "a"), format=format,
-                             quant=quant, progress=not json_out, **options)
-        if prune_layers is not None:
-            return _prune(Path(result.path), output, prune_layers, max_kld, max_ppl_increase, json_out)
+            result = autoquant(model, out, max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_tps=min_tps,
+                               formats=(format,), prefer=prefer, progress=rep, **options)
+            name = result.path.name
+            code = _swap(out, final)
+            print(result.format_table() if not json_out else json.dumps(
+                {"path": str(final / name), "manifest": str(final / "edgellm.json"),
+                 "chosen": f"{result.chosen.format}:{result.chosen.quant}",
+                 "table": [{k: v for k, v in asdict(c).items() if k != "path"} for c in result.table]}, indent=2))
+            if not json_out:
+                print(f"kept {result.chosen.format}:{result.chosen.quant}: wrote {final / name}")
+            return code
+        base = convert(model, Path(str(unpruned)) / "a", format=format, quant=quant, progress=rep.child("[unpruned] "),
+                       **options)
+        r = _prune(Path(base.path), out, prune_layers or "auto", max_kld, max_ppl_increase, rep,
+                   f"{Path(model).resolve()} converted to {format}:{quant} (temporary)")
+        _swap(out, final)
+        return _print_prune(r, final / Path(str(r.output)).name, json_out)
     finally:
-        if prune_layers is not None:
-            shutil.rmtree(target, ignore_errors=True)
+        if unpruned is not None:
+            shutil.rmtree(unpruned, ignore_errors=True)
+        if out != final and out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _swap(built: Path, final: Path) -> int:
+    """Put the folder built beside OUT in OUT's place (--overwrite)."""
+    if built == final:
+        return 0
+    old = final.parent / f".{final.name}.partial-old-{os.getpid()}"
+    os.replace(final, old)
+    os.replace(built, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return 0
+
+
+def _report(result: Any, json_out: bool) -> int:
     fallbacks = getattr(result, "fallbacks", []) or []
     if json_out:
         print(json.dumps({"path": str(result.path), "manifest": str(result.manifest_path),
@@ -58,30 +110,30 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str = "Q8_
     print(f"wrote {result.path}")
     print(f"manifest {result.manifest_path}")
     types = getattr(result, "tensor_types", None)
-    if types:
+    if types:   # fallbacks are in the converter's one warning (stderr) and in the manifest; not repeated here
         print("tensor types: " + ", ".join(f"{k} x{v}" for k, v in sorted(types.items())))
-    if fallbacks:
-        kinds: dict[str, int] = {}
-        for f in fallbacks:
-            kinds[f["type"]] = kinds.get(f["type"], 0) + 1
-        print(f"{len(fallbacks)} tensors fell back (rows not divisible by the block size): "
-              + ", ".join(f"{n} -> {k}" for k, n in sorted(kinds.items())))
     return 0
 
 
-def _prune(artifact: Path, output: str, layers: str, max_kld: float | None, max_ppl_increase: float | None,
-           json_out: bool) -> int:
+def _prune(artifact: Path, output: Path, layers: str, max_kld: float | None, max_ppl_increase: float | None,
+           rep: Any, source: str) -> Any:
     from ..pruning import prune
 
     count: int | str = "auto" if layers == "auto" else int(layers)
-    r = prune(artifact, output, layers=count, max_kld=max_kld, max_ppl_increase=max_ppl_increase)
-    summary = {"path": str(r.output), "dropped": list(r.dropped), "size_before": r.size_before,
+    return prune(artifact, output, layers=count, max_kld=max_kld, max_ppl_increase=max_ppl_increase, progress=rep,
+                 source_label=source)
+
+
+def _print_prune(r: Any, path: Path, json_out: bool) -> int:
+    summary = {"path": str(path), "dropped": list(r.dropped), "size_before": r.size_before,
                "size_after": r.size_after, "kld": r.kld, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
-               "top1": r.top1, "decode_tps_before": r.decode_tps_before, "decode_tps_after": r.decode_tps_after}
+               "top1": r.top1, "decode_tps_before": r.decode_tps_before, "decode_tps_after": r.decode_tps_after,
+               "ranking": [asdict(c) for c in r.ranking], "trials": r.trials}
     if json_out:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"wrote {r.output}")
+    print(r.format_table())
+    print(f"wrote {path}")
     print(f"dropped blocks {', '.join(map(str, r.dropped)) or 'none'}: size {r.size_before / 2**20:.1f} -> "
           f"{r.size_after / 2**20:.1f} MiB, PPL {r.ppl_before:.2f} -> {r.ppl_after:.2f}, mean KLD {r.kld:.4f}, "
           f"top-1 {r.top1:.1%}")
@@ -94,13 +146,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Convert an HF model folder (config.json, *.safetensors, tokenizer.json) into "
                                    "a deployable artifact folder with an edgellm.json manifest.")
     p.add_argument("model", help="Hugging Face model folder")
-    p.add_argument("output", help="artifact folder to create")
-    p.add_argument("--format", choices=("gguf", "onnx"), default="gguf")
+    p.add_argument("output", help="artifact folder to create (refused if it holds files, unless --overwrite)")
+    p.add_argument("--format", choices=("gguf", "onnx"), default="gguf", help="artifact format (default gguf)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT if it exists (the old folder goes only once the new artifact is complete)")
     choices = ", ".join(QUANT_TYPES) + (f"; onnx: {', '.join(onnx_quants)}" if onnx_quants else "")
-    p.add_argument("--quant", default="Q8_0", help=f"gguf: {choices}; or 'auto' (measured)")
+    p.add_argument("--quant", default=None,
+                   help=f"gguf: {choices}; or 'auto' (measured). Default: Q8_0 for gguf, int4 for onnx")
     p.add_argument("--pre-tokenizer", dest="pre_tokenizer", default=None,
                    help="gguf: override the detected llama.cpp pre-tokenizer (only if you know it)")
-    p.add_argument("--context-length", dest="context_length", type=int, default=None)
+    p.add_argument("--context-length", dest="context_length", type=int, default=None,
+                   help="context length written into the artifact (default: the model's max_position_embeddings)")
     p.add_argument("--threads", type=int, default=None, help="threads for llama.cpp's quantizer")
     p.add_argument("--json", dest="json_out", action="store_true", help="print the result as JSON")
     budget = p.add_argument_group("measured choices (--quant auto, --prune-layers)")

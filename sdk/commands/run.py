@@ -37,19 +37,26 @@ def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate text from an artifact, with metrics")
-    p.add_argument("artifact", help="artifact folder, .gguf or .onnx file")
-    p.add_argument("prompt")
-    p.add_argument("-n", "--max-tokens", dest="max_tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", dest="top_k", type=int, default=40)
-    p.add_argument("--top-p", dest="top_p", type=float, default=0.95)
-    p.add_argument("--min-p", dest="min_p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", dest="repeat_penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("artifact", help="artifact folder, .gguf or .onnx file, or bundle folder")
+    p.add_argument("prompt", help="the prompt text (with --chat: the user's message)")
+    p.add_argument("-n", "--max-tokens", dest="max_tokens", type=int, default=128,
+                   help="most tokens to generate (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", dest="top_k", type=int, default=40,
+                   help="sample among the K most likely tokens; 0 = all (default %(default)s)")
+    p.add_argument("--top-p", dest="top_p", type=float, default=0.95,
+                   help="nucleus sampling: smallest set of tokens with this total probability (default %(default)s)")
+    p.add_argument("--min-p", dest="min_p", type=float, default=0.05,
+                   help="drop tokens less likely than this fraction of the top token (default %(default)s)")
+    p.add_argument("--repeat-penalty", dest="repeat_penalty", type=float, default=1.0,
+                   help="penalty for repeating recent tokens; 1.0 = off (default %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or profile:NAME")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--ctx", dest="n_ctx", type=int, default=None, help="context length")
-    p.add_argument("--json", dest="json_out", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the device plan's)")
+    p.add_argument("--ctx", dest="n_ctx", type=int, default=None,
+                   help="context length in tokens (default: the artifact's, at most 4096)")
+    p.add_argument("--json", dest="json_out", action="store_true",
+                   help="print the text, finish reason and metrics as JSON (nothing streamed)")
     p.set_defaults(func=run_generate)

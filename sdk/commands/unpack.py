@@ -1,4 +1,4 @@
-"""`edgellm unpack MODEL.gguf OUTPUT`: rebuild a Hugging Face folder from a GGUF file."""
+"""`edgellm unpack MODEL.gguf|ARTIFACT OUTPUT`: rebuild a Hugging Face folder from a GGUF file or artifact folder."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,8 @@ def run_unpack(gguf_path: str, output: str, dtype: str = "BF16", overwrite: bool
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unpack", help="GGUF -> Hugging Face folder (dequantized, torch-free)")
-    p.add_argument("gguf_path", metavar="MODEL.gguf")
-    p.add_argument("output")
-    p.add_argument("--dtype", choices=("BF16", "F16", "F32"), default="BF16")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("gguf_path", metavar="MODEL.gguf", help="a .gguf file, or a GGUF artifact folder holding one")
+    p.add_argument("output", help="Hugging Face folder to create")
+    p.add_argument("--dtype", choices=("BF16", "F16", "F32"), default="BF16", help="dtype of the safetensors weights")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=run_unpack)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import re
 import time
-from datetime import date
+import json
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import ChatTemplateError
@@ -141,7 +142,9 @@ def _make_env(budget: _Budget) -> Any:
                 _check_args([left])
             return _check_result(super().call_binop(context, operator, left, right), limit)
 
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                         extensions=["jinja2.ext.loopcontrols", _generation_extension()])
+    env.filters["tojson"] = _hf_tojson
     for table in (env.filters, env.tests):
         for key, func in list(table.items()):
             table[key] = _bounded(func, budget, key)
@@ -162,12 +165,34 @@ def _make_env(budget: _Budget) -> Any:
     def strftime_now(fmt: str) -> str:
         if not isinstance(fmt, str) or len(fmt) > 256:
             raise _too_big("a strftime_now format longer than 256 characters")
-        return date.today().strftime(fmt)
+        return datetime.now().strftime(fmt)
 
     env.globals.pop("lipsum", None)   # no chat template needs lorem ipsum; lipsum(n) does n paragraphs of work
     env.globals.update(raise_exception=_raise, strftime_now=strftime_now, range=bounded_range,
                        _edgellm_iter=bounded_iter, _edgellm_concat=concat)
     return env
+
+
+def _hf_tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """transformers' `tojson`: plain json.dumps (no HTML escaping, keys in their order, non-ASCII kept), which
+    templates are written against (Jinja's own escapes <>&' and sorts keys)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=1)
+def _generation_extension() -> Any:
+    """`{% generation %}...{% endgeneration %}` (transformers marks assistant spans with it): renders its body."""
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return Generation
 
 
 _JOINING = frozenset(["join", "sum", "tojson", "pprint", "string", "format", "wordwrap", "indent", "center",

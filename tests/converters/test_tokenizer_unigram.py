@@ -197,3 +197,68 @@ def test_a_folder_with_only_tokenizer_model_is_refused_with_a_hint(tmp_path: Pat
     with pytest.raises(EdgeLLMError, match="tokenizer") as info:
         convert_to_gguf(folder, tmp_path / "out", "F32")
     assert info.value.hint
+
+
+# -- tokenizer.model (SentencePiece ModelProto) ------------------------------------------------------------------
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = b""
+    while True:
+        out += bytes([(v & 0x7F) | (0x80 if v > 0x7F else 0)])
+        v >>= 7
+        if not v:
+            return out
+
+
+def _field(num: int, value: object) -> bytes:
+    if isinstance(value, bool) or isinstance(value, int):
+        return _varint(num << 3) + _varint(int(value))
+    if isinstance(value, float):
+        return _varint(num << 3 | 5) + struct.pack("<f", value)
+    data = value.encode() if isinstance(value, str) else bytes(value)   # type: ignore[arg-type]
+    return _varint(num << 3 | 2) + _varint(len(data)) + data
+
+
+def sentencepiece_model(tokens: list[str], scores: list[float], types: list[int], model_type: int, unk: int,
+                        charsmap: bytes | None, prefix: bool, remove_extra: bool) -> bytes:
+    """A tokenizer.model as sentencepiece writes it (the fields llama.cpp's converter reads)."""
+    pieces = b"".join(_field(1, _field(1, t) + _field(2, float(s)) + _field(3, k))
+                      for t, s, k in zip(tokens, scores, types))
+    trainer = _field(3, model_type) + _field(40, unk) + _field(41, -1) + _field(42, 1) + _field(43, 0)
+    normalizer = _field(1, "nmt_nfkc") + (_field(2, charsmap) if charsmap else b"") + _field(3, prefix) + \
+        _field(4, remove_extra) + _field(5, True)
+    return pieces + _field(2, trainer) + _field(3, normalizer)
+
+
+@pytest.mark.parametrize("shape", ["t5", "spm-bpe"])
+def test_tokenizer_model_gives_the_vocabulary_tokenizer_json_gives(shape: str, tmp_path: Path) -> None:
+    """The same tokenizer as tokenizer.model and as tokenizer.json (whose GGUF vocabulary llama.cpp tokenizes as
+    `tokenizers` does, above and in test_spm_tokenizer.py) gives the same GGUF vocabulary."""
+    from edgellm.converters.tokenizer import vocab_from_tokenizer_json
+    from edgellm.converters.tokenizer_sentencepiece import read_sentencepiece
+    from tests.fixtures.tiny import train_spm_tokenizer
+
+    data = train_unigram("t5") if shape == "t5" else train_spm_tokenizer(True)
+    cfg = {"eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": shape != "t5"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    want = vocab_from_tokenizer_json(tmp_path / "tokenizer.json", 384, cfg)
+    n = len(data["model"]["vocab"])
+    (tmp_path / "tokenizer.model").write_bytes(sentencepiece_model(
+        want.tokens[:n], list(want.scores[:n]), want.token_types[:n], 1 if shape == "t5" else 2,
+        want.special_ids["unk"], want.precompiled_charsmap, bool(want.add_space_prefix),
+        bool(want.remove_extra_whitespaces)))
+    got = read_sentencepiece(tmp_path / "tokenizer.model", 384, cfg)
+    assert (got.model, got.pre, got.tokens, got.token_types) == (want.model, want.pre, want.tokens, want.token_types)
+    assert np.array_equal(np.float32(got.scores), np.float32(want.scores))
+    assert (got.add_space_prefix, got.remove_extra_whitespaces, got.precompiled_charsmap, got.add_bos) == \
+        (want.add_space_prefix, want.remove_extra_whitespaces, want.precompiled_charsmap, want.add_bos)
+    assert got.special_ids["unk"] == want.special_ids["unk"] and got.special_ids["eos"] == want.special_ids["eos"]
+
+
+@pytest.mark.parametrize("damage", [b"\xff" * 8, b"\x0a\xff\x7f", b"\x0f", b""])
+def test_a_damaged_tokenizer_model_is_a_tokenizer_error(damage: bytes, tmp_path: Path) -> None:
+    from edgellm.converters.tokenizer_sentencepiece import read_sentencepiece
+
+    (tmp_path / "tokenizer.model").write_bytes(damage)
+    with pytest.raises(TokenizerError):
+        read_sentencepiece(tmp_path / "tokenizer.model", 384, {})

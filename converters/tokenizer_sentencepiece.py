@@ -70,7 +70,7 @@ def _signed(v: int) -> int:
 
 def read_sentencepiece(path: Path, vocab_size: int, tokenizer_config: dict[str, Any]) -> Any:
     """tokenizer.model -> GGUFVocab (see tokenizer.GGUFVocab), padded to `vocab_size` embedding rows."""
-    from .tokenizer import TOKEN_CONTROL, GGUFVocab
+    from .tokenizer import TOKEN_CONTROL, TOKEN_USER_DEFINED, GGUFVocab
 
     where = str(path)
     if path.stat().st_size > MAX_TOKENIZER_BYTES:
@@ -108,12 +108,23 @@ def read_sentencepiece(path: Path, vocab_size: int, tokenizer_config: dict[str, 
     tokens = [p for p, _, _ in pieces] + [f"[PAD{i}]" for i in range(len(pieces), vocab_size)]
     scores = [s for _, s, _ in pieces] + [0.0] * (vocab_size - len(pieces))
     types = [k for _, _, k in pieces] + [_UNUSED] * (vocab_size - len(pieces))
+    added = tokenizer_config.get("added_tokens_decoder")     # {"32000": {"content": "<|user|>", "special": true}}
+    for key, entry in (added.items() if isinstance(added, dict) else ()):
+        if not (str(key).isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str)):
+            raise TokenizerError(f"{where}: tokenizer_config.json added_tokens_decoder entry {str(key)[:20]!r} "
+                                 "must map an id to {\"content\": string}")
+        idx = int(key)
+        if idx >= vocab_size:
+            raise TokenizerError(f"{where}: added token id {idx} is outside the {vocab_size} embedding rows")
+        if idx >= len(pieces) or tokens[idx] == entry["content"]:
+            tokens[idx], scores[idx] = entry["content"], 0.0
+            types[idx] = TOKEN_CONTROL if entry.get("special") else TOKEN_USER_DEFINED
     special_ids: dict[str, int] = {}
     for role, field, default in (("unk", 40, 0), ("bos", 41, 1), ("eos", 42, 2), ("pad", 43, -1)):
         idx = _signed(trainer.get(field, default))
         if 0 <= idx < len(pieces):
             special_ids[role] = idx
-    by_text = {p: i for i, (p, _, _) in enumerate(pieces)}
+    by_text = {t: i for i, t in enumerate(tokens) if types[i] != _UNUSED}
     for role in ("bos", "eos", "unk", "pad"):          # tokenizer_config.json names win, as in the json route
         value = tokenizer_config.get(f"{role}_token")
         content = value.get("content") if isinstance(value, dict) else value

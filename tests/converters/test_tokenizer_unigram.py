@@ -253,6 +253,11 @@ def test_tokenizer_model_gives_the_vocabulary_tokenizer_json_gives(shape: str, t
     assert (got.add_space_prefix, got.remove_extra_whitespaces, got.precompiled_charsmap, got.add_bos) == \
         (want.add_space_prefix, want.remove_extra_whitespaces, want.precompiled_charsmap, want.add_bos)
     assert got.special_ids["unk"] == want.special_ids["unk"] and got.special_ids["eos"] == want.special_ids["eos"]
+    # chat tokens a tokenizer_config.json adds past the pieces (Phi-3's <|user|>, ...) join the vocabulary
+    extra = {**cfg, "added_tokens_decoder": {str(n): {"content": "<|user|>", "special": True},
+                                             str(n + 1): {"content": "<|tool|>", "special": False}}}
+    got = read_sentencepiece(tmp_path / "tokenizer.model", 384, extra)
+    assert got.tokens[n:n + 2] == ["<|user|>", "<|tool|>"] and got.token_types[n:n + 3] == [3, 4, 5]
 
 
 @pytest.mark.parametrize("damage", [b"\xff" * 8, b"\x0a\xff\x7f", b"\x0f", b""])

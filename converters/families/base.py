@@ -12,6 +12,7 @@ Three forms of a weight appear:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -205,6 +206,10 @@ def check_tensors(family: Family, args: Any, present: dict[str, tuple[int, ...]]
     missing required one or a shape that disagrees with config.json is an error."""
     mapping = family.hf_to_gguf(args)
     unknown = [n for n in present if n not in mapping and not n.endswith(ignored) and not n.startswith(family.skipped)]
+    skipped = sum(1 for n in present if n not in mapping and n.startswith(family.skipped))
+    if skipped:
+        logging.getLogger(__name__).info("%s: %d tensors under %s are not converted (declared by the %s family)",
+                                         source, skipped, ", ".join(family.skipped), family.name)
     if unknown:
         raise ConversionError(f"{len(unknown)} tensors have no GGUF name in the {family.name} family, e.g. "
                               f"{unknown[0]}", "the checkpoint does not match its config.json architecture")

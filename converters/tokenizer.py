@@ -118,7 +118,7 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
         pieces, ugm_scores, ugm_unk = unigram_tokens(tok, str(path))
         if len(set(pieces)) != len(pieces):
             raise TokenizerError(f"{path}: the Unigram vocabulary repeats a piece")
-        check_tokenizer_json({**tok, "model": {**model, "vocab": {t: i for i, t in enumerate(pieces)}}},
+        check_tokenizer_json({**tok, "model": {**dict(model or {}), "vocab": {t: i for i, t in enumerate(pieces)}}},
                              vocab_size, str(path))
         space_prefix, remove_extra, charsmap = unigram_pipeline(tok, str(path))
     else:
@@ -175,9 +175,9 @@ def vocab_from_tokenizer_json(path: Path, vocab_size: int, tokenizer_config: dic
         if content is None:
             value = tokenizer_config.get(f"{key}_token")
             content = value.get("content") if isinstance(value, dict) else value
-        idx = _special_id(content, vocab)
-        if idx is not None:
-            special_ids[key] = idx
+        found = _special_id(content, vocab)
+        if found is not None:
+            special_ids[key] = found
     if ugm and unk is not None:
         special_ids.setdefault("unk", unk)
     return GGUFVocab("t5" if ugm else "llama" if spm else "gpt2", pre, [str(t) for t in tokens], types, merges,

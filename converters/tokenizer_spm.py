@@ -30,7 +30,7 @@ def _steps(cfg: Any) -> list[dict[str, Any]]:
     if not isinstance(cfg, dict):
         raise TokenizerError(f"unexpected tokenizer step {str(cfg)[:80]}")
     if cfg.get("type") == "Sequence":
-        return [s for p in cfg.get("normalizers", cfg.get("pretokenizers", [])) for s in _steps(p)]
+        return [s for p in cfg.get("normalizers", cfg.get("pretokenizers")) or [] for s in _steps(p)]
     return [cfg]
 
 

@@ -200,6 +200,12 @@ class Family:
         return out
 
 
+def text_config(c: ModelConfig) -> dict[str, Any]:
+    """The config.json keys of the language model: `text_config` inside multimodal wrappers, else the top level."""
+    nested = c.raw.get("text_config")
+    return nested if isinstance(nested, dict) else c.raw
+
+
 def check_tensors(family: Family, args: Any, present: dict[str, tuple[int, ...]], source: str,
                   ignored: tuple[str, ...] = ("rotary_emb.inv_freq",)) -> list[tuple[str, str, TensorRule]]:
     """(HF name, GGUF name, rule) for every tensor the checkpoint holds, in rule order; an unknown tensor, a

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ..hf import ModelConfig
-from .base import Args, AttnSpec, Family, Ops, TensorRule, minus_one, plus_one
+from .base import Args, AttnSpec, Family, Ops, TensorRule, minus_one, plus_one, text_config
 
 _L = "model.layers.{i}."
 
@@ -38,7 +38,7 @@ class GemmaArgs(Args):
 
 def layer_pattern(c: ModelConfig, default_period: int) -> tuple[bool, ...]:
     """Sliding (True) or global per layer, from `layer_types` or a period (every period-th layer is global)."""
-    raw = c.raw.get("text_config") if isinstance(c.raw.get("text_config"), dict) else c.raw
+    raw = text_config(c)
     types = raw.get("layer_types")
     if isinstance(types, list):
         if len(types) != c.num_layers or not set(types) <= {"sliding_attention", "full_attention"}:
@@ -50,7 +50,7 @@ def layer_pattern(c: ModelConfig, default_period: int) -> tuple[bool, ...]:
 
 def gemma_args(c: ModelConfig, *, default_period: int, big_layers: int, theta: float, local_theta: float,
                scaling: dict[str, Any] | None) -> GemmaArgs:
-    raw = c.raw.get("text_config") if isinstance(c.raw.get("text_config"), dict) else c.raw
+    raw = text_config(c)
     common = Args.common(c)
     common.update(rope_theta=theta, rope_scaling=scaling, tied=True)
     window = raw.get("sliding_window")
@@ -64,7 +64,7 @@ def gemma_args(c: ModelConfig, *, default_period: int, big_layers: int, theta: f
 
 
 def parse(c: ModelConfig) -> GemmaArgs:
-    raw = c.raw.get("text_config") if isinstance(c.raw.get("text_config"), dict) else c.raw
+    raw = text_config(c)
     act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu"):
         raise ConfigError(f"Gemma activation {act!r} is not supported (gelu_pytorch_tanh expected)")
@@ -86,7 +86,7 @@ def _unfold(w: np.ndarray, a: GemmaArgs) -> np.ndarray:
 
 def gemma_rules(fold_q_into_weight: bool) -> tuple[TensorRule, ...]:
     """The Gemma 2/3 layout (HF names from Gemma2ForCausalLM / Gemma3ForCausalLM)."""
-    q_fold = dict(to_canon=_fold, from_canon=_unfold) if fold_q_into_weight else {}
+    q_fold: dict[str, Any] = dict(to_canon=_fold, from_canon=_unfold) if fold_q_into_weight else {}
     return (
         TensorRule("model.embed_tokens.weight", "token_embd.weight", lambda a: (a.vocab, a.hidden)),
         _norm("model.norm.weight", "output_norm.weight"),

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 
 from ..hf import ModelConfig
-from .base import Family, TensorRule, minus_one, plus_one
+from .base import Family, TensorRule, minus_one, plus_one, text_config
 from .gemma2 import GemmaArgs, block, gemma_args, gemma_rules, gguf_metadata, hf_config
 
 _A = "model.layers.{i}.self_attn."
 
 
 def parse(c: ModelConfig) -> GemmaArgs:
-    raw = c.raw.get("text_config") if isinstance(c.raw.get("text_config"), dict) else c.raw
+    raw = text_config(c)
     theta, scaling, local = c.rope_theta, c.rope_scaling, float(raw.get("rope_local_base_freq") or 10000.0)
     nested = raw.get("rope_parameters")
     if isinstance(nested, dict) and isinstance(nested.get("full_attention"), dict):   # transformers >= 4.56

@@ -38,15 +38,16 @@ class Phi3Args(Args):
 
 def parse(c: ModelConfig) -> Phi3Args:
     r = c.raw
-    rope = r.get("rope_scaling") or (r.get("rope_parameters") if isinstance(r.get("rope_parameters"), dict) else None)
+    found = r.get("rope_scaling") or r.get("rope_parameters")
+    rope: dict[str, Any] | None = found if isinstance(found, dict) else None
     partial = float(r.get("partial_rotary_factor") or (rope or {}).get("partial_rotary_factor") or 1.0)
     rotary = int(partial * c.hidden_size) // c.num_heads
     orig = int(r.get("original_max_position_embeddings") or (rope or {}).get("original_max_position_embeddings")
                or c.max_position_embeddings)
     scaling = None
     kind = (rope or {}).get("rope_type", (rope or {}).get("type"))
-    if kind in ("longrope", "su"):
-        long_f, short_f = rope.get("long_factor"), rope.get("short_factor")     # type: ignore[union-attr]
+    if kind in ("longrope", "su") and rope is not None:
+        long_f, short_f = rope.get("long_factor"), rope.get("short_factor")
         if not isinstance(long_f, list) or not isinstance(short_f, list) or not len(long_f) == len(short_f) == rotary // 2:
             raise ConfigError(f"longrope needs long_factor and short_factor lists of {rotary // 2} values")
         factor = c.max_position_embeddings / orig

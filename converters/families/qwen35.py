@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import ConfigError, ConversionError
 from ..hf import ModelConfig
-from .base import Args, AttnSpec, Family, Ops, TensorRule, minus_one, plus_one
+from .base import Args, AttnSpec, Family, Ops, TensorRule, minus_one, plus_one, text_config
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class Qwen35Args(Args):
 
 
 def parse(c: ModelConfig) -> Qwen35Args:
-    r = c.raw.get("text_config") if isinstance(c.raw.get("text_config"), dict) else c.raw
-    rope = r.get("rope_parameters") if isinstance(r.get("rope_parameters"), dict) else {}
+    r = text_config(c)
+    nested = r.get("rope_parameters")
+    rope: dict[str, Any] = nested if isinstance(nested, dict) else {}
     if rope.get("rope_type", "default") != "default" or r.get("rope_scaling"):
         raise ConfigError("Qwen3.5 with a RoPE scaling other than its interleaved M-RoPE is not supported")
     if not r.get("attn_output_gate", True):

@@ -131,17 +131,23 @@ class Calibrator:
         h = np.asarray(table[self.calib.ids], dtype=np.float32)                 # [B, S, D]
         self.h = h if scale is None else (h * np.float32(scale)).astype(np.float32)
 
-    def layer(self, i: int, weights: dict[str, np.ndarray]) -> dict[str, BlockQuant]:
-        """Quantize layer i's linears against their calibration inputs; advance the hidden states."""
+    def layer(self, i: int, weights: dict[str, np.ndarray], ops: NumpyOps | None = None) -> dict[str, BlockQuant]:
+        """Quantize layer i's linears against their calibration inputs; advance the hidden states.
+
+        ops: the numpy ops to run the block with (the importance-matrix pass passes recording ones)."""
         if self.h is None:
             raise QuantizationError("Calibrator.layer called before embed()")
-        ops = NumpyOps(self.quantize)
+        ops = NumpyOps(self.quantize) if ops is None else ops
         self.h, self.delta = self.family.block(ops, self.args, i, weights, self.h, self.delta)
         return ops.quantized
 
-    def final_hessian(self, norm: np.ndarray) -> np.ndarray:
-        """X^T X of the LM head's input (the final norm of the last hidden states)."""
+    def final_input(self, norm: np.ndarray) -> np.ndarray:
+        """The LM head's input [B, S, D]: the final norm of the last hidden states."""
         if self.h is None:
-            raise QuantizationError("Calibrator.final_hessian called before embed()")
+            raise QuantizationError("Calibrator.final_input called before embed()")
         x, _ = NumpyOps().add_norm(self.h, self.delta, norm, self.args.eps, "norm")
-        return hessian(x)
+        return x
+
+    def final_hessian(self, norm: np.ndarray) -> np.ndarray:
+        """X^T X of the LM head's input."""
+        return hessian(self.final_input(norm))

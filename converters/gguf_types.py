@@ -17,11 +17,14 @@ class GGUFQuant:
     file_type: int         # llama.cpp's llama_ftype (general.file_type)
     main_type: str         # the GGML type most weight matrices get
     native: bool           # written by edgellm itself (no llama.cpp quantizer involved)
-    needs_imatrix: bool = False
+    needs_imatrix: bool = False   # llama.cpp refuses it without an importance matrix
+    uses_imatrix: bool = False    # llama.cpp's quantizer weighs rounding error by the importance matrix
 
 
 def _q(name: str, file_type: int, main: str, native: bool = False, imatrix: bool = False) -> GGUFQuant:
-    return GGUFQuant(name, file_type, main, native, imatrix)
+    # every type llama.cpp's quantizer writes takes the matrix (ggml_quantize_chunk's quant_weights), except
+    # the ternary TQ types, which ignore it
+    return GGUFQuant(name, file_type, main, native, imatrix, uses_imatrix=not native and not main.startswith("TQ"))
 
 
 # llama_ftype numbers from llama.cpp's llama.h (mirrored by gguf-py's LlamaFileType).
@@ -104,3 +107,112 @@ def encode(x: np.ndarray, ggml_type: str) -> np.ndarray:
     if ggml_type == "Q8_0":
         return quantize_q8_0(x)
     raise QuantizationError(f"{ggml_type} is not written natively; llama.cpp's quantizer handles it")
+
+
+# -- K-quant super-blocks (256 values), packed exactly as ggml's block_q4_K / block_q6_K -----------------------
+QK_K = 256
+Q4_K_BYTES, Q6_K_BYTES = 144, 210     # d f16, dmin f16, 12 bytes of 6-bit scales/mins, 128 nibbles | ql, qh, sc, d
+
+
+def unpack_q4_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """[n, 144] uint8 -> d f16 [n], dmin f16 [n], scales [n, 8], mins [n, 8], codes [n, 256] (0..15);
+    value = f32(d * scale) * code - f32(dmin * min) per sub-block of 32."""
+    b = np.ascontiguousarray(blocks, np.uint8).reshape(-1, Q4_K_BYTES)
+    d, dmin = b[:, 0:2].copy().view(np.float16)[:, 0], b[:, 2:4].copy().view(np.float16)[:, 0]
+    s = b[:, 4:16].astype(np.uint8)
+    sc = np.concatenate([s[:, 0:4] & 0x3F, (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 2) & 0x30)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 0x3F, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 2) & 0x30)], axis=1)
+    qs = b[:, 16:].reshape(-1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+    return d, dmin, sc, mn, (qs & 0x0F).reshape(-1, QK_K)
+
+
+def pack_q4_k(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, mn: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The inverse of unpack_q4_k (scales and mins < 64, codes < 16)."""
+    n = q.reshape(-1, QK_K).shape[0]
+    sc, mn = sc.astype(np.uint8).reshape(n, 8), mn.astype(np.uint8).reshape(n, 8)
+    out = np.empty((n, Q4_K_BYTES), np.uint8)
+    out[:, 0:2] = np.asarray(d, np.float16).reshape(n, 1).view(np.uint8)
+    out[:, 2:4] = np.asarray(dmin, np.float16).reshape(n, 1).view(np.uint8)
+    out[:, 4:8] = (sc[:, :4] & 0x3F) | ((sc[:, 4:] >> 4) << 6)
+    out[:, 8:12] = (mn[:, :4] & 0x3F) | ((mn[:, 4:] >> 4) << 6)
+    out[:, 12:16] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
+    codes = q.astype(np.uint8).reshape(n, 4, 2, 32)
+    out[:, 16:] = (codes[:, :, 0] | (codes[:, :, 1] << 4)).reshape(n, 128)
+    return out
+
+
+def unpack_q6_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[n, 210] uint8 -> d f16 [n], scales int8 [n, 16], codes int8 [n, 256] (-32..31);
+    value = f32(d * scale) * code per sub-block of 16."""
+    b = np.ascontiguousarray(blocks, np.uint8).reshape(-1, Q6_K_BYTES)
+    ql = b[:, :128].reshape(-1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+    qh = b[:, 128:192].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    q = ((ql & 0x0F).reshape(-1, QK_K) | ((qh & 0x03).reshape(-1, QK_K) << 4)).astype(np.int8) - np.int8(32)
+    return b[:, 208:210].copy().view(np.float16)[:, 0], b[:, 192:208].view(np.int8).copy(), q
+
+
+def pack_q6_k(d: np.ndarray, sc: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The inverse of unpack_q6_k."""
+    u = (q.astype(np.int16).reshape(-1, QK_K) + 32).astype(np.uint8)          # 0..63
+    n = u.shape[0]
+    lo, hi = (u & 0x0F).reshape(n, 2, 2, 64), (u >> 4).reshape(n, 2, 4, 32)
+    out = np.empty((n, Q6_K_BYTES), np.uint8)
+    out[:, :128] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(n, 128)
+    out[:, 128:192] = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)).reshape(n, 64)
+    out[:, 192:208] = np.asarray(sc, np.int8).reshape(n, 16).view(np.uint8)
+    out[:, 208:210] = np.asarray(d, np.float16).reshape(n, 1).view(np.uint8)
+    return out
+
+
+def _solve_q4_k(x: np.ndarray, d: np.float32, dmin: np.float32) -> tuple[int, int, np.ndarray] | None:
+    """(scale, min, codes) reproducing the 32 values x exactly under this super-block's d, dmin, if any."""
+    steps = (d * np.arange(64, dtype=np.float32)).astype(np.float32)[:, None, None]      # [64, 1, 1]
+    offs = (dmin * np.arange(64, dtype=np.float32)).astype(np.float32)[None, :, None]    # [1, 64, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint((x[None, None, :] + offs) / steps), 0, 15)
+    q = np.nan_to_num(q)
+    hit = np.argwhere(((steps * q).astype(np.float32) - offs == x[None, None, :]).all(axis=-1))
+    return None if not len(hit) else (int(hit[0, 0]), int(hit[0, 1]), q[hit[0, 0], hit[0, 1]])
+
+
+def _solve_q6_k(x: np.ndarray, d: np.float32) -> tuple[int, np.ndarray] | None:
+    scales = np.arange(-128, 128, dtype=np.float32)
+    steps = (d * scales).astype(np.float32)[:, None]                                     # [256, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.nan_to_num(np.clip(np.rint(x[None, :] / steps), -32, 31))
+    hit = np.flatnonzero(((steps * q).astype(np.float32) == x[None, :]).all(axis=-1))
+    return None if not len(hit) else (int(scales[hit[0]]), q[hit[0]])
+
+
+def restore_grid_blocks(ggml_type: str, target: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Super-blocks whose values differ from `target` [n, 256] although `target` lies on a grid of the type
+    (a folder unpacked from a quantized GGUF): re-encoded with the block's own d (and dmin), each sub-block's
+    scale (and min) searched so the values come back exactly. Returns (blocks, how many were replaced);
+    a block with no exact solution is left as llama.cpp wrote it."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[ggml_type]
+    got = gguf.quants.dequantize(blocks, qtype).reshape(-1, QK_K)
+    bad = np.flatnonzero((got != target).any(axis=1))
+    out, fixed = blocks.copy(), 0
+    for i in bad:
+        x = target[i].astype(np.float32)
+        if ggml_type == "Q4_K":
+            d, dmin, sc, mn, q = unpack_q4_k(blocks[i:i + 1])
+            sol4 = [_solve_q4_k(x[j * 32:(j + 1) * 32], np.float32(d[0]), np.float32(dmin[0])) for j in range(8)]
+            if any(s is None for s in sol4):
+                continue
+            new = pack_q4_k(d, dmin, np.array([s[0] for s in sol4]), np.array([s[1] for s in sol4]),  # type: ignore[index]
+                            np.concatenate([s[2] for s in sol4]))  # type: ignore[index]
+        elif ggml_type == "Q6_K":
+            d6, _, _ = unpack_q6_k(blocks[i:i + 1])
+            sol6 = [_solve_q6_k(x[j * 16:(j + 1) * 16], np.float32(d6[0])) for j in range(16)]
+            if any(s is None for s in sol6):
+                continue
+            new = pack_q6_k(d6, np.array([s[0] for s in sol6]), np.concatenate([s[1] for s in sol6]))  # type: ignore[index]
+        else:
+            raise QuantizationError(f"restore_grid_blocks: {ggml_type} is not a K-quant edgellm packs")
+        if np.array_equal(gguf.quants.dequantize(new, qtype).reshape(-1), x):
+            out[i] = new[0]
+            fixed += 1
+    return out, fixed

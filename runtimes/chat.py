@@ -326,11 +326,28 @@ def _constant_exprs(node: Any) -> Iterator[Any]:
             yield from _constant_exprs(child)
 
 
+_RESERVED = frozenset(["messages", "bos_token", "eos_token", "add_generation_prompt", "time_limit", "template_kwargs"])
+
+
 def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], *, bos_token: str = "",
                 eos_token: str = "", add_generation_prompt: bool = True, time_limit: float = TIME_LIMIT_S,
-                **extra: Any) -> str:
-    """Render `messages` with the model's template in the bounded sandbox (see the module docstring)."""
+                template_kwargs: Mapping[str, Any] | None = None, **extra: Any) -> str:
+    """Render `messages` with the model's template in the bounded sandbox (see the module docstring).
+
+    Template variables beyond the standard ones (Qwen3's and SmolLM3's `enable_thinking`, Granite's `controls`,
+    `tools`, `documents`, ...) come as keyword arguments or as `template_kwargs` (a user's mapping: names are
+    checked, the standard variables cannot be overridden through it)."""
     from jinja2 import TemplateError
+
+    if template_kwargs is not None:
+        if not isinstance(template_kwargs, Mapping):
+            raise ChatTemplateError(f"template_kwargs must be a mapping, not {type(template_kwargs).__name__}")
+        for key in template_kwargs:
+            if not isinstance(key, str) or not key.isidentifier() or key in _RESERVED or key in extra:
+                raise ChatTemplateError(f"template variable {str(key)[:40]!r} cannot be set through template_kwargs",
+                                        "use an identifier other than messages, bos_token, eos_token, "
+                                        "add_generation_prompt (pass add_generation_prompt as its own argument)")
+        extra = {**extra, **template_kwargs}
 
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise ChatTemplateError(f"messages must be a list of {{'role', 'content'}} mappings, not "

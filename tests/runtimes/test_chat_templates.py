@@ -494,3 +494,14 @@ def test_loop_controls_parse_as_in_transformers() -> None:
            "{{ '|' + m.content }}{%- endfor %}")
     assert render_chat(tpl, [USER, SYSTEM, USER]) == hf_render(tpl, [USER, SYSTEM, USER]) == \
         "S:" + SYSTEM["content"] + ("|" + USER["content"]) * 2
+
+
+def test_template_kwargs_reach_the_template_and_cannot_shadow_the_standard_variables() -> None:
+    q3 = TEMPLATES["qwen3"][0]
+    assert render_chat(q3, [USER], template_kwargs={"enable_thinking": False}) == \
+        render_chat(q3, [USER], enable_thinking=False) == hf_render(q3, [USER], enable_thinking=False)
+    for bad in ({"messages": []}, {"bos_token": "x"}, {"not an identifier": 1}, {1: 2}):
+        with pytest.raises(ChatTemplateError, match="template_kwargs"):
+            render_chat(q3, [USER], template_kwargs=bad)   # type: ignore[arg-type]
+    with pytest.raises(ChatTemplateError, match="mapping"):
+        render_chat(q3, [USER], template_kwargs=[("enable_thinking", False)])   # type: ignore[arg-type]

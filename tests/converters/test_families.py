@@ -6,7 +6,6 @@ the logit spread. Adding a family = its module under converters/families/ + one 
 reference_hf.py)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from edgellm.converters.gguf_to_hf import gguf_to_hf
 from edgellm.converters.hf import read_hf_model
 from edgellm.converters.onnx import convert_to_onnx
 from tests.fixtures.reference_hf import hf_logits
+from tests.fixtures.reference_qwen35 import qwen35_hf_logits
 from tests.fixtures.tiny import make_family_model
 
 BASE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -444,122 +444,5 @@ def test_the_table_catches_a_transform_both_converters_would_share(checkpoints: 
     assert err > 1e-2, f"a missing norm offset went unnoticed ({err:.1e})"   # correct: ~1e-6
 
 
-# -- Qwen3.5 --------------------------------------------------------------------------------------------------
-def qwen35_hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
-    """Float64 Qwen3.5 from transformers' modeling_qwen3_5 math, on the raw HF tensors (grouped value heads,
-    repeat_interleave, A_log, (1 + w) norms, the torch recurrent gated delta rule): shares nothing with the family
-    module's canonical (llama.cpp-shaped) form."""
-    import json
-
-    from tests.fixtures.reference_hf import _rms, _rope, _silu
-
-    cfg = json.loads((folder / "config.json").read_text())
-    with read_hf_model(folder) as m:
-        w = {k: np.array(m.tensor(k), np.float64) for k in m.tensor_infos()}
-    eps, n, hd = cfg["rms_norm_eps"], len(ids), cfg["head_dim"]
-    heads, kv, rope = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rope_parameters"]
-    nk, nv, dk, dv = (cfg[f"linear_{k}"] for k in ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim"))
-    sig = lambda x: 1 / (1 + np.exp(-x))   # noqa: E731
-    x = w["model.embed_tokens.weight"][np.asarray(ids)]
-    for i, kind in enumerate(cfg["layer_types"]):
-        p = f"model.layers.{i}."
-        h = _rms(x, w[p + "input_layernorm.weight"], eps, 1.0)
-        if kind == "linear_attention":
-            a = p + "linear_attn."
-            mixed = h @ w[a + "in_proj_qkv.weight"].T                                 # [n, conv_dim]
-            kernel = w[a + "conv1d.weight"][:, 0, :]
-            padded = np.concatenate([np.zeros((kernel.shape[1] - 1, mixed.shape[1])), mixed])
-            mixed = _silu(np.stack([(padded[t:t + kernel.shape[1]].T * kernel).sum(-1) for t in range(n)]))
-            q, k, v = np.split(mixed, [nk * dk, 2 * nk * dk], axis=1)
-            q, k = (np.repeat(t.reshape(n, nk, dk), nv // nk, axis=1) for t in (q, k))  # repeat_interleave
-            q = q / np.sqrt((q * q).sum(-1, keepdims=True) + 1e-6) / math.sqrt(dk)
-            k = k / np.sqrt((k * k).sum(-1, keepdims=True) + 1e-6)
-            v = v.reshape(n, nv, dv)
-            beta = sig(h @ w[a + "in_proj_b.weight"].T)
-            g = -np.exp(w[a + "A_log"]) * np.log1p(np.exp(h @ w[a + "in_proj_a.weight"].T + w[a + "dt_bias"]))
-            state, out = np.zeros((nv, dk, dv)), np.zeros((n, nv, dv))
-            for t in range(n):
-                state = state * np.exp(g[t])[:, None, None]
-                delta = (v[t] - np.einsum("hkv,hk->hv", state, k[t])) * beta[t][:, None]
-                state = state + k[t][:, :, None] * delta[:, None, :]
-                out[t] = np.einsum("hkv,hk->hv", state, q[t])
-            z = (h @ w[a + "in_proj_z.weight"].T).reshape(n, nv, dv)
-            o = (_rms(out, w[a + "norm.weight"], eps) * _silu(z)).reshape(n, -1) @ w[a + "out_proj.weight"].T
-        else:
-            s = p + "self_attn."
-            qg = (h @ w[s + "q_proj.weight"].T).reshape(n, heads, 2 * hd)
-            q, gate = qg[..., :hd], qg[..., hd:].reshape(n, -1)
-            q = _rms(q, w[s + "q_norm.weight"], eps, 1.0).transpose(1, 0, 2)
-            k = _rms((h @ w[s + "k_proj.weight"].T).reshape(n, kv, hd), w[s + "k_norm.weight"], eps, 1.0)
-            k, v = k.transpose(1, 0, 2), (h @ w[s + "v_proj.weight"].T).reshape(n, kv, hd).transpose(1, 0, 2)
-            rot = int(hd * rope["partial_rotary_factor"])
-            inv = 1.0 / rope["rope_theta"] ** (np.arange(0, rot, 2) / rot)
-            q, k = _rope(q, inv, 1.0), _rope(k, inv, 1.0)
-            k, v = np.repeat(k, heads // kv, axis=0), np.repeat(v, heads // kv, axis=0)
-            sc = q @ k.transpose(0, 2, 1) / math.sqrt(hd) + np.triu(np.full((n, n), -np.inf), 1)
-            sc = np.exp(sc - sc.max(-1, keepdims=True))
-            att = ((sc / sc.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, -1)
-            o = (att * sig(gate)) @ w[s + "o_proj.weight"].T
-        x = x + o
-        h = _rms(x, w[p + "post_attention_layernorm.weight"], eps, 1.0)
-        x = x + (_silu(h @ w[p + "mlp.gate_proj.weight"].T) * (h @ w[p + "mlp.up_proj.weight"].T)) @ \
-            w[p + "mlp.down_proj.weight"].T
-    return _rms(x, w["model.norm.weight"], eps, 1.0) @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
-
-
+# Families whose HF math is not in tests/fixtures/reference_hf.py
 HF_MATH = {"qwen35": qwen35_hf_logits}
-
-
-def _gguf_tensors(path: Path) -> dict[str, tuple[str, bytes]]:
-    return {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).tobytes())) for t in open_gguf(path).tensors}
-
-
-def test_qwen35_unpack_round_trips_bit_exactly(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    """GGUF -> HF -> GGUF gives the same tensors bit for bit (ssm_a = -exp(A_log) is inverted to an A_log whose
-    -exp is exactly ssm_a; the tiled value heads go back to HF's grouped order and return) and the same
-    hybrid metadata, so llama.cpp computes the same logits."""
-    first = convert_to_gguf(checkpoints["qwen35"], tmp_path / "g1", "F32").path
-    back = gguf_to_hf(first, tmp_path / "back", dtype="F32")
-    second = convert_to_gguf(back, tmp_path / "g2", "F32").path
-    assert _gguf_tensors(first) == _gguf_tensors(second)
-    r1, r2 = open_gguf(first), open_gguf(second)
-    from edgellm.converters.gguf_reading import field_value
-
-    for key in ("attention.recurrent_layers", "full_attention_interval", "rope.dimension_sections", "ssm.conv_kernel",
-                "ssm.state_size", "ssm.group_count", "ssm.time_step_rank", "ssm.inner_size", "rope.dimension_count"):
-        a, b = field_value(r1, f"qwen35.{key}"), field_value(r2, f"qwen35.{key}")
-        assert a is not None and list(np.atleast_1d(a)) == list(np.atleast_1d(b)), key
-    a, b = llama_cpp_logits(first, IDS), llama_cpp_logits(second, IDS)
-    assert np.array_equal(a, b) and np.array_equal(a, llama_cpp_logits(first, IDS))   # and deterministic
-
-
-def test_qwen35_multimodal_checkpoint_converts_its_text_model(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    """The released checkpoints are Qwen3_5ForConditionalGeneration: text weights under model.language_model.,
-    config under text_config, a vision tower and an MTP head beside them (not converted). Same GGUF tensors as
-    the text-only folder; a tensor outside those declared prefixes is still an error."""
-    import json
-
-    from edgellm.converters.safetensors_io import write_safetensors
-    from edgellm.errors import ConversionError
-
-    src, folder = checkpoints["qwen35"], tmp_path / "vl" / "model"
-    folder.mkdir(parents=True)
-    with read_hf_model(src) as m:
-        tensors = {k.replace("model.", "model.language_model.", 1): np.array(m.tensor(k)) for k in m.tensor_infos()}
-    tensors["model.visual.patch_embed.proj.weight"] = np.ones((4, 3), np.float32)
-    tensors["mtp.fc.weight"] = np.ones((4, 4), np.float32)
-    write_safetensors(folder / "model.safetensors", [(n, "F32", t.shape) for n, t in tensors.items()],
-                      ((n, t.astype(np.float32)) for n, t in tensors.items()))
-    text = json.loads((src / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen3_5ForConditionalGeneration"],
-                                                    "model_type": "qwen3_5", "tie_word_embeddings": True,
-                                                    "text_config": text, "vision_config": {"depth": 1}}))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (folder / f).write_bytes((src / f).read_bytes())
-    want = _gguf_tensors(convert_to_gguf(src, tmp_path / "text", "F32").path)
-    assert _gguf_tensors(convert_to_gguf(folder, tmp_path / "vl-gguf", "F32").path) == want
-    tensors["model.audio_tower.weight"] = np.ones((2,), np.float32)
-    write_safetensors(folder / "model.safetensors", [(n, "F32", t.shape) for n, t in tensors.items()],
-                      ((n, t.astype(np.float32)) for n, t in tensors.items()))
-    with pytest.raises(ConversionError, match="audio_tower"):
-        convert_to_gguf(folder, tmp_path / "bad", "F32")

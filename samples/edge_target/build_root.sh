@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build a Debian bookworm aarch64 root that qemu-user can run Python in, without binfmt_misc and without
+# chroot: debootstrap's first stage downloads the packages, dpkg-deb -x unpacks every one of them into ROOT.
+# Idempotent: a finished root (marker file) is reused. Needs root, debootstrap and qemu-user-static.
+set -euo pipefail
+CACHE="${EDGELLM_ARM64_CACHE:-$HOME/.cache/edgellm/arm64}"
+ROOT="$CACHE/root"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+if [[ -f "$ROOT/.edgellm-root-ok" ]]; then
+  echo "root: cached at $ROOT"; exit 0
+fi
+for tool in debootstrap qemu-aarch64-static dpkg-deb; do
+  command -v "$tool" >/dev/null || {
+    echo "missing $tool: apt-get install -y debootstrap qemu-user-static" >&2; exit 2; }
+done
+start=$(date +%s)
+TMP="$CACHE/root.partial"
+rm -rf "$TMP"; mkdir -p "$CACHE"
+nice -n 10 debootstrap --foreign --arch=arm64 --variant=minbase \
+  --include=python3,python3-venv,python3-pip bookworm "$TMP" "$MIRROR"
+# The first stage unpacks only the essential set; unpack everything it downloaded (python3 included).
+for deb in "$TMP"/var/cache/apt/archives/*.deb; do
+  dpkg-deb -x "$deb" "$TMP"
+done
+# usr-merge: bookworm's debs ship /lib etc. as symlinks made by the base-files/usrmerge stage; make sure the
+# dynamic loader qemu looks for under -L exists.
+test -e "$TMP/lib/ld-linux-aarch64.so.1" || { echo "root has no aarch64 loader" >&2; exit 3; }
+qemu-aarch64-static -L "$TMP" "$TMP/usr/bin/python3.11" -c 'import platform, ssl, venv; print(platform.machine())'
+rm -rf "$TMP"/var/cache/apt/archives/*.deb
+touch "$TMP/.edgellm-root-ok"
+rm -rf "$ROOT"; mv "$TMP" "$ROOT"
+echo "root: built in $(( $(date +%s) - start ))s at $ROOT"

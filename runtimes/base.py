@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, runtime
 
 import numpy as np
 
+from ..cancellation import CancelToken
 from ..errors import ArtifactError, GenerationError, OptionError
 
 
@@ -27,6 +28,7 @@ class Capabilities:
     formats: tuple[str, ...] = ()  # artifact formats it opens ("gguf", "onnx")
     constrained_json: bool = False  # can hold its output to JSON / a JSON schema (SamplingParams.json_schema)
     logprobs: bool = False          # token_logprobs() right after each generated token
+    cancellable: bool = False       # generate(..., cancel=CancelToken) stops inside prefill and native compute
 
 
 MAX_SEED = 2**32 - 1          # llama.cpp's seeds are u32; numpy's generator takes the same range
@@ -162,7 +164,12 @@ class Runtime(Protocol):
         """Prefill `prompt`, then yield sampled token ids until the caller stops iterating.
 
         The first id is yielded right after prefill; the caller times each step and stops on EOS,
-        stop strings or max_tokens. The runtime never yields more than n_ctx - len(prompt) ids."""
+        stop strings or max_tokens. The runtime never yields more than n_ctx - len(prompt) ids.
+
+        A runtime whose capabilities say `cancellable` also accepts `cancel: CancelToken | None` (keyword) and,
+        once it is cancelled (from any thread), returns within one decode step or one prefill chunk, interrupting
+        native compute where it can, and stays usable for the next call. `Model` only passes `cancel` to those;
+        others are stopped between tokens. Closing the generator early must free its per-call state."""
         ...
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Teacher-forced logits, shape (len(tokens), vocab), float32."""

@@ -5,6 +5,7 @@ install hint, and the kernel policy that keeps known-bad CPU kernels from taking
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
+from ..cancellation import CancelToken
 from ..errors import GenerationError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
 from .llama_native import KernelPolicy, kernel_policy, llama_module, open_llama
@@ -24,7 +26,7 @@ class LlamaCppRuntime:
     name: ClassVar[str] = "llama.cpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, logits=True, gpu_offload=True, native_sampling=True, formats=("gguf",),
-        constrained_json=True, logprobs=True)
+        constrained_json=True, logprobs=True, cancellable=True)
 
     def __init__(self, path: Path, options: LoadOptions, llama_module: Any) -> None:
         self._lc = llama_module
@@ -33,6 +35,7 @@ class LlamaCppRuntime:
         self.threads = options.threads or default_threads()
         self.kernel_policy: KernelPolicy = kernel_policy(path)
         self._handle: Any = self._open(logits_all=False)
+        self._abort = AbortFlag(llama_module, self._handle._ctx.ctx)
         self._eval_llm: Any = None
         self._tok_info: TokenizerInfo | None = None
         self._eog: frozenset[int] | None = None
@@ -105,16 +108,41 @@ class LlamaCppRuntime:
         return bytes(self._llm.detokenize([token], special=False))
 
     # -- compute -------------------------------------------------------------------------------
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+    def generate(self, prompt: list[int], params: SamplingParams,
+                 cancel: CancelToken | None = None) -> Iterator[int]:
+        """llama-cpp-python's generator. With `cancel`: cancelling raises the abort flag llama.cpp polls between
+        the nodes of the graph it computes, so a prefill stops inside its batch and a decode inside its step;
+        llama_decode then returns 2 (its finished micro-batches stay in the KV cache, which llama-cpp-python's
+        next eval trims to the tokens it counted), and this generator returns."""
         llm = self._llm
         if not self.options.extra.get("cache_prompt", True):
             llm.reset()  # forget the evaluated prefix: a fresh prefill (what benchmarks of prefill need)
         llm.set_seed(params.seed if params.seed is not None else 0xFFFFFFFF)
+        self._abort.clear()   # a cancel that raced the end of the previous call must not stop this one
         greedy = params.temperature == 0
-        yield from llm.generate(
+        steps = llm.generate(
             prompt, top_k=1 if greedy else params.top_k, top_p=1.0 if greedy else params.top_p,
             min_p=0.0 if greedy else params.min_p, temp=params.temperature,
             repeat_penalty=params.repeat_penalty, reset=True, grammar=self._grammar(params.json_schema))
+        if cancel is None:
+            yield from steps
+            return
+        unhook = cancel.on_cancel(self._abort.raise_)
+        try:
+            while not cancel.cancelled:
+                try:
+                    token = next(steps)
+                except StopIteration:
+                    return
+                except RuntimeError:
+                    if cancel.cancelled:   # "llama_decode returned 2": aborted by our flag
+                        return
+                    raise
+                yield token
+        finally:
+            unhook()
+            steps.close()
+            self._abort.clear()
 
     def _grammar(self, schema: Any) -> Any:
         """llama.cpp's grammar for JSON output: any object ({}), or the given JSON schema."""
@@ -149,6 +177,53 @@ class LlamaCppRuntime:
             if llm is not None:
                 llm.close()
         self._handle = self._eval_llm = None
+
+
+class AbortFlag:
+    """The flag llama.cpp polls while it computes a graph (`llama_set_abort_callback`), one per context.
+
+    ggml calls the callback before every node of the graph (about 600 times per token for a 30-layer model), on
+    its compute thread. A Python callback would take the GIL each time, which costs decode speed and, while another
+    Python thread (a UI) runs, can stall each node for the interpreter's 5 ms switch interval. So the callback is
+    libc's `strlen` over a 2-byte buffer: `bool (*)(void *)` called on `size_t strlen(const char *)` returns the
+    buffer's length, 0 (go on) or 1 (abort), in the return register where every ABI llama.cpp builds for
+    (x86-64 System V and Windows, AArch64) reads a bool. No GIL, no Python frame. Where libc cannot be found, a
+    Python callback reads the same buffer."""
+
+    def __init__(self, llama_module: Any, ctx: Any) -> None:
+        self._buf = ctypes.create_string_buffer(2)   # b"\0\0": strlen 0, go on; b"\1\0": strlen 1, abort
+        cb_type = llama_module.ggml_abort_callback
+        strlen = _libc_strlen()
+        if strlen is not None:
+            self._callback = ctypes.cast(strlen, cb_type)
+        else:  # pragma: no cover - every platform we build for has a libc with strlen
+            self._callback = cb_type(lambda _data: self._buf.raw[0] != 0)
+        llama_module.llama_set_abort_callback(ctx, self._callback, ctypes.cast(self._buf, ctypes.c_void_p))
+
+    def raise_(self) -> None:
+        self._buf[0] = b"\x01"
+
+    def clear(self) -> None:
+        self._buf[0] = b"\x00"
+
+    @property
+    def raised(self) -> bool:
+        return self._buf.raw[0] != 0
+
+
+def _libc_strlen() -> int | None:
+    """The address of the C library's strlen, or None."""
+    import ctypes.util
+    import sys
+
+    names = ["msvcrt"] if sys.platform == "win32" else [None, ctypes.util.find_library("c")]
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name) if name != "msvcrt" else ctypes.cdll.msvcrt
+            return ctypes.cast(lib.strlen, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def open_llama_cpp(path: Path, options: LoadOptions) -> LlamaCppRuntime:

@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
+from ..cancellation import CancelToken
 from ..errors import ArtifactError, BackendUnavailableError, ContextOverflowError, ModelFormatError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
 from .sampling import Sampler, token_logprobs
@@ -32,7 +33,8 @@ from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderCho
 class OnnxRuntime:
     name: ClassVar[str] = "onnxruntime"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        streaming=True, logits=True, gpu_offload=True, native_sampling=False, formats=("onnx",), logprobs=True)
+        streaming=True, logits=True, gpu_offload=True, native_sampling=False, formats=("onnx",), logprobs=True,
+        cancellable=True)
 
     def __init__(self, path: Path, options: LoadOptions, ort: Any, onnx_module: Any) -> None:
         self._ort = ort
@@ -177,8 +179,8 @@ class OnnxRuntime:
         if "position_ids" in self._inputs:
             binding.bind_cpu_input("position_ids", np.arange(start, start + n, dtype=np.int64)[None, :])
 
-    def _run(self, binding: Any) -> None:
-        self.session.run_with_iobinding(binding)
+    def _run(self, binding: Any, run_options: Any = None) -> None:
+        self.session.run_with_iobinding(binding, run_options)
 
     def _logits_buffer(self, binding: Any, n: int) -> np.ndarray | None:
         """Bind `logits` to a host array of [1, n, vocab] so reading it is free; None when the vocab is unknown."""
@@ -205,12 +207,37 @@ class OnnxRuntime:
             out = binding.get_outputs()[-1].numpy()  # logits was bound last
         return np.asarray(out[0], dtype=np.float32)
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+    def generate(self, prompt: list[int], params: SamplingParams,
+                 cancel: CancelToken | None = None) -> Iterator[int]:
+        """With `cancel`: checked between prefill chunks and decode steps, and cancelling sets
+        `RunOptions.terminate` on the run in flight (onnxruntime stops it between kernels and raises; this
+        generator then returns). Every call has its own RunOptions: a terminated one refuses every later run."""
         if len(prompt) >= self.n_ctx:
             raise ContextOverflowError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
-        if self.shared_kv:
-            return self._generate_shared(prompt, params)
-        return self._generate_copying(prompt, params)
+        steps = (self._generate_shared if self.shared_kv else self._generate_copying)
+        if cancel is None:
+            return steps(prompt, params, None, None)
+        return self._cancellable(steps, prompt, params, cancel)
+
+    def _cancellable(self, steps: Callable[..., Iterator[int]], prompt: list[int], params: SamplingParams,
+                     cancel: CancelToken) -> Iterator[int]:
+        run_options = self._ort.RunOptions()
+        unhook = cancel.on_cancel(lambda: setattr(run_options, "terminate", True))
+        gen = steps(prompt, params, run_options, cancel)
+        try:
+            while not cancel.cancelled:
+                try:
+                    token = next(gen)
+                except StopIteration:
+                    return
+                except Exception:   # noqa: BLE001 - onnxruntime's own type for "Exiting due to terminate flag"
+                    if cancel.cancelled:
+                        return
+                    raise
+                yield token
+        finally:
+            unhook()
+            gen.close()
 
     KV_ROUND = 64   # KV capacity grows in multiples of this many positions
 
@@ -243,7 +270,8 @@ class OnnxRuntime:
                 binding.bind_ortvalue_output(f"present.{i}.{k}", value)
         return bufs
 
-    def _generate_shared(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+    def _generate_shared(self, prompt: list[int], params: SamplingParams, run_options: Any,
+                         cancel: CancelToken | None) -> Iterator[int]:
         """GroupQueryAttention path: shared past/present KV buffers sized to prompt + max_tokens (GQA appends in
         place, reading seqlens_k/total_sequence_length from attention_mask), and every per-step input/output an
         OrtValue over a preallocated host array, so a decode step allocates nothing, copies nothing and rebinds
@@ -255,10 +283,12 @@ class OnnxRuntime:
         # position) stays chunk x vocab instead of prompt x vocab (1.5 GiB for 8k tokens of a 49k vocabulary)
         chunk = self.prefill_chunk
         for start in range(0, len(prompt), chunk):
+            if cancel is not None and cancel.cancelled:
+                return
             part = prompt[start:start + chunk]
             self._bind_inputs(binding, part, start)
             prefill_out = self._logits_buffer(binding, len(part))
-            self._run(binding)
+            self._run(binding, run_options)
         row = (prefill_out if prefill_out is not None else binding.get_outputs()[-1].numpy())[0, -1]
         del prefill_out
         # decode: fixed host arrays, written in place each step
@@ -271,7 +301,7 @@ class OnnxRuntime:
         step = self._logits_buffer(binding, 1)
         # the attention_mask views each step binds (its length is the total sequence length), made before the
         # first decode step for every position the KV buffers hold, so a step only rebinds and runs
-        run, bind_mask, raw = _fast_calls(self.session, binding)
+        run, bind_mask, raw = _fast_calls(self.session, binding, run_options)
         views = self._mask_views(mask, len(prompt) + 1, capacity, raw)
 
         def advance(token: int, pos: int) -> np.ndarray:
@@ -288,7 +318,8 @@ class OnnxRuntime:
 
         yield from self._decode(params, prompt, row, advance)
 
-    def _generate_copying(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+    def _generate_copying(self, prompt: list[int], params: SamplingParams, run_options: Any,
+                          cancel: CancelToken | None) -> Iterator[int]:
         """Standard-ops graph: past grows by concatenation, so each step binds the last presents as the pasts."""
         binding = self.session.io_binding()
         names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self._layers) for k in ("key", "value")]
@@ -298,7 +329,7 @@ class OnnxRuntime:
             binding.bind_output(present, self._device)
         self._bind_inputs(binding, prompt, 0)
         prefill_out = self._logits_buffer(binding, len(prompt))
-        self._run(binding)
+        self._run(binding, run_options)
         outputs = binding.get_outputs()
         row = (prefill_out if prefill_out is not None else outputs[-1].numpy())[0, -1]
         del prefill_out
@@ -312,7 +343,7 @@ class OnnxRuntime:
                 binding.bind_output(present, self._device)
             binding.bind_ortvalue_output("logits", step_value)
             self._bind_inputs(binding, [token], pos)
-            self._run(binding)
+            self._run(binding, run_options)
             outputs = binding.get_outputs()
             return step[0, -1]
 
@@ -342,14 +373,16 @@ class OnnxRuntime:
         self.session = None  # type: ignore[assignment]  # onnxruntime frees its arenas with the session
 
 
-def _fast_calls(session: Any, binding: Any) -> tuple[Callable[[], None], Callable[[str, Any], None], bool]:
+def _fast_calls(session: Any, binding: Any,
+                run_options: Any = None) -> tuple[Callable[[], None], Callable[[str, Any], None], bool]:
     """(run, bind, raw) for the decode step: onnxruntime's binding-level objects called through partial (no
     Python frame per call: ~1% of a 135M model's step) when its Python wrapper exposes them (raw=True, bind
     then takes the binding-level OrtValue), else the public API."""
     inner_session, inner_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
     if inner_session is not None and inner_binding is not None and hasattr(inner_session, "run_with_iobinding"):
-        return partial(inner_session.run_with_iobinding, inner_binding, None), inner_binding.bind_ortvalue_input, True
-    return partial(session.run_with_iobinding, binding), binding.bind_ortvalue_input, False
+        return (partial(inner_session.run_with_iobinding, inner_binding, run_options),
+                inner_binding.bind_ortvalue_input, True)
+    return partial(session.run_with_iobinding, binding, run_options), binding.bind_ortvalue_input, False
 
 
 def open_onnxruntime(path: Path, options: LoadOptions) -> OnnxRuntime:

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .cancellation import CallLock, CancelToken
 from .errors import ContextOverflowError, GenerationError, InvalidInputError, ModelClosedError, OptionError
 from .metrics import Metrics, RawCounters, compute_metrics
 from .runtimes.base import Runtime, SamplingParams
@@ -25,7 +26,7 @@ class Chunk:
     text: str
     token: int | None
     index: int
-    finish_reason: str | None = None      # "stop" (EOS or stop string) | "length" | "context"
+    finish_reason: str | None = None      # "stop" (EOS or stop string) | "length" | "context" | "cancelled"
     metrics: Metrics | None = None
     logprob: float | None = None          # with stream(logprobs=N): log-probability of `token` (raw distribution)
     top_logprobs: tuple[tuple[int, float], ...] = ()  # the N most likely (token id, logprob), most likely first
@@ -50,52 +51,6 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-class _CallLock:
-    """Serializes a Model's calls across threads. Re-entrant for the thread that holds it (a stream's consumer may
-    call tokenize), and releasable from any thread (a stream abandoned mid-way is finalized wherever the garbage
-    collector runs). A stream marks itself idle while it waits for its consumer; a thread that has waited behind
-    a stream idle for more than `idle_s` gets GenerationError instead of waiting forever for an abandoned one."""
-
-    def __init__(self, idle_s: float = 10.0) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._owner: int | None = None
-        self._depth = 0
-        self._idle_since: float | None = None
-        self.idle_s = idle_s
-
-    def acquire(self) -> None:
-        me = threading.get_ident()
-        with self._cond:
-            if self._owner == me:
-                self._depth += 1
-                return
-            while self._owner is not None:
-                idle = self._idle_since
-                if idle is not None and time.monotonic() - idle > self.idle_s:
-                    raise GenerationError(
-                        f"this model is held by an unfinished stream that has not advanced for {self.idle_s:g} s",
-                        "iterate streams to their end or call .close() on the ones you abandon")
-                self._cond.wait(timeout=0.25)
-            self._owner, self._depth, self._idle_since = me, 1, None
-
-    def release(self) -> None:
-        with self._cond:
-            self._depth -= 1
-            if self._depth <= 0:
-                self._owner, self._depth, self._idle_since = None, 0, None
-                self._cond.notify_all()
-
-    def suspend(self) -> None:
-        """The holding stream yielded a chunk and waits for its consumer."""
-        with self._cond:
-            self._idle_since = time.monotonic()
-
-    def resume(self) -> None:
-        """The holding stream was asked for its next chunk (possibly from another thread, which now owns it)."""
-        with self._cond:
-            self._owner, self._idle_since = threading.get_ident(), None
-
-
 def _check_text(text: Any) -> str:
     if not isinstance(text, str):
         raise InvalidInputError(f"text must be a str, not {type(text).__name__}")
@@ -110,11 +65,19 @@ def _check_text(text: Any) -> str:
 class Model:
     """A loaded artifact. Use as a context manager (or call close()) to free native memory promptly.
 
-    Threads: one Model may be shared between threads. Its calls are serialized: a call from a second thread waits
-    until the first finishes, and a `stream()` holds the model from its first step until it ends or is closed
-    (so finish or `.close()` streams you abandon). Starting a second generation in the thread that has an
-    unfinished stream of the same model raises GenerationError. After `close()` every call raises
-    ModelClosedError; closing from inside a stream's loop stops that stream at its next step."""
+    Threads (the full contract is in docs/embedding.md): one Model may be shared between threads. Its calls are
+    serialized: a call from a second thread waits until the first finishes, and a `stream()` holds the model from
+    its first step until it ends or is closed (breaking out of `for chunk in model.stream(...)` closes it; close
+    streams you keep a reference to and abandon). Starting a second generation in the thread that has an
+    unfinished stream of the same model raises GenerationError.
+
+    Cancelling: `cancel()` (from any thread) or a `CancelToken` passed as `cancel=` stops a generation within one
+    decode step or one prefill chunk (llama.cpp stops inside the batch it is computing); the stream then ends with
+    a last chunk whose finish_reason is "cancelled" and whose metrics hold what was measured.
+
+    `close()` is safe from any thread at any time: it cancels the generation in flight, waits for it to leave
+    native code, then frees the model. After it every call raises ModelClosedError; a stream that was waiting for
+    its consumer when the model was closed raises ModelClosedError when advanced."""
 
     def __init__(self, runtime: Runtime, *, device: str, load_s: float, artifact: str,
                  energy_meter: Any = None) -> None:
@@ -124,10 +87,12 @@ class Model:
         self.artifact = artifact
         self._energy = energy_meter
         self.last_metrics: Metrics | None = None
-        self._lock = _CallLock()
+        self._lock = CallLock(lambda: ModelClosedError(f"the model {self.artifact} was closed"))
         self._closed = False
+        self._closing = threading.Lock()   # one close() at a time
         self._generating = False
-        self._close_pending = False
+        self._active: CancelToken | None = None   # the token of the generation in flight
+        self._described = _describe(runtime, artifact)
 
     @contextmanager
     def _use(self) -> Iterator[None]:
@@ -139,7 +104,7 @@ class Model:
             self._lock.release()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or self._lock.closed:
             raise ModelClosedError(f"the model {self.artifact} was closed")
 
     def _check_ids(self, tokens: Iterable[Any]) -> list[int]:
@@ -177,10 +142,15 @@ class Model:
     def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                seed: int | None = None, stop: Sequence[str] = (), parse_special: bool = False,
-               json_schema: Mapping[str, Any] | None = None, logprobs: int | None = None) -> Iterator[Chunk]:
+               json_schema: Mapping[str, Any] | None = None, logprobs: int | None = None,
+               cancel: CancelToken | None = None) -> Iterator[Chunk]:
         """json_schema: hold the output to JSON ({} any object, or that schema); runtimes with the
         `constrained_json` capability only (llama.cpp), else OptionError. logprobs=N (0..20): each chunk carries
-        its token's log-probability under the model's raw distribution and the N most likely alternatives."""
+        its token's log-probability under the model's raw distribution and the N most likely alternatives.
+        cancel: a CancelToken; cancelling it (from any thread, before or during the call) ends the stream within
+        one decode step or prefill chunk with finish_reason "cancelled" (so does `Model.cancel()`)."""
+        if cancel is not None and not isinstance(cancel, CancelToken):
+            raise OptionError(f"cancel={cancel!r} must be an edgellm.cancellation.CancelToken or None")
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
                                      or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
             raise OptionError(f"logprobs={logprobs!r} must be None or a whole number in 0..{MAX_TOP_LOGPROBS}")
@@ -195,30 +165,41 @@ class Model:
         with self._use():
             ids = (self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str)
                    else self._check_ids(prompt))
-        return self._locked_loop(ids, params, logprobs)
+        return self._locked_loop(ids, params, logprobs, cancel)
 
-    def _locked_loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None) -> Iterator[Chunk]:
+    def _locked_loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None,
+                     cancel: CancelToken | None = None) -> Iterator[Chunk]:
         self._lock.acquire()
         try:
             self._check_open()
             if self._generating:
                 raise GenerationError("this thread already has an unfinished stream of this model",
                                       "iterate the first stream to its end (or .close() it) before starting another")
-            self._generating = True
+            call = CancelToken()   # this call's own token: Model.cancel() and close() raise it
+            unlink = cancel.on_cancel(call.cancel) if cancel is not None else (lambda: None)
+            self._generating, self._active = True, call
             try:
-                for chunk in self._loop(ids, params, logprobs):
+                for chunk in self._loop(ids, params, logprobs, call):
                     self._lock.suspend()
                     yield chunk
-                    self._lock.resume()
+                    if not self._lock.resume():
+                        raise ModelClosedError(f"the model {self.artifact} was closed during a stream")
             finally:
-                self._generating = False
-                if self._close_pending:
-                    self._close_pending = False
-                    self.runtime.close()
+                unlink()
+                self._generating, self._active = False, None
         finally:
             self._lock.release()
 
-    def _loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None) -> Iterator[Chunk]:
+    def _steps(self, ids: list[int], params: SamplingParams, call: CancelToken) -> Iterator[int]:
+        """The runtime's token ids; a runtime with the `cancellable` capability also watches `call` itself
+        (between prefill chunks, inside native compute), the others are stopped between tokens by `_loop`."""
+        if self.runtime.capabilities.cancellable:
+            return self.runtime.generate(ids, params, cancel=call)
+        return self.runtime.generate(ids, params)
+
+    def _loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None,
+              call: CancelToken | None = None) -> Iterator[Chunk]:
+        call = call if call is not None else CancelToken()
         n_ctx = self.runtime.n_ctx
         if len(ids) >= n_ctx:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds {n_ctx}")
@@ -231,11 +212,17 @@ class Model:
         energy = self._energy.start() if self._energy is not None else None
         energy_mark: Any = None  # energy snapshot at the first token: splits prefill from decode
         pending, emitted, index, finish = "", 0, 0, "length"
-        if budget == 0:
+        if call.cancelled:
+            finish = "cancelled"
+        elif budget == 0:
             finish = "length" if params.max_tokens == 0 else "context"
         else:
             t_ask = counters.start  # when we last asked the runtime for a token
-            for tok in self.runtime.generate(ids, params):
+            steps = self._steps(ids, params, call)
+            for tok in steps:
+                if call.cancelled:   # a token computed while the cancel came: dropped
+                    finish = "cancelled"
+                    break
                 counters.stamp()
                 counters.step_runtime_s.append(counters.token_times[-1] - t_ask)
                 if index == 0 and self._energy is not None:
@@ -261,7 +248,16 @@ class Model:
                     break
                 if self._closed:   # closed from inside the loop: never touch the native state again
                     raise ModelClosedError(f"the model {self.artifact} was closed during a stream")
+                if call.cancelled:
+                    finish = "cancelled"
+                    break
                 t_ask = time.perf_counter()
+            else:   # the runtime stopped on its own: a cancellable runtime does when the token is cancelled
+                if call.cancelled:
+                    finish = "cancelled"
+            close_steps = getattr(steps, "close", None)
+            if close_steps is not None:
+                close_steps()   # the runtime's generator ends now (its cancel hooks removed), not at GC
         counters.finish()
         if finish != "stop":
             pending += decoder.decode(b"", final=True)
@@ -315,29 +311,69 @@ class Model:
                 raise ContextOverflowError(f"{len(ids)} tokens do not fit the context of {self.runtime.n_ctx}")
             return self.runtime.logits(ids)
 
+    def cancel(self) -> bool:
+        """Stop the generation in flight (from any thread): it ends within one decode step or prefill chunk with
+        finish_reason "cancelled". Calls waiting for the model are not affected. True if there was one to stop."""
+        active = self._active
+        if active is None:
+            return False
+        active.cancel()
+        return True
+
     def close(self) -> None:
-        """Free the native model. Idempotent; waits for another thread's call to finish first. When the model is
-        held by a stream (this thread's, or one another thread abandoned), the stream stops at its next step and
-        frees the model when it ends."""
-        try:
-            self._lock.acquire()
-        except GenerationError:           # held by an abandoned stream: mark closed, it frees the runtime
-            self._closed = self._close_pending = True
-            return
-        try:
+        """Free the native model; idempotent and safe from any thread. A generation in flight is cancelled and
+        close() waits until it has left native code (one decode step or prefill chunk); a stream held by this
+        thread or abandoned by another (idle for `idle_s`) is stopped where it waits: advancing it raises
+        ModelClosedError. Other calls in flight (tokenize, logits) are waited for."""
+        with self._closing:
             if self._closed:
                 return
-            self._closed = True
-            if self._generating:          # a stream is inside its loop: freed when the stream stops
-                self._close_pending = True
-            else:
+            self.cancel()
+            try:
+                self._lock.acquire()     # the stream in flight ends (cancelled) and releases it
+                held = True
+            except GenerationError:      # held by a stream idle for idle_s: abandoned
+                held = False
+            except ModelClosedError:     # already claimed
+                return
+            try:
+                while not self._lock.claim_idle():   # nobody inside the runtime from here on
+                    self.cancel()
+                    time.sleep(0.005)
+                self._closed = True
                 self.runtime.close()
-        finally:
-            self._lock.release()
+            finally:
+                if held:
+                    self._lock.release()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"n_ctx={self._described['n_ctx']}"
+        return (f"<edgellm.Model {self._described['name']!r} format={self._described['format']} "
+                f"quant={self._described['quant']} backend={self.runtime.name} device={self.device} {state}>")
 
     def __enter__(self) -> "Model":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _describe(runtime: Runtime, artifact: str) -> dict[str, Any]:
+    """What repr() shows, read once at load: the file name, format and quant (from edgellm.json when the artifact
+    has one, else the file's own metadata where the runtime exposes it)."""
+    from pathlib import Path
+
+    path = Path(artifact)
+    info: dict[str, Any] = {"name": path.name, "format": {".gguf": "gguf", ".onnx": "onnx"}.get(path.suffix, "?"),
+                            "quant": "?", "n_ctx": getattr(runtime, "n_ctx", "?")}
+    try:
+        from .converters.manifest import MANIFEST_NAME, read_manifest
+
+        folder = path if path.is_dir() else path.parent
+        if (folder / MANIFEST_NAME).is_file():
+            manifest = read_manifest(folder)
+            info["name"] = folder.name if path.suffix == ".onnx" else path.name
+            info["format"], info["quant"] = manifest.format, manifest.quant or "?"
+    except Exception:  # noqa: BLE001 - repr must never fail; an unreadable manifest only loses the quant
+        pass
+    return info

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
 from tests.fixtures import smollm2, tiny
+
+if TYPE_CHECKING:
+    from edgellm.model import Model
+    from tests.fakes import FakeRuntime
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +62,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def fake_runtime() -> Callable[..., "FakeRuntime"]:
+    """Factory: scripted pieces (bytes per token, or fakes.EOS) -> a FakeRuntime, the test double of the runtime
+    interface (tests/fakes.py says why it exists). Runs Model's generation loop in milliseconds."""
+    from tests.fakes import FakeRuntime
+
+    return FakeRuntime
+
+
+@pytest.fixture
+def fake_model(fake_runtime: Callable[..., "FakeRuntime"]) -> Callable[..., "Model"]:
+    """Factory: the same arguments as FakeRuntime -> an edgellm Model over it (model.runtime is the fake)."""
+    from tests.fakes import model_over
+
+    return lambda *pieces_and_options, **kwargs: model_over(fake_runtime(*pieces_and_options, **kwargs))

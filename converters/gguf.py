@@ -158,8 +158,8 @@ def _bits(ggml_type: str) -> float:
 def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, threads: int | None,
                       rep: Reporter) -> Any:
     """llama.cpp's quantizer has no progress callback: a watcher thread reports the output file's growth
-    against the expected size (the intermediate's size scaled by the main type's bits per weight; fallback
-    tensors make the real file somewhat larger, so the count is clipped there and set exactly at the end)."""
+    against the expected size (the intermediate's size scaled by the main type's bits per weight; when fallback
+    tensors make the file larger than that, the total becomes unknown and only the bytes written are shown)."""
     try:
         expected: float | None = src.stat().st_size * _bits(q.main_type) / _bits(source_type)
     except (KeyError, OSError):
@@ -170,7 +170,10 @@ def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, thre
         def watch() -> None:
             while not stop.wait(0.5):
                 try:
-                    bar.update(min(dst.stat().st_size, expected or float("inf")))
+                    size = dst.stat().st_size
+                    if bar.total is not None and size > bar.total:   # fallbacks: larger than estimated
+                        bar.total = None
+                    bar.update(size)
                 except OSError:
                     pass
                 except BaseException as exc:  # noqa: BLE001 - handed to the converting thread

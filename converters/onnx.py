@@ -203,7 +203,7 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         ctx = int(context_length or model.config.max_position_embeddings)
         calib = None
         if rec.calibrated:
-            with rep.stage("tokenizing calibration text") as st:
+            with rep.stage("tokenizing calibration text", unit="tokens") as st:
                 calib = calibration_set(Path(model_dir), calibration_text, calibration_tokens,
                                         seq_len=min(DEFAULT_SEQ_LEN, ctx))
                 st.update(calib.tokens, f"{calib.tokens} tokens from {calib.source}")

@@ -184,6 +184,9 @@ def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[i
     if layers == "auto" and max_kld is None and max_ppl_increase is None:
         raise EdgeLLMError("layers='auto' needs a quality budget", "pass max_kld (e.g. 0.05) or max_ppl_increase")
     src = gguf_file(model)
+    if output is not None and Path(output).is_dir() and any(Path(output).iterdir()):
+        from .errors import OutputPathError
+        raise OutputPathError(f"{output} exists and is not empty", "choose a new output folder")
     rep = reporter(progress)
     cal = _calibrate(src, text, max_tokens, threads, rep)
     table: list[dict[str, Any]] = []

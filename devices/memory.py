@@ -58,6 +58,12 @@ ORT_ACTIVATION_VECTORS = 7
 # edgellm's onnxruntime runtime rounds the KV capacity (prompt + max_tokens) up to this many positions on CPU.
 ORT_KV_ROUND = 64
 PAGE = 4096
+# llama.cpp rounds the context (and each KV cache) up to 256 cells
+LLAMA_CTX_PAD = 256
+# llama.cpp's llama_context_default_params has swa_full=true and edgellm's llama.cpp runtime does not change it:
+# sliding-window layers then hold the whole context like the global ones (checked on a Gemma 3 GGUF: "using
+# full-size SWA cache"). With swa_full=False they would hold PAD(n_swa + n_ubatch, 256) cells.
+LLAMA_SWA_FULL = True
 # --- uncalibrated (no GPU here): upstream figures --------------------------------------------------------
 CUDA_CONTEXT_DEVICE_BYTES = 300 * MiB  # CUDA context + cuBLAS workspace on the GPU
 CUDA_CONTEXT_HOST_BYTES = 250 * MiB  # libcudart/cublas pages and pinned staging buffers in the process
@@ -168,12 +174,34 @@ def layer_of(name: str) -> int | None:
 
 def kv_cache_bytes(facts: ModelFacts, n_ctx: int, type_k: str = "F16", type_v: str = "F16",
                    layers: int | None = None) -> int:
-    """n_ctx x layers x kv_heads x head_dim for K and for V, each at its element size (q8_0/q4_0 allowed)."""
-    layers = facts.num_layers if layers is None else layers
-    per_token = facts.num_kv_heads * facts.head_dim
-    k = TensorFacts("k", (per_token, n_ctx * layers), type_k)
-    v = TensorFacts("v", (per_token, n_ctx * layers), type_v)
-    return tensor_bytes(k) + tensor_bytes(v)
+    """K and V of `n_ctx` positions in the first `layers` layers (default all) that hold a KV cache, each at its
+    element size (q8_0/q4_0 allowed): kv_heads x head_dim per layer, 0 for recurrent/convolution layers."""
+    count = facts.num_layers if layers is None else layers
+    return sum(_layer_kv_bytes(facts, i, n_ctx, type_k, type_v) for i in range(min(count, facts.num_layers)))
+
+
+def _layer_kv_bytes(facts: ModelFacts, layer: int, cells: int, type_k: str, type_v: str) -> int:
+    width = facts.kv_heads_of(layer) * facts.head_dim
+    if not width or not cells:
+        return 0
+    return tensor_bytes(TensorFacts("k", (width, cells), type_k)) + tensor_bytes(TensorFacts("v", (width, cells), type_v))
+
+
+def llama_kv_cells(facts: ModelFacts, n_ctx: int, layer: int, *, swa_full: bool = LLAMA_SWA_FULL,
+                   n_ubatch: int = 512, n_seq: int = 1) -> int:
+    """Cells llama.cpp allocates for one layer: the context rounded up to 256; a sliding-window layer with
+    swa_full off gets only PAD(min(ctx, n_swa x n_seq + n_ubatch), 256) (llama_kv_cache_iswa)."""
+    size = _pad(n_ctx, LLAMA_CTX_PAD)
+    if facts.is_swa(layer) and not swa_full:
+        return min(size, _pad(min(size, facts.sliding_window * n_seq + n_ubatch), LLAMA_CTX_PAD))
+    return size
+
+
+def llama_kv_bytes(facts: ModelFacts, n_ctx: int, layers: range, type_k: str = "F16", type_v: str = "F16", *,
+                   swa_full: bool = LLAMA_SWA_FULL, n_ubatch: int = 512) -> int:
+    """KV bytes llama.cpp allocates for `layers` (per-layer heads, sliding windows, recurrent layers skipped)."""
+    return sum(_layer_kv_bytes(facts, i, llama_kv_cells(facts, n_ctx, i, swa_full=swa_full, n_ubatch=n_ubatch),
+                               type_k, type_v) for i in layers)
 
 
 def _pad(n: int, to: int) -> int:
@@ -234,22 +262,39 @@ def repacked_bytes(facts: ModelFacts, arch: str, n_gpu_layers: int = 0) -> int:
     return total
 
 
+def _kv_note(facts: ModelFacts, n_ctx: int, type_k: str, type_v: str, swa_full: bool, n_ubatch: int) -> str:
+    cells = _pad(n_ctx, LLAMA_CTX_PAD)
+    kv_layers = [i for i in range(facts.num_layers) if facts.kv_heads_of(i)]
+    note = f"K {type_k} / V {type_v}, {len(kv_layers)} layers x {cells} cells"
+    swa = [i for i in kv_layers if facts.is_swa(i)]
+    if swa:
+        small = llama_kv_cells(facts, n_ctx, swa[0], swa_full=swa_full, n_ubatch=n_ubatch)
+        note += (f" ({len(swa)} sliding-window layers of {facts.sliding_window}: "
+                 + ("full-size SWA cache" if swa_full else f"{small} cells") + ")")
+    return note
+
+
 def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, arch: str = "x86_64",
                        type_k: str = "F16", type_v: str = "F16", n_ubatch: int = 512,
                        prompt_tokens: int | None = None, flash_attn: bool = False,
                        baseline_bytes: int = LLAMA_CPP_INTERPRETER_BASELINE,
-                       extra_bufts: bool = True) -> MemoryEstimate:
+                       extra_bufts: bool = True, swa_full: bool = LLAMA_SWA_FULL) -> MemoryEstimate:
     """Peak process memory of llama-cpp-python serving a GGUF (facts.tensors hold GGML types).
 
     extra_bufts=False: the model is opened with llama.cpp's extra buffer types off (the safe kernel switch),
-    so no repacked copy of the weights is made."""
+    so no repacked copy of the weights is made: the estimate follows the kernel path the load will take.
+    KV: per layer (kv heads x head_dim; none for recurrent layers) over the context rounded to 256 cells;
+    sliding-window layers hold the whole context unless swa_full is off. Recurrent layers (LFM2's short
+    convolutions, Qwen3.5's DeltaNet) hold an F32 state per sequence instead."""
     if not facts.tensors:
         raise ValueError("estimate_llama_cpp needs the per-tensor types (ModelFacts.tensors)")
     gpu_layers = min(n_gpu_layers, facts.num_layers)
+    first_gpu = facts.num_layers - gpu_layers
     w_host, w_dev = weights_split(facts, n_gpu_layers)
-    kv_dev = kv_cache_bytes(facts, n_ctx, type_k, type_v, layers=gpu_layers)
-    kv_host = kv_cache_bytes(facts, n_ctx, type_k, type_v, layers=facts.num_layers - gpu_layers)
-    compute = compute_bytes(facts, n_ctx, n_ubatch, prompt_tokens, flash_attn)
+    kv_dev = llama_kv_bytes(facts, n_ctx, range(first_gpu, facts.num_layers), type_k, type_v, swa_full=swa_full,
+                            n_ubatch=n_ubatch)
+    kv_host = llama_kv_bytes(facts, n_ctx, range(first_gpu), type_k, type_v, swa_full=swa_full, n_ubatch=n_ubatch)
+    compute = compute_bytes(facts, _pad(n_ctx, LLAMA_CTX_PAD), n_ubatch, prompt_tokens, flash_attn)
     runtime = LLAMA_CPP_FIXED_OVERHEAD + LLAMA_CPP_BYTES_PER_VOCAB_ENTRY * facts.vocab_size
     if facts.file_bytes and not gpu_layers:  # the mapped header (vocabulary, merges) is resident too
         w_host += max(0, facts.file_bytes - w_host)
@@ -261,7 +306,11 @@ def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, 
     if repack:
         terms.append(MemoryTerm("weights_repacked", repack, "host", f"CPU repack copy for {arch} kernels"))
     if kv_host:
-        terms.append(MemoryTerm("kv_cache", kv_host, "host", f"K {type_k} / V {type_v}"))
+        terms.append(MemoryTerm("kv_cache", kv_host, "host", _kv_note(facts, n_ctx, type_k, type_v, swa_full,
+                                                                       n_ubatch)))
+    if facts.recurrent_state_bytes:
+        terms.append(MemoryTerm("recurrent_state", facts.recurrent_state_bytes, "host" if not gpu_layers else "device",
+                                "F32 conv/SSM state of the recurrent layers, one sequence"))
     terms.append(MemoryTerm("runtime", runtime, "host", "vocab tables, scheduler (calibrated)"))
     if gpu_layers:
         terms += [MemoryTerm("weights", w_dev, "device", f"{gpu_layers} offloaded blocks"),

@@ -13,7 +13,7 @@ from edgellm.errors import BudgetError, InsufficientMemoryError
 from .budgets import format_bytes
 from .memory import (MemoryEstimate, TensorFacts, estimate_llama_cpp, estimate_onnxruntime, kv_cache_bytes,
                      layer_of, tensor_bytes)
-from .types import Device, ModelFacts
+from .types import Device, ModelFacts, Profile
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ BANDWIDTH_EFFICIENCY = 0.7  # share of the probed read bandwidth a decode step s
 # roof predicts within 15%; the per-ISA numbers are scaled guesses, not measurements.
 GFLOPS_PER_CORE: tuple[tuple[str, float], ...] = (("avx512f", 25.0), ("avx2", 16.0), ("i8mm", 12.0),
                                                   ("dotprod", 8.0), ("neon", 4.0))
+# onnxruntime's MatMulNBits decode per core, relative to llama.cpp's kernels (measured: see the decode test)
+ORT_COMPUTE_SHARE = 1.0
 GPU_MEMORY_MARGIN = 0.9  # plan to use at most 90% of free VRAM
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,16 @@ class Plan:
 
 
 def _facts_at(facts: ModelFacts, option: QuantOption) -> ModelFacts:
-    """An HF model's facts as an artifact at `option` would hold them: 2-D weights at the quant's average
-    bits/weight (K-quant mixes folded into one number), 1-D tensors in F32. Ready artifacts stay as they are."""
+    """An HF model's facts as an artifact at `option` would hold them. With a predicted layout (the converter's
+    per-tensor types: the quantizer's fallbacks where rows do not fit its blocks, the recipe's upgraded tensors,
+    the GGUF's extra tensors and metadata) the artifact's tensors exactly; without one, 2-D weights at the
+    quant's average bits/weight and 1-D tensors in F32. Ready artifacts stay as they are."""
     if facts.source != "hf":
         return facts
+    layout = facts.layout(option.name) if option.format == "gguf" else None
+    if layout is not None:
+        size = facts.header_bytes + sum(tensor_bytes(t) for t in layout) if facts.header_bytes else None
+        return replace(facts, tensors=layout, source="gguf", quant=option.name, file_bytes=size)
     bpw = f"BPW:{option.bits_per_weight}"
     tensors = tuple(TensorFacts(t.name, t.shape, "F32" if len(t.shape) < 2 else bpw) for t in facts.tensors)
     return replace(facts, tensors=tensors, source="gguf", quant=option.name, file_bytes=None)
@@ -105,18 +113,28 @@ def estimate(facts: ModelFacts, option: QuantOption, n_ctx: int, arch: str, n_gp
     return estimate_llama_cpp(sized, n_ctx, n_gpu_layers=n_gpu_layers, arch=arch, extra_bufts=extra_bufts)
 
 
-def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, threads: int, n_ctx: int,
-                       n_gpu_layers: int = 0) -> tuple[float, str]:
-    """Tokens/s of decode: the slower of the memory-bandwidth roof and the compute roof, with the reason."""
+def decode_read_bytes(facts: ModelFacts, option: QuantOption, n_gpu_layers: int = 0) -> tuple[int, int]:
+    """(host, GPU) weight bytes one decode step reads: every matrix a token passes through; an untied
+    embedding table is only gathered from (one row per token). ONNX artifacts carry the figure from their
+    graph (facts.decode_read_bytes); an HF folder planned as ONNX counts its weights at the option's bits."""
     sized = _facts_at(facts, option)
+    if option.format == "onnx" and facts.decode_read_bytes is not None:
+        return facts.decode_read_bytes, 0
     per_layer: dict[int | None, int] = {}
     for t in sized.tensors:
-        if "token_embd" in t.name and not facts.tie_word_embeddings:
+        embed = "token_embd" in t.name or "embed_tokens" in t.name
+        if embed and not facts.tie_word_embeddings:
             continue  # an untied embedding table is read one row per token
         per_layer[layer_of(t.name)] = per_layer.get(layer_of(t.name), 0) + tensor_bytes(t)
     first_gpu = facts.num_layers - min(n_gpu_layers, facts.num_layers)
     gpu_bytes = sum(v for k, v in per_layer.items() if k is not None and k >= first_gpu)
-    host_bytes = sum(per_layer.values()) - gpu_bytes
+    return sum(per_layer.values()) - gpu_bytes, gpu_bytes
+
+
+def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, threads: int, n_ctx: int,
+                       n_gpu_layers: int = 0) -> tuple[float, str]:
+    """Tokens/s of decode: the slower of the memory-bandwidth roof and the compute roof, with the reason."""
+    host_bytes, gpu_bytes = decode_read_bytes(facts, option, n_gpu_layers)
     kv = kv_cache_bytes(facts, n_ctx // 2)  # average fill over a generation
     host_bw = (device.bandwidth_gbs or 10.0) * 1e9 * BANDWIDTH_EFFICIENCY
     t_mem = (host_bytes + kv * (facts.num_layers - min(n_gpu_layers, facts.num_layers)) / facts.num_layers) / host_bw
@@ -124,6 +142,8 @@ def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, t
         gpu_bw = (device.gpu.bandwidth_gbs or 300.0) * 1e9 * BANDWIDTH_EFFICIENCY
         t_mem += (gpu_bytes + kv * min(n_gpu_layers, facts.num_layers) / facts.num_layers) / gpu_bw
     gflops = next((g for feature, g in GFLOPS_PER_CORE if feature in device.isa), 2.0)
+    if option.format == "onnx":
+        gflops *= ORT_COMPUTE_SHARE
     host_share = host_bytes / max(1, host_bytes + gpu_bytes)
     t_compute = 2 * facts.param_count * host_share / (gflops * 1e9 * max(1, threads))
     if t_compute > t_mem:
@@ -150,16 +170,55 @@ def _gpu_layers(facts: ModelFacts, option: QuantOption, n_ctx: int, device: Devi
                     f"({format_bytes(full.device_bytes)} needed for all, {format_bytes(free)} usable VRAM)")
 
 
+def ladder_option(fmt: str, quant: str) -> QuantOption:
+    """The ladder entry of (format, quant); one sized from the quant's name when the ladder lacks it."""
+    for o in QUANT_LADDER:
+        if o.format == fmt and o.name.upper() == quant.upper():
+            return o
+    bits = next((float(d) + 0.5 for d in quant if d.isdigit()), 4.5)
+    return QuantOption(quant.upper() if fmt == "gguf" else quant, fmt,
+                       "onnxruntime" if fmt == "onnx" else "llama.cpp", bits, 0.05, quant.upper())
+
+
+def profile_options(profile: Profile) -> list[QuantOption]:
+    """The variants a target profile runs, in the order every planner of edgellm tries them (`plan`, `bundle`,
+    `devices --profiles`, samples/edge_build.py): the profile's preferred artifacts in its order, then the
+    smaller quants of those formats for models too big for them. The first is the profile's default."""
+    preferred = [ladder_option(p.format, p.quant) for p in profile.preferred]
+    floor = min(o.bits_per_weight for o in preferred)
+    formats = {o.format for o in preferred}
+    smaller = [o for o in QUANT_LADDER if o.format in formats and o.bits_per_weight < floor and o not in preferred]
+    return preferred + smaller
+
+
+def profile_default(profile: Profile) -> QuantOption:
+    """The variant a profile gets for a model that fits it: its first preferred artifact."""
+    return profile_options(profile)[0]
+
+
 def _options(facts: ModelFacts, device: Device) -> list[QuantOption]:
     if facts.source != "hf":  # a ready artifact: plan what is there
         fmt = "onnx" if facts.source == "onnx" else "gguf"
         match = [o for o in QUANT_LADDER if o.format == fmt and o.name.upper() == (facts.quant or "").upper()]
         return match or [QuantOption(facts.quant or "unknown", fmt, "onnxruntime" if fmt == "onnx" else "llama.cpp",
                                      8 * (facts.file_bytes or 0) / max(1, facts.param_count), 0.0, "")]
-    preferred = {p.format for p in device.profile.preferred} if device.profile else {"gguf"}
+    if device.profile is not None:
+        return profile_options(device.profile)
     if device.kind == "cuda" and not device.llama_gpu_offload and device.ort_cuda:
-        preferred = {"onnx"}
-    return [o for o in QUANT_LADDER if o.format in preferred]
+        return [o for o in QUANT_LADDER if o.format == "onnx"]
+    return [o for o in QUANT_LADDER if o.format == "gguf"]
+
+
+def _format_reason(facts: ModelFacts, option: QuantOption, device: Device) -> str:
+    if facts.source != "hf":
+        return "the model is already this artifact"
+    if device.profile is None:
+        return "default for this device"
+    if option == profile_default(device.profile):
+        return f"profile {device.profile.name}'s default variant"
+    if any(option == ladder_option(p.format, p.quant) for p in device.profile.preferred):
+        return f"preferred by profile {device.profile.name} (its default does not fit)"
+    return f"profile {device.profile.name}'s preferred variants do not fit; the next smaller quant"
 
 
 def _provider(option: QuantOption, device: Device) -> tuple[str, str]:
@@ -212,12 +271,10 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
                 rejected.append(f"{option.name}: predicted {tps:.1f} tokens/s < budget {budgets.min_tps:.1f}")
                 continue
             reasons = [
-                f"format {option.format} / runtime {option.runtime}: " + (
-                    "the model is already this artifact" if facts.source != "hf" else
-                    f"preferred by profile {device.profile.name}" if device.profile and any(
-                        p.format == option.format for p in device.profile.preferred) else "default for this device"),
-                f"quant {option.name}: highest quality that fits ({option.bits_per_weight:.2f} bits/weight, "
-                f"~{option.quality_loss:.2%} perplexity loss)",
+                f"format {option.format} / runtime {option.runtime}: {_format_reason(facts, option, device)}",
+                f"quant {option.name}: " + ("first of the profile's choices that fits" if device.profile else
+                                            "highest quality that fits")
+                + f" ({option.bits_per_weight:.2f} bits/weight, ~{option.quality_loss:.2%} perplexity loss)",
                 f"provider {provider}: {provider_reason}",
                 f"threads {threads}: thread cap of {device.name}",
                 f"n_ctx {n_ctx}: " + ("as requested" if budgets.context else

@@ -170,6 +170,29 @@ class ModelFacts:
     # bytes of a float embedding table stored apart from the quantized weights; 0 when the table is itself
     # quantized (ONNX GatherBlockQuantized, e.g. shared with the LM head); None when unknown
     embedding_bytes: int | None = None
+    # --- per-layer memory facts (the family's, read from config.json or GGUF metadata) ---------------------
+    # KV heads of each layer; 0 marks a layer without a KV cache (LFM2's convolutions, Qwen3.5's DeltaNet).
+    # Empty: every layer has num_kv_heads.
+    layer_kv_heads: tuple[int, ...] = ()
+    sliding_window: int = 0                  # tokens a sliding-window layer attends over (0: none)
+    swa_layers: tuple[bool, ...] = ()        # True where a layer is sliding-window (llama.cpp's SWA cache)
+    recurrent_state_bytes: int = 0           # F32 state of the recurrent layers, per sequence (all layers)
+    # --- an HF folder's artifacts as the converter will write them (predicted, nothing converted) -----------
+    # (quant name, the GGUF's tensors with their predicted GGML types): fallbacks and recipe mixes included
+    layouts: tuple[tuple[str, tuple[TensorFacts, ...]], ...] = ()
+    header_bytes: int = 0                    # predicted GGUF metadata bytes (vocabulary, merges, template)
+    # weight bytes a decode step reads (ONNX: initializers feeding matmuls; a table only gathered from is
+    # read one row per token); None: derived from `tensors`
+    decode_read_bytes: int | None = None
+
+    def kv_heads_of(self, layer: int) -> int:
+        return self.layer_kv_heads[layer] if layer < len(self.layer_kv_heads) else self.num_kv_heads
+
+    def is_swa(self, layer: int) -> bool:
+        return bool(self.sliding_window) and layer < len(self.swa_layers) and self.swa_layers[layer]
+
+    def layout(self, quant: str) -> tuple[TensorFacts, ...] | None:
+        return next((t for q, t in self.layouts if q.upper() == quant.upper()), None)
 
     @property
     def param_count(self) -> int:

@@ -38,12 +38,21 @@ class BundleResult:
     targets: dict[str, str]
 
 
-def _variant_for(profile_name: str) -> tuple[str, str, str]:
-    """(variant name, format, quant) a target profile prefers (its first preferred artifact)."""
-    from .devices.profiles import get_profile
+def variant_name(fmt: str, quant: str) -> str:
+    return f"{fmt}-{quant.lower()}"
 
-    pref = get_profile(profile_name).preferred[0]
-    return f"{pref.format}-{pref.quant.lower()}", pref.format, pref.quant
+
+def target_variants(model: str | Path, targets: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """target profile -> (variant name, format, quant): what `edgellm plan MODEL --device profile:T` chooses
+    (devices.planner.profile_options, the one decision plan, bundle and `devices --profiles` share). Unknown
+    profiles, unsupported models and targets nothing fits fail here, before any conversion."""
+    from .planning import plan
+
+    out: dict[str, tuple[str, str, str]] = {}
+    for t in targets:
+        chosen = plan(model, device=f"profile:{t}")
+        out[t] = (variant_name(chosen.format, chosen.quant), chosen.format, chosen.quant)
+    return out
 
 
 def bundle(model: str | Path, output: str | Path, targets: Sequence[str] = DEFAULT_TARGETS, *,
@@ -54,7 +63,7 @@ def bundle(model: str | Path, output: str | Path, targets: Sequence[str] = DEFAU
     out = Path(output)
     if out.exists() and not overwrite:
         raise BundleError(f"{out} already exists", "pass overwrite=True (--overwrite) or choose another folder")
-    wanted = {t: _variant_for(t) for t in targets}   # unknown profiles fail here, before any work
+    wanted = target_variants(model, targets)   # unknown profiles, unsupported models fail here, before any work
     tmp = out.with_name(out.name + ".partial")
     variants: dict[str, dict[str, Any]] = {}
     with writing_to(out, model):   # refuses OUT inside the model, removes a killed run's OUT.partial, types OSError

@@ -58,6 +58,9 @@ class Metrics:
     energy_decode_j: float | None = None           # from the first token to the end
     energy_per_decode_token_j: float | None = None  # energy_decode_j / (generated_tokens - 1)
     runtime_s: float | None = None                 # time spent inside the runtime (prefill + decode + sampling)
+    # peak_rss_bytes is the process's peak so far (the load's included: what a plan budgets for); this is the
+    # peak during this call alone (None where the kernel's mark cannot be reset)
+    call_peak_rss_bytes: int | None = None
 
     def to_dict(self, with_latencies: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -93,8 +96,18 @@ def _status_kb(pattern: re.Pattern[bytes]) -> int | None:
         return None
 
 
+# The process's peak RSS before the last reset of the kernel's mark: load peaks (mapping, repacking, session
+# creation) happen before a generation resets it, and a plan budgets for them.
+_PEAK_BEFORE_RESET = 0
+
+
 def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark for this process (Linux: write 5 to clear_refs)."""
+    """Reset the kernel's peak-RSS mark for this process (Linux: write 5 to clear_refs), remembering the peak
+    so far (process_peak_rss() keeps reporting it)."""
+    global _PEAK_BEFORE_RESET
+    before = peak_rss()
+    if before:
+        _PEAK_BEFORE_RESET = max(_PEAK_BEFORE_RESET, before)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -123,6 +136,14 @@ def peak_rss() -> int | None:
     return hwm
 
 
+def process_peak_rss() -> int | None:
+    """The process's peak RSS since it started, load included, whatever resets happened in between."""
+    now = peak_rss()
+    if now is None:
+        return _PEAK_BEFORE_RESET or None
+    return max(now, _PEAK_BEFORE_RESET)
+
+
 @dataclass
 class RawCounters:
     """What the generation loop records; no arithmetic happens here."""
@@ -137,7 +158,8 @@ class RawCounters:
     end: float | None = None
     cpu_end: float | None = None
     rss_end: int | None = None
-    peak: int | None = None
+    peak: int | None = None            # peak since this call's reset (the call's own peak)
+    process_peak: int | None = None    # the process's peak so far, the model's load included
 
     def stamp(self) -> None:
         self.token_times.append(time.perf_counter())
@@ -147,6 +169,7 @@ class RawCounters:
         self.cpu_end = time.process_time()
         self.rss_end = current_rss()
         self.peak = peak_rss()
+        self.process_peak = process_peak_rss()
 
 
 def _energy_parts(energy: Any) -> tuple[float | None, str, float | None, float | None]:
@@ -173,7 +196,8 @@ def compute_metrics(c: RawCounters, *, backend: str, device: str, threads: int |
         backend=backend, device=device, threads=threads, load_s=load_s, ttft_s=ttft, prompt_tokens=c.prompt_tokens,
         prefill_tps=prefill_tps, generated_tokens=len(times), decode_tps=decode_tps,
         token_latency_ms=LatencyStats.from_values(gaps_ms),
-        peak_rss_bytes=c.peak if c.peak_reset or c.peak else None,
+        peak_rss_bytes=(c.process_peak or c.peak) if c.peak_reset or c.peak else None,
+        call_peak_rss_bytes=c.peak if c.peak_reset else None,
         rss_delta_bytes=(c.rss_end - c.rss_start) if c.rss_end is not None and c.rss_start is not None else None,
         cpu_s=(c.cpu_end if c.cpu_end is not None else time.process_time()) - c.cpu_start, wall_s=end - c.start,
         energy_j=energy_j, energy_per_token_j=(energy_j / len(times)) if energy_j is not None and times else None,

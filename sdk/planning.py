@@ -13,6 +13,7 @@ from typing import Any, Callable
 from .devices.budgets import parse_memory, parse_quality_loss, parse_speed
 from .devices.cpu import detect_cpu
 from .devices.cuda import detect_cuda
+from .devices.onnx_facts import onnx_read_bytes, onnx_recipe
 from .devices.planner import Plan, plan_model
 from .devices.profiles import get_profile
 from .devices.threads import ThreadChoice, pick_threads
@@ -27,6 +28,7 @@ MANIFEST_NAME = "edgellm.json"
 # --- model facts --------------------------------------------------------------------------------------
 def facts_from_gguf(path: str | Path) -> ModelFacts:
     from .converters.gguf_reading import field_value, open_gguf
+    from .converters.quant_plan import gguf_memory_facts
 
     p = Path(path)
     reader = open_gguf(p)
@@ -49,7 +51,8 @@ def facts_from_gguf(path: str | Path) -> ModelFacts:
         head_dim=int(key("attention.key_length", 0) or hidden // n_heads),   # rope dims may be fewer (Phi-4-mini)
         vocab_size=int(vocab), max_context=int(key("context_length", 2048)),
         tie_word_embeddings=not any(t.name == "output.weight" for t in tensors),
-        tensors=tensors, source="gguf", quant=_gguf_quant_name(file_type, tensors), file_bytes=p.stat().st_size)
+        tensors=tensors, source="gguf", quant=_gguf_quant_name(file_type, tensors), file_bytes=p.stat().st_size,
+        **gguf_memory_facts(key, int(key("block_count")), hidden))
 
 
 def _max_int(value: Any) -> int:
@@ -70,16 +73,40 @@ def _gguf_quant_name(file_type: Any, tensors: tuple[TensorFacts, ...]) -> str:
 
 
 def facts_from_hf(path: str | Path) -> ModelFacts:
-    from .converters.hf import read_hf_model
+    """Facts of an HF folder, with the artifacts it converts to predicted tensor by tensor.
 
+    The family registry decides what is supported (UnsupportedArchitectureError otherwise, as convert raises);
+    the GGUF tensor list and each GGUF quant's per-tensor types come from the converter's own rules and
+    llama.cpp's quantizer rules (converters/quant_plan.py), so a plan from the folder sizes the same file the
+    converted artifact's plan reads. Only headers are read."""
+    from .converters.hf import read_hf_model
+    from .converters.quant_plan import gguf_header_bytes, gguf_layout, memory_facts
+    from .devices.planner import QUANT_LADDER
+
+    layout = gguf_layout(path)   # refuses an unsupported architecture with the supported list
     with read_hf_model(path) as model:
         c = model.config
         tensors = tuple(TensorFacts(name, tuple(info.shape), info.dtype)
                         for name, info in model.tensor_infos().items())
+    quants = dict.fromkeys([o.name for o in QUANT_LADDER if o.format == "gguf"] + _profile_gguf_quants())
+    layouts = tuple((q, tuple(TensorFacts(t.name, t.shape, t.type) for t in layout.types(q))) for q in quants)
+    mem = memory_facts(layout.args)
+    a = layout.args
     return ModelFacts(architecture=c.architecture, num_layers=c.num_layers, hidden_size=c.hidden_size,
-                      intermediate_size=c.intermediate_size, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                      intermediate_size=a.ffn, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                       head_dim=c.head_dim, vocab_size=c.vocab_size, max_context=c.max_position_embeddings,
-                      tie_word_embeddings=c.tie_word_embeddings, tensors=tensors, source="hf")
+                      tie_word_embeddings=a.tied, tensors=tensors, source="hf",
+                      layer_kv_heads=mem.layer_kv_heads, sliding_window=mem.sliding_window, swa_layers=mem.swa_layers,
+                      recurrent_state_bytes=mem.recurrent_state_bytes, layouts=layouts,
+                      header_bytes=gguf_header_bytes(path, len(layout.tensors)))
+
+
+def _profile_gguf_quants() -> list[str]:
+    from .converters.gguf_types import QUANT_TYPES
+    from .devices.profiles import load_profiles
+
+    names = [p.quant.upper() for prof in load_profiles().values() for p in prof.preferred if p.format == "gguf"]
+    return [n for n in names if n in QUANT_TYPES and not QUANT_TYPES[n].needs_imatrix]
 
 
 def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int | None = None) -> ModelFacts:
@@ -110,14 +137,33 @@ def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int |
                                            if e.key == "location"}]
     config = _json_or_empty(p.parent / "config.json")
     heads = int(config.get("num_attention_heads", dec.get("num_attention_heads") or hidden // head_dim))
+    arch = str(config.get("model_type") or decoder.get("type") or "llama")
     return ModelFacts(
-        architecture=str(config.get("model_type", "llama")), num_layers=len(past), hidden_size=int(hidden),
+        architecture=arch, num_layers=len(past), hidden_size=int(hidden),
         intermediate_size=int(config.get("intermediate_size") or _onnx_ffn_width(model) or 4 * hidden), num_heads=heads,
         num_kv_heads=int(kv_heads), head_dim=int(head_dim), vocab_size=int(vocab),
         max_context=int(context_length or config.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), source="onnx", quant=quant,
         file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
-        embedding_bytes=0 if quantized_table else None)
+        embedding_bytes=0 if quantized_table else None, decode_read_bytes=onnx_read_bytes(model))
+
+
+def genai_decoder(folder: Path) -> Path:
+    """The decoder of an onnxruntime-genai output folder (genai_config.json + model.onnx + tokenizer files),
+    checked for what edgellm's onnxruntime runtime needs to run it; ArtifactError naming what is missing."""
+    doc = _json_or_empty(folder / "genai_config.json")
+    dec = doc.get("model", {}).get("decoder", {}) if isinstance(doc.get("model"), dict) else {}
+    name = dec.get("filename") if isinstance(dec, dict) else None
+    if not isinstance(name, str) or not name.endswith(".onnx"):
+        raise ArtifactError(f"{folder / 'genai_config.json'}: model.decoder.filename names no .onnx file",
+                            "this is not an onnxruntime-genai decoder folder")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+        raise ArtifactError(f"{folder}: the decoder {name!r} named by genai_config.json is missing")
+    if not (folder / "tokenizer.json").is_file():
+        raise ArtifactError(f"{folder} has no tokenizer.json, which edgellm's onnxruntime runtime needs",
+                            "copy the model's tokenizer.json beside genai_config.json")
+    return path
 
 
 def _onnx_ffn_width(model: Any) -> int:
@@ -148,7 +194,7 @@ def read_model_facts(model: str | Path) -> ModelFacts:
         if p.suffix == ".gguf":
             return facts_from_gguf(p)
         if p.suffix == ".onnx":
-            return facts_from_onnx(p)
+            return _facts_from_onnx_file(p)
         raise ArtifactError(f"{p}: expected a .gguf or .onnx file")
     if not p.is_dir():
         raise ArtifactError(f"{p} does not exist")
@@ -160,9 +206,26 @@ def read_model_facts(model: str | Path) -> ModelFacts:
         if manifest.get("format") == "onnx":
             return facts_from_onnx(p / file, str(manifest.get("quant", "int4")), manifest.get("context_length"))
         return facts_from_gguf(p / file)
+    if (p / "genai_config.json").is_file():   # onnxruntime-genai's builder output (no edgellm.json)
+        return _facts_from_onnx_file(genai_decoder(p))
     if (p / "config.json").is_file():
         return facts_from_hf(p)
-    raise ArtifactError(f"{p} holds neither {MANIFEST_NAME} nor config.json")
+    raise ArtifactError(f"{p} holds neither {MANIFEST_NAME}, genai_config.json nor config.json",
+                        "pass an HF folder, an edgellm artifact, an onnxruntime-genai folder or a .gguf/.onnx file")
+
+
+def _facts_from_onnx_file(path: Path) -> ModelFacts:
+    """An ONNX decoder without an edgellm manifest: the recipe read from the graph, the context from
+    genai_config.json when there is one."""
+    import onnx
+
+    try:
+        quant = onnx_recipe(onnx.load(str(path), load_external_data=False))
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise ModelFormatError(f"{path}: cannot parse ONNX ({exc})") from None
+    ctx = _json_or_empty(path.parent / "genai_config.json").get("model", {})
+    context = ctx.get("context_length") if isinstance(ctx, dict) else None
+    return facts_from_onnx(path, quant, int(context) if isinstance(context, int) and context > 0 else None)
 
 
 # --- devices ------------------------------------------------------------------------------------------

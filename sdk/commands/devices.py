@@ -15,16 +15,20 @@ def devices(json_output: bool = False, profiles: bool = False, probe: bool = Fal
     from ..devices.profiles import load_profiles
 
     if profiles:
+        from ..devices.planner import profile_default
+
         table = load_profiles()
         if json_output:
-            print(json.dumps({name: asdict(p) for name, p in table.items()}, indent=2))
+            print(json.dumps({name: {**asdict(p), "default_variant": _variant(profile_default(p))}
+                              for name, p in table.items()}, indent=2))
             return 0
-        print("| profile | cores (big+little) | threads | app memory | bandwidth | ISA | preferred |")
+        # the variant column is the planner's own first choice for the profile (plan and bundle use the same)
+        print("| profile | cores (big+little) | threads | app memory | bandwidth | ISA | variant |")
         print("|---|---|---|---|---|---|---|")
         for p in table.values():
-            pref = p.preferred[0]
+            v = profile_default(p)
             print(f"| {p.name} | {p.cores_big}+{p.cores_little} | {p.threads} | {format_bytes(p.app_memory_bytes)} | "
-                  f"{p.bandwidth_gbs:.0f} GB/s | {' '.join(p.isa)} | {pref.format} {pref.quant} ({pref.runtime}) |")
+                  f"{p.bandwidth_gbs:.0f} GB/s | {' '.join(p.isa)} | {v.format} {v.name} ({v.runtime}) |")
         return 0
     if probe:
         return _probe(json_output)
@@ -62,6 +66,10 @@ def devices(json_output: bool = False, profiles: bool = False, probe: bool = Fal
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _variant(option: Any) -> dict[str, str]:
+    return {"format": option.format, "quant": option.name, "runtime": option.runtime}
 
 
 def _kernels() -> dict[str, Any]:

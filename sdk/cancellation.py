@@ -53,6 +53,10 @@ class CancelToken:
             except Exception:  # noqa: BLE001 - a failing hook must not stop the others; the flag is set anyway
                 log.exception("a cancel hook failed")
 
+    def set(self) -> None:
+        """The same as `cancel()`, so a token can replace a threading.Event used as a stop flag."""
+        self.cancel()
+
     def on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
         """Run `hook` when the token is cancelled (at once if it already is). Returns a function that removes it.
         For runtimes and the `Model` loop; hooks must be quick and must not raise."""

@@ -90,6 +90,7 @@ class Model:
         self._lock = CallLock(lambda: ModelClosedError(f"the model {self.artifact} was closed"))
         self._closed = False
         self._closing = threading.Lock()   # one close() at a time
+        self._close_requested = False      # set before close() cancels: a stream starting meanwhile sees it
         self._generating = False
         self._active: CancelToken | None = None   # the token of the generation in flight
         self._described = _describe(runtime, artifact)
@@ -104,7 +105,7 @@ class Model:
             self._lock.release()
 
     def _check_open(self) -> None:
-        if self._closed or self._lock.closed:
+        if self._closed or self._close_requested or self._lock.closed:
             raise ModelClosedError(f"the model {self.artifact} was closed")
 
     def _check_ids(self, tokens: Iterable[Any]) -> list[int]:
@@ -178,6 +179,8 @@ class Model:
             call = CancelToken()   # this call's own token: Model.cancel() and close() raise it
             unlink = cancel.on_cancel(call.cancel) if cancel is not None else (lambda: None)
             self._generating, self._active = True, call
+            if self._close_requested:       # close() came between our acquire and now: it could not cancel us
+                call.cancel()
             try:
                 for chunk in self._loop(ids, params, logprobs, call):
                     self._lock.suspend()
@@ -328,6 +331,7 @@ class Model:
         with self._closing:
             if self._closed:
                 return
+            self._close_requested = True
             self.cancel()
             try:
                 self._lock.acquire()     # the stream in flight ends (cancelled) and releases it

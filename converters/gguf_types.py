@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -184,6 +185,54 @@ def _solve_q6_k(x: np.ndarray, d: np.float32) -> tuple[int, np.ndarray] | None:
     return None if not len(hit) else (int(scales[hit[0]]), q[hit[0]])
 
 
+def _d_candidates(x: np.ndarray, sub: int, top: int, d0: np.float16, signed: bool) -> list[np.float16]:
+    """Super-block scales to try: the block's own, then f16(largest sub-block step / k) for the scales k the
+    largest sub-block most likely got (llama.cpp maps the largest to `top`), and their f16 neighbours."""
+    steps = [float(np.diff(u).min()) for u in map(np.unique, x.reshape(-1, sub)) if len(u) > 1]
+    out = [np.float16(d0)]
+    if not steps:
+        return out
+    for k in range(top, top - 8, -1):
+        bits = int(np.array([np.float16(max(steps) / k)]).view(np.uint16)[0])
+        for ulp in (0, 1, -1, 2, -2):
+            c = np.array([bits + ulp], np.uint16).view(np.float16)[0]
+            out += [c, -c] if signed else [c]
+    return out
+
+
+def _solve_all(solve: Any, x: np.ndarray, sub: int, *args: Any) -> list[Any] | None:
+    """solve(sub-block values, *args) for every sub-block, stopping at the first without an exact solution."""
+    out = []
+    for j in range(0, x.size, sub):
+        sol = solve(x[j:j + sub], *args)
+        if sol is None:
+            return None
+        out.append(sol)
+    return out
+
+
+def _solve_block(ggml_type: str, x: np.ndarray, block: np.ndarray) -> np.ndarray | None:
+    """One super-block [1, bytes] encoding the 256 values x exactly, or None."""
+    if ggml_type == "Q4_K":
+        if max(len(np.unique(p)) for p in x.reshape(8, 32)) > 16:     # 4-bit codes: at most 16 levels
+            return None
+        d, dmin, _, _, _ = unpack_q4_k(block)
+        for dc in _d_candidates(x, 32, 63, d[0], signed=False):
+            s4 = _solve_all(_solve_q4_k, x, 32, np.float32(dc), np.float32(dmin[0]))
+            if s4 is not None:
+                return pack_q4_k(np.array([dc]), dmin, np.array([s[0] for s in s4]), np.array([s[1] for s in s4]),
+                                 np.concatenate([s[2] for s in s4]))
+        return None
+    if ggml_type == "Q6_K":
+        d6, _, _ = unpack_q6_k(block)
+        for dc in _d_candidates(x, 16, 128, d6[0], signed=True):
+            s6 = _solve_all(_solve_q6_k, x, 16, np.float32(dc))
+            if s6 is not None:
+                return pack_q6_k(np.array([dc]), np.array([s[0] for s in s6]), np.concatenate([s[1] for s in s6]))
+        return None
+    raise QuantizationError(f"restore_grid_blocks: {ggml_type} is not a K-quant edgellm packs")
+
+
 def restore_grid_blocks(ggml_type: str, target: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, int]:
     """Super-blocks whose values differ from `target` [n, 256] although `target` lies on a grid of the type
     (a folder unpacked from a quantized GGUF): re-encoded with the block's own d (and dmin), each sub-block's
@@ -197,22 +246,8 @@ def restore_grid_blocks(ggml_type: str, target: np.ndarray, blocks: np.ndarray) 
     out, fixed = blocks.copy(), 0
     for i in bad:
         x = target[i].astype(np.float32)
-        if ggml_type == "Q4_K":
-            d, dmin, sc, mn, q = unpack_q4_k(blocks[i:i + 1])
-            sol4 = [_solve_q4_k(x[j * 32:(j + 1) * 32], np.float32(d[0]), np.float32(dmin[0])) for j in range(8)]
-            if any(s is None for s in sol4):
-                continue
-            new = pack_q4_k(d, dmin, np.array([s[0] for s in sol4]), np.array([s[1] for s in sol4]),  # type: ignore[index]
-                            np.concatenate([s[2] for s in sol4]))  # type: ignore[index]
-        elif ggml_type == "Q6_K":
-            d6, _, _ = unpack_q6_k(blocks[i:i + 1])
-            sol6 = [_solve_q6_k(x[j * 16:(j + 1) * 16], np.float32(d6[0])) for j in range(16)]
-            if any(s is None for s in sol6):
-                continue
-            new = pack_q6_k(d6, np.array([s[0] for s in sol6]), np.concatenate([s[1] for s in sol6]))  # type: ignore[index]
-        else:
-            raise QuantizationError(f"restore_grid_blocks: {ggml_type} is not a K-quant edgellm packs")
-        if np.array_equal(gguf.quants.dequantize(new, qtype).reshape(-1), x):
+        new = _solve_block(ggml_type, x, blocks[i:i + 1])
+        if new is not None and np.array_equal(gguf.quants.dequantize(new, qtype).reshape(-1), x):
             out[i] = new[0]
             fixed += 1
     return out, fixed

@@ -12,7 +12,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class QuantizeReport:
     grid_blocks: int = 0              # K-quant super-blocks re-encoded to the exact values of the source grid
 
 
-def _imatrix_array(imatrix: Mapping[str, np.ndarray], keep: list[object]) -> object:
+def _imatrix_array(imatrix: Mapping[str, np.ndarray], keep: list[object]) -> Any:
     """llama.cpp's `llama_model_imatrix_data[]`: {name, float*, size} per tensor, ended by a NULL name."""
     import llama_cpp
 
@@ -53,7 +53,7 @@ def _imatrix_array(imatrix: Mapping[str, np.ndarray], keep: list[object]) -> obj
     return entries
 
 
-def _overrides_array(overrides: Sequence[tuple[str, str]], keep: list[object]) -> object:
+def _overrides_array(overrides: Sequence[tuple[str, str]], keep: list[object]) -> Any:
     """llama.cpp's `llama_model_tensor_override[]`: {regex, ggml_type} pairs, ended by a NULL pattern; the first
     pattern that matches a tensor name (std::regex_search) decides its type."""
     import gguf

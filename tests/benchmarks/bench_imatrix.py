@@ -68,7 +68,9 @@ def main() -> int:
                     quantize_gguf(ref, dst, get_quant(qname).file_type, args.threads,
                                   imatrix=matrix.means() if use else None)
                 except QuantizationError as exc:
-                    row["refused"] = str(exc).splitlines()[-1][:80]
+                    text = str(exc)
+                    row["refused"] = ("needs an importance matrix" if "imatrix" in text
+                                      else text.splitlines()[0][:80])
                     rows.append(row)
                     continue
                 row["size_mb"] = dst.stat().st_size / 1e6
@@ -80,7 +82,7 @@ def main() -> int:
     names = list(refs)
     print(f"SmolLM2-135M-Instruct, reference F32; importance matrix: {matrix.chunk_count} x {matrix.chunk_size} "
           f"calibration tokens, {len(matrix.sums)} tensors, {imatrix_s:.0f} s on this machine\n")
-    print("| type | imatrix | size MB | " + " | ".join(f"KLD {n} ({refs[n].tokens.__len__()} tok)" for n in names)
+    print("| type | imatrix | size MB | " + " | ".join(f"KLD {n} ({len(refs[n].tokens)} tok)" for n in names)
           + " | " + " | ".join(f"top-1 {n}" for n in names) + " |")
     print("|---|---|---:|" + "---:|" * (2 * len(names)))
     for row in rows:

@@ -82,22 +82,32 @@ def test_onnx_fp32_agrees_with_gguf_f16(hf: Path, ids: list[int], tmp_path: Path
 
 def test_requantized_q4_k_m_reproduces_the_original(hf: Path, original: Path, ids: list[int],
                                                     original_logits: np.ndarray, tmp_path: Path) -> None:
-    """Same tensor types as the original; every block-quantized tensor llama.cpp's quantizer re-encodes
-    exactly (Q5_0, Q8_0) is byte-identical. K-quant scales are searched again and differ in a few blocks, and
-    this model's top-1 margins are thin (the original against itself with an F16 instead of F32 KV cache
-    agrees on about 92% of positions), so agreement is bounded by that, not by the conversion."""
+    """Same tensor types as the original (llama.cpp's Q4_K_M recipe already picks them: no override needed);
+    every block-quantized tensor llama.cpp's quantizer re-encodes exactly (Q5_0, Q8_0) is byte-identical, and
+    in the K-quant tensors the few super-blocks where its scale search lands on another grid are re-encoded
+    by edgellm to the source's exact values (llama_quantize.restore_grid_values). This model's top-1 margins
+    are thin (the original against itself with an F16 instead of F32 KV cache agrees on about 92% of
+    positions), so only exact weights reproduce its predictions."""
     import gguf
 
     res = convert_to_gguf(hf, tmp_path / "q4", "Q4_K_M")
     a, b = gguf.GGUFReader(original), gguf.GGUFReader(res.path)
     theirs = {t.name: t for t in a.tensors}
+    blocks = differ = 0
     for t in b.tensors:
         o = theirs.pop(t.name)
         assert t.tensor_type == o.tensor_type, t.name
         if t.tensor_type.name in ("F32", "Q8_0", "Q5_0"):
             assert np.array_equal(np.asarray(t.data), np.asarray(o.data)), t.name
+        elif t.tensor_type.name in ("Q4_K", "Q6_K"):
+            mine = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(-1, 256)
+            orig = gguf.quants.dequantize(np.asarray(o.data), o.tensor_type).reshape(-1, 256)
+            blocks += mine.shape[0]
+            differ += int((mine != orig).any(axis=1).sum())
     assert not theirs
     agree = top1(llama_cpp_logits(res.path, ids, n_ctx=512), original_logits)
     floor = top1(llama_cpp_logits(original, ids, n_ctx=512, type_k=1, type_v=1), original_logits)
-    print(f"\nGemma 3 270M requantized Q4_K_M vs original: top-1 {agree:.3f} (original with F16 KV: {floor:.3f})")
-    assert agree >= 0.9
+    print(f"\nGemma 3 270M requantized Q4_K_M vs original: top-1 {agree:.4f} (original with F16 KV: {floor:.3f}); "
+          f"K-quant super-blocks with other values: {differ} of {blocks}")
+    assert differ == 0
+    assert agree >= 0.995

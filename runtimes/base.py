@@ -15,7 +15,6 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, runtime
 
 import numpy as np
 
-from ..cancellation import CancelToken
 from ..errors import ArtifactError, GenerationError, OptionError
 
 

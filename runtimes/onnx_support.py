@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ArtifactError, ConfigError, EdgeLLMError, ModelFormatError, TokenizerError, UnsafePathError
 
@@ -229,3 +230,16 @@ class ArtifactTokenizer:
             out = piece.replace("\u2581", " ").encode("utf-8")
         self._cache[token] = out
         return out
+
+
+# -- the decode step's calls -----------------------------------------------------------------------
+def fast_calls(session: Any, binding: Any,
+                run_options: Any = None) -> tuple[Callable[[], None], Callable[[str, Any], None], bool]:
+    """(run, bind, raw) for the decode step: onnxruntime's binding-level objects called through partial (no
+    Python frame per call: ~1% of a 135M model's step) when its Python wrapper exposes them (raw=True, bind
+    then takes the binding-level OrtValue), else the public API."""
+    inner_session, inner_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+    if inner_session is not None and inner_binding is not None and hasattr(inner_session, "run_with_iobinding"):
+        return (partial(inner_session.run_with_iobinding, inner_binding, run_options),
+                inner_binding.bind_ortvalue_input, True)
+    return partial(session.run_with_iobinding, binding, run_options), binding.bind_ortvalue_input, False

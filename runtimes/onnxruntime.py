@@ -12,21 +12,19 @@ threads=1, or allow_spinning=False, as a load extra).
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Generator, Iterator, Sequence
 
 import numpy as np
 
 from ..cancellation import CancelToken
 from ..errors import ArtifactError, BackendUnavailableError, ContextOverflowError, ModelFormatError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
+from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderChoice,  # noqa: F401 (re-exported)
+                           check_external_data, check_side_files, fast_calls, select_providers, session_config)
 from .sampling import Sampler, token_logprobs
 
 log = logging.getLogger(__name__)
-
-from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderChoice,  # noqa: F401 (re-exported)
-                           check_external_data, check_side_files, select_providers, session_config)
 
 
 # -- the runtime -----------------------------------------------------------------------------------
@@ -219,7 +217,7 @@ class OnnxRuntime:
             return steps(prompt, params, None, None)
         return self._cancellable(steps, prompt, params, cancel)
 
-    def _cancellable(self, steps: Callable[..., Iterator[int]], prompt: list[int], params: SamplingParams,
+    def _cancellable(self, steps: Callable[..., Generator[int, None, None]], prompt: list[int], params: SamplingParams,
                      cancel: CancelToken) -> Iterator[int]:
         run_options = self._ort.RunOptions()
         unhook = cancel.on_cancel(lambda: setattr(run_options, "terminate", True))
@@ -271,7 +269,7 @@ class OnnxRuntime:
         return bufs
 
     def _generate_shared(self, prompt: list[int], params: SamplingParams, run_options: Any,
-                         cancel: CancelToken | None) -> Iterator[int]:
+                         cancel: CancelToken | None) -> Generator[int, None, None]:
         """GroupQueryAttention path: shared past/present KV buffers sized to prompt + max_tokens (GQA appends in
         place, reading seqlens_k/total_sequence_length from attention_mask), and every per-step input/output an
         OrtValue over a preallocated host array, so a decode step allocates nothing, copies nothing and rebinds
@@ -301,7 +299,7 @@ class OnnxRuntime:
         step = self._logits_buffer(binding, 1)
         # the attention_mask views each step binds (its length is the total sequence length), made before the
         # first decode step for every position the KV buffers hold, so a step only rebinds and runs
-        run, bind_mask, raw = _fast_calls(self.session, binding, run_options)
+        run, bind_mask, raw = fast_calls(self.session, binding, run_options)
         views = self._mask_views(mask, len(prompt) + 1, capacity, raw)
 
         def advance(token: int, pos: int) -> np.ndarray:
@@ -319,7 +317,7 @@ class OnnxRuntime:
         yield from self._decode(params, prompt, row, advance)
 
     def _generate_copying(self, prompt: list[int], params: SamplingParams, run_options: Any,
-                          cancel: CancelToken | None) -> Iterator[int]:
+                          cancel: CancelToken | None) -> Generator[int, None, None]:
         """Standard-ops graph: past grows by concatenation, so each step binds the last presents as the pasts."""
         binding = self.session.io_binding()
         names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self._layers) for k in ("key", "value")]
@@ -370,19 +368,7 @@ class OnnxRuntime:
         return token_logprobs(self._last_row, token, top)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]  # onnxruntime frees its arenas with the session
-
-
-def _fast_calls(session: Any, binding: Any,
-                run_options: Any = None) -> tuple[Callable[[], None], Callable[[str, Any], None], bool]:
-    """(run, bind, raw) for the decode step: onnxruntime's binding-level objects called through partial (no
-    Python frame per call: ~1% of a 135M model's step) when its Python wrapper exposes them (raw=True, bind
-    then takes the binding-level OrtValue), else the public API."""
-    inner_session, inner_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
-    if inner_session is not None and inner_binding is not None and hasattr(inner_session, "run_with_iobinding"):
-        return (partial(inner_session.run_with_iobinding, inner_binding, run_options),
-                inner_binding.bind_ortvalue_input, True)
-    return partial(session.run_with_iobinding, binding, run_options), binding.bind_ortvalue_input, False
+        self.session = None  # onnxruntime frees its arenas with the session
 
 
 def open_onnxruntime(path: Path, options: LoadOptions) -> OnnxRuntime:

@@ -79,7 +79,7 @@ class ChatSession:
         token = self._token = CancelToken()
 
         def work() -> None:
-            summary, finish, reply = "", "error", []
+            summary, finish, reply = "", "error", list[str]()
             try:
                 log.info("answer started")
                 t0 = time.perf_counter()

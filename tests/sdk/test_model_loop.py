@@ -193,7 +193,7 @@ def test_close_inside_the_streaming_loop_stops_the_stream(fake_model: MakeModel)
 
 def test_breaking_out_of_a_stream_frees_the_model_at_once(fake_model: MakeModel) -> None:
     model = fake_model([b"z"] * 100)
-    for chunk in model.stream("hi", max_tokens=100):
+    for _chunk in model.stream("hi", max_tokens=100):
         break
     assert model.runtime.open_generators == 0          # the runtime's generator is closed, not left to the GC
     other: list[str] = []

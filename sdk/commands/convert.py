@@ -136,7 +136,9 @@ def _print_prune(r: Any, path: Path, json_out: bool) -> int:
     print(f"wrote {path}")
     print(f"dropped blocks {', '.join(map(str, r.dropped)) or 'none'}: size {r.size_before / 2**20:.1f} -> "
           f"{r.size_after / 2**20:.1f} MiB, PPL {r.ppl_before:.2f} -> {r.ppl_after:.2f}, mean KLD {r.kld:.4f}, "
-          f"top-1 {r.top1:.1%}")
+          f"top-1 {r.top1:.1%}"
+          + (f", decode {r.decode_tps_before:.1f} -> {r.decode_tps_after:.1f} tok/s"
+             if r.decode_tps_before and r.decode_tps_after else ""))
     return 0
 
 

@@ -125,7 +125,7 @@ def quantize_gguf(src: Path, dst: Path, file_type: int, threads: int | None = No
                  for m in _FALLBACK.finditer(text)]
     used = _IMATRIX_USED.search(text)
     report = QuantizeReport(text, fallbacks, int(used.group(1)) if used else 0, _IMATRIX_MISSING.findall(text))
-    if restore_grid:
+    if restore_grid and not only_copy and not prune_layers:   # pruning renumbers blocks
         report.grid_blocks = restore_grid_values(src, dst)
     return report
 
@@ -148,7 +148,8 @@ def restore_grid_values(src: Path, dst: Path) -> int:
     out = gguf.GGUFReader(dst, "r+")
     fixed = 0
     for t in out.tensors:
-        if t.tensor_type.name not in _GRID_TYPES or t.name not in source:
+        if t.tensor_type.name not in _GRID_TYPES or t.name not in source or \
+                int(source[t.name].n_elements) != int(t.n_elements):
             continue
         target = np.asarray(source[t.name].data, np.float32).reshape(-1, QK_K)   # [super-blocks, 256]
         blocks = t.data.reshape(target.shape[0], -1)                              # [super-blocks, bytes] memmap

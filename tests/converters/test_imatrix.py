@@ -82,6 +82,56 @@ def test_imatrix_file_round_trips_through_gguf_py(matrix, tmp_path: Path) -> Non
         np.testing.assert_allclose(back.mean(n), matrix.mean(n), rtol=1e-6)
 
 
+def test_ggml_reads_the_imatrix_file_as_llama_quantize_does(matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """llama.cpp's own GGUF parser (libggml-base, as tools/quantize's load_imatrix uses it) opens the file,
+    finds the three imatrix keys, and each entry's in_sum2 / counts gives back our mean squared activations."""
+    import ctypes
+
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
+
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, InitParams]
+    for fn, res, args in (("gguf_find_key", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
+                          ("gguf_get_val_u32", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_int64]),
+                          ("gguf_get_n_tensors", ctypes.c_int64, [ctypes.c_void_p]),
+                          ("gguf_get_arr_n", ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
+                          ("ggml_get_tensor", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+                          ("ggml_nelements", ctypes.c_int64, [ctypes.c_void_p]),
+                          ("ggml_get_data_f32", ctypes.POINTER(ctypes.c_float), [ctypes.c_void_p]),
+                          ("gguf_free", None, [ctypes.c_void_p]), ("ggml_free", None, [ctypes.c_void_p])):
+        getattr(lib, fn).restype, getattr(lib, fn).argtypes = res, args
+    path = write_imatrix(matrix, tmp_path / "m.imatrix")
+    ctx = ctypes.c_void_p()
+    g = lib.gguf_init_from_file(str(path).encode(), InitParams(False, ctypes.pointer(ctx)))
+    assert g, "ggml could not parse the file"
+    try:
+        keys = {k: lib.gguf_find_key(g, k.encode()) for k in ("imatrix.datasets", "imatrix.chunk_count",
+                                                              "imatrix.chunk_size")}
+        assert min(keys.values()) >= 0
+        assert lib.gguf_get_val_u32(g, keys["imatrix.chunk_count"]) == TOKENS // SEQ
+        assert lib.gguf_get_val_u32(g, keys["imatrix.chunk_size"]) == SEQ
+        assert lib.gguf_get_arr_n(g, keys["imatrix.datasets"]) == 1
+        assert lib.gguf_get_n_tensors(g) == 2 * len(matrix.names)
+        for name in matrix.names:
+            sums = lib.ggml_get_tensor(ctx, (name + ".in_sum2").encode())
+            counts = lib.ggml_get_tensor(ctx, (name + ".counts").encode())
+            assert sums and counts, name
+            ne = (ctypes.c_int64 * 4).from_address(sums + 16)     # ggml_tensor: type, buffer, ne[4], ...
+            assert (ne[0], ne[1]) == (matrix.sums[name].size, 1) and lib.ggml_nelements(sums) == ne[0]
+            assert lib.ggml_nelements(counts) == 1
+            k = int(ne[0])
+            values = np.ctypeslib.as_array(lib.ggml_get_data_f32(sums), (k,)) / lib.ggml_get_data_f32(counts)[0]
+            np.testing.assert_allclose(values, matrix.mean(name), rtol=1e-6)
+    finally:
+        lib.gguf_free(g)
+        lib.ggml_free(ctx)
+
+
 def test_imatrix_type_is_refused_without_and_made_with_the_matrix(f32: Path, matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import gguf
 

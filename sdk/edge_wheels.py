@@ -184,6 +184,9 @@ def download_wheels(requirements: Sequence[str], dest: Path, platform: Platform,
     _run(cmd, f"downloading wheels for {platform.name} / Python {python}",
          "check the network (PyPI) and that every dependency publishes a wheel for this platform; "
          "or pass a prefetched wheelhouse")
+    for local in local_wheels:  # pip copies them into dest: a cache must not keep a stale build of either
+        if local.parent.resolve() != dest.resolve():
+            (dest / local.name).unlink(missing_ok=True)
     return sorted(dest.glob("*.whl"))
 
 

@@ -322,6 +322,20 @@ def gguf_header_bytes(model_dir: str | Path, n_tensors: int) -> int:
 
 
 def gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int) -> dict[str, Any]:
+    """See _gguf_memory_facts; a malformed key is a ModelFormatError naming it."""
+    from ..errors import ModelFormatError
+
+    try:
+        facts = _gguf_memory_facts(key, layers, hidden)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ModelFormatError(f"GGUF memory keys (head_count_kv, sliding_window, ssm.*) are malformed: {exc}",
+                               "the file is damaged or was written by a broken converter") from None
+    if any(n < 0 for n in facts["layer_kv_heads"]) or facts["recurrent_state_bytes"] < 0:
+        raise ModelFormatError("GGUF memory keys hold negative sizes", "the file is damaged")
+    return facts
+
+
+def _gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int) -> dict[str, Any]:
     """Per-layer KV heads, sliding-window layers and recurrent state from the GGUF keys llama.cpp reads
     (`attention.head_count_kv` per layer, `attention.sliding_window[_pattern]`, `attention.recurrent_layers`,
     `shortconv.l_cache`, `ssm.*`), sized with llama.cpp's n_embd_r/n_embd_s formulas (F32, one sequence)."""

@@ -1,6 +1,10 @@
 """Build the artifact an edge target should ship: plan for its profile, convert, check it loads under the
 profile's caps on this machine, and print the plan's reasons. Copy this into your build scripts.
 
+The plan picks the same variant `edgellm bundle` and `edgellm devices --profiles` give the profile (its first
+preferred artifact when the model fits, e.g. ONNX int4 for android-midrange), and sizes it from the tensor
+types the converter will actually write.
+
     python samples/edge_build.py HF_FOLDER OUT --profile raspberry-pi-5 [--max-memory 1GiB] [--context 2048]
 """
 from __future__ import annotations

@@ -97,3 +97,26 @@ def test_onnxruntime_genai_output_folder_is_planned(tiny_models, tmp_path: Path)
     (folder / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match="tokenizer.json"):
         plan(folder, device="cpu")
+
+
+def test_the_estimate_follows_the_kernel_path_the_load_will_take(tmp_path: Path) -> None:
+    """weights_repacked is counted only when llama.cpp's extra buffer types stay on: a host whose build has a
+    defect for one of the artifact's (predicted) types opens it with them off, and no repacked copy exists."""
+    from dataclasses import replace
+
+    from edgellm.devices.planner import estimate, ladder_option
+    from edgellm.planning import facts_from_hf, resolve_device
+
+    from tests.converters.test_families import K_DIMS, ROWS
+    from tests.fixtures.tiny import make_family_model
+
+    folder = make_family_model(tmp_path / "model", {**ROWS["llama"], **K_DIMS}, seed=1)   # rows of 256: Q4_K stays
+    facts = facts_from_hf(folder)
+    host = resolve_device("cpu", bandwidth_gbs=10.0)
+    option = ladder_option("gguf", "Q4_K_M")
+    default = estimate(facts, option, 512, "x86_64", safe_types=())
+    safe = estimate(facts, option, 512, "x86_64", safe_types=("Q4_K",))
+    assert default.term("weights_repacked") > 0 and safe.term("weights_repacked") == 0
+    assert default.host_bytes - safe.host_bytes == default.term("weights_repacked")
+    p = plan(folder, device=replace(host, llama_safe_types=("Q4_K",)), context=512)
+    assert p.memory.term("weights_repacked") == 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..errors import ConversionError
 from .gguf_types import get_quant, native_type_for
 
 # ggml block sizes of the types the rules produce
@@ -220,6 +221,7 @@ class GGUFLayout:
     args: Any                                  # the family's typed args
     source_type: str                           # the intermediate llama.cpp quantizes from (F16/BF16/F32)
     tensors: tuple[tuple[str, tuple[int, ...], bool], ...]   # (GGUF name, ne shape, keep_f32)
+    refusals: tuple[tuple[str, str], ...] = ()   # (format, why the converter refuses it for this model)
 
     def types(self, quant: str) -> list[PlannedTensor]:
         """Every tensor of the artifact at `quant`, with its predicted GGML type."""
@@ -263,7 +265,24 @@ def gguf_layout(model_dir: str | Path) -> GGUFLayout:
     tensors += [(name, tuple(reversed(getattr(data, "shape", ()) or (len(data),))), True)
                 for name, data in family.gguf_tensors(args)]
     source = {"bfloat16": "BF16", "bf16": "BF16", "float32": "F32", "fp32": "F32"}.get(torch_dtype, "F16")
-    return GGUFLayout(family.gguf_arch, family.name, args, source, tuple(tensors))
+    refusals = []
+    try:   # the family refuses configs llama.cpp cannot express while writing its metadata: ask it the same way
+        family.gguf_metadata(_NullWriter(family.gguf_arch), args)
+    except ConversionError as exc:
+        refusals.append(("gguf", exc.message + (f" ({exc.hint})" if exc.hint else "")))
+    if family.onnx_refusal:
+        refusals.append(("onnx", f"{family.name}: {family.onnx_refusal}"))
+    return GGUFLayout(family.gguf_arch, family.name, args, source, tuple(tensors), tuple(refusals))
+
+
+class _NullWriter:
+    """Takes the metadata calls of a family's gguf_metadata and writes nothing (only its refusals matter)."""
+
+    def __init__(self, arch: str) -> None:
+        self.arch = arch
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 @dataclass(frozen=True)

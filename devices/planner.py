@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from edgellm.errors import BudgetError, InsufficientMemoryError
+from edgellm.errors import BudgetError, InsufficientMemoryError, UnsupportedArchitectureError
 
 from .budgets import format_bytes
 from .memory import (MemoryEstimate, TensorFacts, estimate_llama_cpp, estimate_onnxruntime, kv_cache_bytes,
@@ -204,11 +204,21 @@ def _options(facts: ModelFacts, device: Device) -> list[QuantOption]:
         match = [o for o in QUANT_LADDER if o.format == fmt and o.name.upper() == (facts.quant or "").upper()]
         return match or [QuantOption(facts.quant or "unknown", fmt, "onnxruntime" if fmt == "onnx" else "llama.cpp",
                                      8 * (facts.file_bytes or 0) / max(1, facts.param_count), 0.0, "")]
+    refused = dict(facts.refused_formats)
     if device.profile is not None:
-        return profile_options(device.profile)
-    if device.kind == "cuda" and not device.llama_gpu_offload and device.ort_cuda:
-        return [o for o in QUANT_LADDER if o.format == "onnx"]
-    return [o for o in QUANT_LADDER if o.format == "gguf"]
+        options = profile_options(device.profile)
+    elif device.kind == "cuda" and not device.llama_gpu_offload and device.ort_cuda:
+        options = [o for o in QUANT_LADDER if o.format == "onnx"]
+    else:
+        options = [o for o in QUANT_LADDER if o.format == "gguf"]
+    usable = [o for o in options if o.format not in refused]
+    if not usable and options:   # the device's formats are refused for this model: the other one, if any
+        other = [o for o in QUANT_LADDER if o.format not in refused]
+        if not other:
+            raise UnsupportedArchitectureError(f"{facts.architecture}: no format can be converted ("
+                                               + "; ".join(f"{f}: {why}" for f, why in refused.items()) + ")")
+        return other
+    return usable
 
 
 def _format_reason(facts: ModelFacts, option: QuantOption, device: Device) -> str:
@@ -286,6 +296,7 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
             ]
             if gpu_reason:
                 reasons.insert(3, f"n_gpu_layers {gpu_layers}: {gpu_reason}")
+            reasons += [f"no {fmt}: {why}" for fmt, why in facts.refused_formats]
             reasons += [f"rejected {r}" for r in rejected[:8]]
             reasons += [f"note: {r}" for r in device.reasons]
             return Plan(model_name, device, option.format, option.name, option.runtime, provider, threads,

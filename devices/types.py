@@ -184,6 +184,7 @@ class ModelFacts:
     # weight bytes a decode step reads (ONNX: initializers feeding matmuls; a table only gathered from is
     # read one row per token); None: derived from `tensors`
     decode_read_bytes: int | None = None
+    refused_formats: tuple[tuple[str, str], ...] = ()   # (format, why the converter refuses it for this model)
 
     def kv_heads_of(self, layer: int) -> int:
         return self.layer_kv_heads[layer] if layer < len(self.layer_kv_heads) else self.num_kv_heads

@@ -98,7 +98,7 @@ def facts_from_hf(path: str | Path) -> ModelFacts:
                       tie_word_embeddings=a.tied, tensors=tensors, source="hf",
                       layer_kv_heads=mem.layer_kv_heads, sliding_window=mem.sliding_window, swa_layers=mem.swa_layers,
                       recurrent_state_bytes=mem.recurrent_state_bytes, layouts=layouts,
-                      header_bytes=gguf_header_bytes(path, len(layout.tensors)))
+                      header_bytes=gguf_header_bytes(path, len(layout.tensors)), refused_formats=layout.refusals)
 
 
 def _profile_gguf_quants() -> list[str]:

@@ -120,3 +120,18 @@ def test_the_estimate_follows_the_kernel_path_the_load_will_take(tmp_path: Path)
     assert default.host_bytes - safe.host_bytes == default.term("weights_repacked")
     p = plan(folder, device=replace(host, llama_safe_types=("Q4_K",)), context=512)
     assert p.memory.term("weights_repacked") == 0
+
+
+@pytest.mark.parametrize(("name", "overrides", "refused"), [
+    ("lfm2", {}, "onnx"),                                             # no ONNX state cache for its convolutions
+    ("smollm3", {"no_rope_layers": [1, 0, 1, 1]}, "gguf"),            # a NoPE pattern llama.cpp cannot express
+])
+def test_a_format_the_converter_refuses_for_the_model_is_never_planned(name: str, overrides: dict, refused: str,
+                                                                        tmp_path: Path) -> None:
+    from tests.converters.test_families import ROWS
+    from tests.fixtures.tiny import make_family_model
+
+    folder = make_family_model(tmp_path / "model", {**ROWS[name], **overrides}, seed=1)
+    for device in ("cpu", "profile:android-midrange", "profile:raspberry-pi-5"):
+        p = plan(folder, device=device)
+        assert p.format != refused and any(r.startswith(f"no {refused}:") for r in p.reasons), (device, p.format)

@@ -88,7 +88,8 @@ def run_info(artifact: str, json_out: bool = False) -> int:
         for target, variant in sorted(info["targets"].items()):
             print(_printable(f"  target {target} -> {variant}"))
         for name, v in info["variants"].items():
-            print(_printable(f"\nvariant {name}:"))
+            print()
+            print(_printable(f"variant {name}:"))
             _print_artifact(v)
         return 0
     _print_artifact(info)

@@ -104,3 +104,50 @@ def test_cli_convert_always_shows_progress_on_stderr(tiny_models: Callable[..., 
 def test_reporter_passes_through() -> None:
     rep = Reporter(None)
     assert reporter(rep) is rep
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgellm.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_autoquant_reports_each_candidate_and_ends_with_its_table(tiny_models: Callable[..., Path],
+                                                                   tmp_path: Path) -> None:
+    from edgellm.quant_search import autoquant
+
+    events: list[ProgressEvent] = []
+    res = autoquant(tiny_models(layers=3), tmp_path / "auto", max_kld=100.0, candidates=("Q8_0", "Q4_0"),
+                    max_tokens=32, threads=1, speed_tokens=4, progress=events.append)
+    stages = {e.stage for e in events}
+    assert any(s.startswith("[reference] writing") for s in stages) and "[reference] scoring" in stages
+    assert any(s.startswith("[1/2] gguf:Q8_0: writing") for s in stages)
+    assert "[2/2] gguf:Q4_0: measuring KLD, perplexity and decode speed" in stages
+    note = events[-1]
+    assert note.stage == "note" and "| gguf:Q8_0 |" in note.message and "| gguf:Q4_0 |" in note.message
+    assert note.message.endswith(res.format_table())
+    ref = json.loads((tmp_path / "auto" / "edgellm.json").read_text())["extra"]["autoquant"]["reference"]
+    # the reference was built in a temporary folder that is gone: the manifest says how it was built, not where
+    assert ref["artifact"] is None and ref["temporary"] is True and Path(ref["built_from"]).is_dir()
+
+
+def test_cli_autoquant_prints_the_measured_table(tiny_models: Callable[..., Path], tmp_path: Path) -> None:
+    proc = _cli("convert", str(tiny_models(layers=3)), str(tmp_path / "auto"), "--quant", "auto", "--max-kld", "100")
+    assert proc.returncode == 0, proc.stderr
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| gguf:")]
+    assert len(table) == 6 and sum("**kept**" in line for line in table) == 1
+    assert "kept gguf:" in proc.stdout and "[6/6] gguf:" in proc.stderr
+    (tmp_path / "auto" / "old.txt").write_text("x")   # a non-empty OUT is refused before minutes of work
+    proc = _cli("convert", str(tiny_models(layers=3)), str(tmp_path / "auto"), "--quant", "auto", "--max-kld", "1")
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr and "[1/6]" not in proc.stderr
+
+
+def test_cli_prune_reports_the_ranking_and_prints_its_tables(tiny_models: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    proc = _cli("convert", str(tiny_models(layers=3)), str(tmp_path / "pruned"), "--prune-layers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "ranking layers (each dropped alone): 0/3 layers" in proc.stderr
+    assert "ranking layers (each dropped alone): 3/3 layers (100%)" in proc.stderr
+    assert "| layer dropped alone |" in proc.stdout and "| layers dropped together |" in proc.stdout
+    ranking = [line for line in proc.stdout.splitlines() if line[:4] in ("| 0 ", "| 1 ", "| 2 ")]
+    assert len(ranking) >= 3
+    manifest = json.loads((tmp_path / "pruned" / "edgellm.json").read_text())
+    assert "(temporary)" in manifest["extra"]["prune"]["source"]   # not a path that no longer exists

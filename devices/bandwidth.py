@@ -86,15 +86,32 @@ def _best_pass(pool: ThreadPoolExecutor, work: Callable[[slice], object], chunks
             return best
 
 
-def run_probe(threads: int, buffer_bytes: int = 256 << 20, budget_s: float = 0.5) -> BandwidthResult:
+PROBE_BYTES = 256 << 20    # source + destination together: well past any last-level cache
+PROBE_MEMORY_SHARE = 16    # never more than 1/16 of the memory available (the first load on a small board)
+
+
+def probe_bytes() -> int:
+    """What the probe may touch: PROBE_BYTES, or 1/16 of the available memory on a small device (at least
+    32 MiB). The probe runs inside the first edgellm.load on a machine, so its buffers add to that load's peak."""
+    from .cpu import detect_cpu
+
+    try:
+        available = detect_cpu().usable_memory_bytes
+    except (OSError, ValueError):
+        return PROBE_BYTES
+    return max(32 << 20, min(PROBE_BYTES, available // PROBE_MEMORY_SHARE))
+
+
+def run_probe(threads: int, buffer_bytes: int | None = None, budget_s: float = 0.5) -> BandwidthResult:
     """Copy and read a buffer larger than the caches with `threads` workers; best pass of each.
 
+    buffer_bytes is the total the probe touches (source and destination halves); default probe_bytes().
     numpy releases the GIL in copies and reductions over large arrays, so the workers run in parallel.
     """
     import numpy as np
 
     threads = max(1, threads)
-    n = buffer_bytes // 8 // threads * threads
+    n = (buffer_bytes or probe_bytes()) // 16 // threads * threads
     src = np.ones(n, dtype=np.float64)
     dst = np.empty_like(src)
     chunks = [slice(i * n // threads, (i + 1) * n // threads) for i in range(threads)]

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from .bundling import is_bundle, read_bundle, verify_variant
 from .converters.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from .edge_requirements import ArtifactRequirements, check_runtime, requirements_for
+from .edge_requirements import ArtifactRequirements, check_runtime, installed_version, requirements_for
 from .edge_wheels import (Platform, assemble_llama_wheel, build_own_wheel, download_wheels, get_platform,
                           llama_python_sources, verify_wheelhouse, wheel_name_version)
 from .errors import BackendUnavailableError, BundleError
@@ -38,12 +38,10 @@ log = logging.getLogger(__name__)
 IMAGE_NAME = "edge-image.json"
 IMAGE_SCHEMA = 1
 
-# Pins for the target's runtimes, each with the reason (recorded in edge-image.json).
-DEFAULT_ONNXRUNTIME = "1.23.2"
+# Why the image installs the onnxruntime it does (recorded in edge-image.json).
 PIN_REASONS: dict[str, str] = {
-    "onnxruntime": "1.23.2: the oldest onnxruntime that runs edgellm's int4 graphs (GatherBlockQuantized `bits`, "
-                   "needs >= 1.23), and the newest known to import under qemu-user 7.2 (1.32.0 segfaults on import "
-                   "under that emulator, an emulation limit, not a fact about real Arm CPUs)",
+    "host": "the onnxruntime the build host runs, which the artifact was built and tested with",
+    "given": "chosen by the image's builder (onnxruntime=...); checked against every variant's requirements",
 }
 
 
@@ -90,7 +88,7 @@ def check_variants(reqs: Mapping[str, ArtifactRequirements], runtimes: Mapping[s
 
 
 def edge_image(source: str | Path, output: str | Path, *, platform: str = "linux-aarch64", python: str = "3.11",
-               onnxruntime: str | None = DEFAULT_ONNXRUNTIME, llama_lib: str | Path | None = None,
+               onnxruntime: str | None = None, llama_lib: str | Path | None = None,
                wheel_cache: str | Path | None = None, fetch: bool = True, verify: bool = True,
                overwrite: bool = False, project: str | Path | None = None) -> EdgeImageResult:
     """Write an offline edge image of `source` (bundle or artifact folder) for `platform` and `python`.
@@ -98,6 +96,7 @@ def edge_image(source: str | Path, output: str | Path, *, platform: str = "linux
     llama_lib: folder of the target's llama.cpp shared libraries (libllama.so, libggml*.so), required: edgellm
     depends on llama-cpp-python and PyPI has no binary wheel of it. wheel_cache: where dependency wheels are
     downloaded (and reused); with fetch=False nothing is downloaded and the cache must already hold them.
+    onnxruntime: the version the target gets (default: the build host's, which the artifacts were tested with).
     verify: resolve the install offline on the build host before writing (catches a missing wheel)."""
     src, out = Path(source), Path(output)
     plat = get_platform(platform)
@@ -110,17 +109,23 @@ def edge_image(source: str | Path, output: str | Path, *, platform: str = "linux
                           "binary wheel on PyPI)", "cross-build it: samples/edge_target/cross_build_llama.sh, "
                           "then pass llama_lib=DIR (--llama-lib DIR)")
     llama_version, _ = llama_python_sources()
+    pin_reason = PIN_REASONS["given" if onnxruntime else "host"]
+    onnxruntime = onnxruntime or installed_version("onnxruntime")
+    if "onnx" in formats and not onnxruntime:
+        raise BundleError("onnxruntime is not installed here, so its version for the target is unknown",
+                          "pass onnxruntime=VERSION (--onnxruntime VERSION)")
     reqs = {name: requirements_for(folder) for name, (folder, _, _) in variants.items()}
     runtimes = target_runtimes(formats, onnxruntime, llama_version)
     check_variants(reqs, runtimes)   # before any download or copy
     with writing_to(out, src):
         return _write(src, out, plat, python, variants, reqs, runtimes, Path(llama_lib), wheel_cache, fetch,
-                      verify, Path(project) if project else None)
+                      verify, Path(project) if project else None, pin_reason)
 
 
 def _write(src: Path, out: Path, plat: Platform, python: str, variants: dict[str, tuple[Path, str, str]],
            reqs: dict[str, ArtifactRequirements], runtimes: dict[str, str], llama_lib: Path,
-           wheel_cache: str | Path | None, fetch: bool, verify: bool, project: Path | None) -> EdgeImageResult:
+           wheel_cache: str | Path | None, fetch: bool, verify: bool, project: Path | None,
+           pin_reason: str) -> EdgeImageResult:
     tmp = out.with_name(out.name + ".partial")
     try:
         tmp.mkdir(parents=True)
@@ -148,6 +153,8 @@ def _write(src: Path, out: Path, plat: Platform, python: str, variants: dict[str
         wheels = {w.name: {"name": wheel_name_version(w)[0], "version": wheel_name_version(w)[1],
                            "sha256": sha256_file(w)} for w in sorted(house.glob("*.whl"))}
         doc = _image_doc(src, plat, python, variants, reqs, runtimes, wheels, llama_lib)
+        if "onnxruntime" in runtimes:
+            doc["pins"] = {"onnxruntime": {"version": runtimes["onnxruntime"], "reason": pin_reason}}
         (tmp / IMAGE_NAME).write_text(json.dumps(doc, indent=2))
         _write_sums(tmp)
         if out.exists():
@@ -177,8 +184,7 @@ def _image_doc(src: Path, plat: Platform, python: str, variants: dict[str, tuple
                             "requirements": reqs[name].to_dict()}
                      for name, (folder, fmt, quant) in variants.items()},
         "runtimes": runtimes,
-        "pins": {k: {"version": v, "reason": PIN_REASONS.get(k, "")} for k, v in runtimes.items()
-                 if k in PIN_REASONS},
+        "pins": {},
         "llama_cpp_build": llama_build,
         "wheels": wheels,
     }

@@ -47,12 +47,29 @@ CONTRIB_RULES: tuple[ContribRule, ...] = (
     ContribRule("MatMulNBits", "1.17", source="contrib op added in 1.17 (int4 MatMul, accuracy_level)"),
     ContribRule("GatherBlockQuantized", "1.20", source="contrib op added in 1.20"),
     ContribRule("GatherBlockQuantized", "1.23", "bits",
-                source="the `bits` attribute is new in 1.23; 1.22 refuses the graph (seen under emulation, "
-                       "onnxruntime 1.22.0 aarch64)"),
+                source="the `bits` attribute is new in 1.23: 1.22.0 and 1.20.1 refuse the graph with "
+                       "'Unrecognized attribute: bits for operator GatherBlockQuantized' (checked, x86-64)"),
     ContribRule("GroupQueryAttention", "1.17", source="CPU kernel added in 1.17"),
     ContribRule("RotaryEmbedding", "1.17", source="CPU kernel added in 1.17"),
     ContribRule("SkipSimplifiedLayerNormalization", "1.16", source="CPU kernel added in 1.16"),
     ContribRule("SimplifiedLayerNormalization", "1.14", source="registered by onnxruntime in the default domain"),
+)
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """A default-domain op on one input element type and the first onnxruntime with a CPU kernel for it."""
+    op: str
+    dtype: str                 # onnx.TensorProto name of input 0's element type, e.g. "DOUBLE"
+    min_version: str
+    source: str = ""
+
+
+# Checked by loading edgellm's int4 graph (rope angles computed in float64) in each onnxruntime release (x86-64):
+# 1.23.2 ... 1.28.0 fail with "Could not find an implementation for Cos(7)", 1.29.0, 1.30.0, 1.31.1, 1.32.0 load.
+KERNEL_RULES: tuple[KernelRule, ...] = (
+    KernelRule("Cos", "DOUBLE", "1.29", "no float64 CPU kernel before 1.29 (1.28.0 refuses the graph)"),
+    KernelRule("Sin", "DOUBLE", "1.29", "no float64 CPU kernel before 1.29 (1.28.0 refuses the graph)"),
 )
 
 # GGML tensor type -> first llama-cpp-python release whose llama.cpp reads it (GGUF arrived in 0.1.79/0.2.0).
@@ -147,9 +164,36 @@ def onnx_requirement(model_path: Path, *, fallback_version: str | None = None) -
         for r in rules:
             what = f"com.microsoft {op}" + (f" with attribute {r.attribute}" if r.attribute else "")
             found[f"{what} needs onnxruntime >= {r.min_version} ({r.source})"] = r.min_version
+    found.update(_kernel_needs(model))
     need = _max_version(found.values())
     reasons = tuple(sorted(found, key=lambda k: parse_version(found[k]), reverse=True))
     return Requirement("onnxruntime", need, reasons)
+
+
+def _kernel_needs(model: Any) -> dict[str, str]:
+    """KERNEL_RULES matched against the element type of each rule op's first input (shape inference)."""
+    import onnx
+
+    ops = {r.op for r in KERNEL_RULES}
+    nodes = [n for n in _all_nodes(model.graph) if n.domain in ("", "ai.onnx") and n.op_type in ops]
+    if not nodes:
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # noqa: BLE001 - an uninferable graph: say so, no kernel facts
+        log.info("shape inference failed (%s); element-type kernel rules not applied", exc)
+        return {}
+    elem = {v.name: v.type.tensor_type.elem_type for v in
+            (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    elem.update({t.name: t.data_type for t in inferred.graph.initializer})
+    out: dict[str, str] = {}
+    for node in nodes:
+        dtype = onnx.TensorProto.DataType.Name(elem.get(node.input[0], 0)) if node.input else "UNDEFINED"
+        for r in KERNEL_RULES:
+            if r.op == node.op_type and r.dtype == dtype:
+                out[f"{node.op_type} on {dtype.lower()} needs onnxruntime >= {r.min_version} ({r.source})"] = \
+                    r.min_version
+    return out
 
 
 def _opset_need(opset: int, ir_version: int, fallback: str) -> dict[str, str]:
@@ -213,9 +257,15 @@ def check_runtime(reqs: ArtifactRequirements, target: Mapping[str, str | None]) 
         if have is None:
             problems.append(f"{r.runtime} is not installed on the target (needs >= {r.min_version})")
         elif parse_version(have) < parse_version(r.min_version):
-            top = r.reasons[0] if r.reasons else "recorded minimum"
-            problems.append(f"{r.runtime} {have} < {r.min_version}: {top}")
+            # every recorded fact the target's version misses (reasons name their version: "... >= 1.23 ...")
+            missed = [why for why in r.reasons if _reason_version(why) > parse_version(have)] or ["recorded minimum"]
+            problems.append(f"{r.runtime} {have} < {r.min_version}: {'; '.join(missed)}")
     return problems
+
+
+def _reason_version(reason: str) -> Version:
+    m = re.search(r">= (\d+(?:\.\d+)*)", reason)
+    return parse_version(m.group(1)) if m else (0,)
 
 
 def require_runtime(reqs: ArtifactRequirements, target: Mapping[str, str | None], what: str = "the artifact") -> None:

@@ -32,7 +32,8 @@ from compare import compare, markdown  # noqa: E402
 TARGETS = {"raspberry-pi-5": ("Q4_0", "gguf"), "android-midrange": ("int4", "onnx")}
 # The kernel probe starts child interpreters; qemu-user without binfmt_misc cannot exec an aarch64 binary from
 # inside the emulated process, so the target run skips it (llama.cpp's defaults; no known Arm defect applies).
-TARGET_ENV = {"EDGELLM_KERNEL_PROBE": "0"}
+# QEMU_CPU: a Cortex-A76 (Raspberry Pi 5's core; armv8.2-a + dotprod), matching the root's /proc/cpuinfo.
+TARGET_ENV = {"EDGELLM_KERNEL_PROBE": "0", "QEMU_CPU": "cortex-a76"}
 
 
 def cache_dir() -> Path:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     tmpdir.mkdir(exist_ok=True)
     qpy = f"qemu-aarch64-static -L {root} {root}/usr/bin/python3.11"
     times["install_s"] = sh(["sh", str(image.path / "install.sh"), str(site)], logs / "install.log",
-                            {"PYTHON": qpy, "EDGELLM_INSTALL_MODE": "target", "TMPDIR": str(tmpdir),
+                            {"PYTHON": qpy, "EDGELLM_INSTALL_MODE": "target", "TMPDIR": str(tmpdir), "QEMU_CPU": "cortex-a76",
                              "PIP_NO_COMPILE": "1"})   # byte-compiling under emulation costs minutes
 
     target_env = {**TARGET_ENV, "PYTHONPATH": str(site), "TMPDIR": str(tmpdir),

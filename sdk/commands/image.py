@@ -11,10 +11,9 @@ def run_image(source: str, output: str, platform: str = "linux-aarch64", python:
               onnxruntime: str | None = None, llama_lib: str | None = None, wheel_cache: str | None = None,
               no_fetch: bool = False, no_verify: bool = False, overwrite: bool = False,
               json_out: bool = False) -> int:
-    from ..edge_image import DEFAULT_ONNXRUNTIME, edge_image
+    from ..edge_image import edge_image
 
-    r = edge_image(source, output, platform=platform, python=python,
-                   onnxruntime=onnxruntime or DEFAULT_ONNXRUNTIME, llama_lib=llama_lib, wheel_cache=wheel_cache,
+    r = edge_image(source, output, platform=platform, python=python, onnxruntime=onnxruntime, llama_lib=llama_lib, wheel_cache=wheel_cache,
                    fetch=not no_fetch, verify=not no_verify, overwrite=overwrite)
     if json_out:
         print(json.dumps({"path": str(r.path), "platform": r.platform, "python": r.python, "runtimes": r.runtimes,
@@ -30,7 +29,6 @@ def run_image(source: str, output: str, platform: str = "linux-aarch64", python:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..edge_image import DEFAULT_ONNXRUNTIME
     from ..edge_wheels import PLATFORMS
 
     p = sub.add_parser("image", help="build an offline edge image (model + wheelhouse + install script)")
@@ -39,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--platform", default="linux-aarch64", choices=sorted(PLATFORMS))
     p.add_argument("--python", default="3.11", help="the target's Python version (e.g. 3.11)")
     p.add_argument("--onnxruntime", default=None,
-                   help=f"onnxruntime version installed on the target (default {DEFAULT_ONNXRUNTIME})")
+                   help="onnxruntime version for the target (default: this host's, which the artifacts were tested with)")
     p.add_argument("--llama-lib", default=None,
                    help="folder of llama.cpp built for the target (samples/edge_target/cross_build_llama.sh)")
     p.add_argument("--wheel-cache", default=None, help="folder where dependency wheels are downloaded and reused")

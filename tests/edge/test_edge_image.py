@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from typing import Callable
 import pytest
 
 from edgellm import convert
-from edgellm.edge_image import IMAGE_NAME, edge_image, install_script
+from edgellm.edge_image import IMAGE_NAME, PIN_REASONS, edge_image, install_script
 from edgellm.edge_requirements import (ArtifactRequirements, check_runtime, parse_version, require_runtime,
                                        requirements_for)
 from edgellm.edge_wheels import get_platform, llama_python_sources, verify_wheelhouse
@@ -55,14 +56,17 @@ def _sha(path: Path) -> str:
 def test_requirements_computed_from_the_graph(tiny_int4: Path) -> None:
     reqs = requirements_for(tiny_int4)
     (ort,) = reqs.requirements
-    assert ort.runtime == "onnxruntime" and ort.min_version == "1.23"
-    # the reason at the top is the fact that set the minimum
-    assert "GatherBlockQuantized with attribute bits" in ort.reasons[0]
+    assert ort.runtime == "onnxruntime" and ort.min_version == "1.29"
+    # the reasons at the top are the facts that set the minimum: the rope angles' Cos/Sin on float64
+    assert ort.reasons[0].startswith("Cos on double needs onnxruntime >= 1.29")
+    assert any("GatherBlockQuantized with attribute bits needs onnxruntime >= 1.23" in r for r in ort.reasons)
     assert any("MatMulNBits" in r for r in ort.reasons) and any("opset" in r for r in ort.reasons)
-    assert check_runtime(reqs, {"onnxruntime": "1.23.2"}) == []
-    assert check_runtime(reqs, {"onnxruntime": "1.24.0.dev20250101"}) == []
-    (too_old,) = check_runtime(reqs, {"onnxruntime": "1.22.0"})
-    assert "1.22.0 < 1.23" in too_old and "bits" in too_old
+    assert check_runtime(reqs, {"onnxruntime": "1.29.0"}) == []
+    assert check_runtime(reqs, {"onnxruntime": "1.30.0.dev20260101"}) == []
+    (too_old,) = check_runtime(reqs, {"onnxruntime": "1.28.0"})
+    assert "1.28.0 < 1.29" in too_old and "Cos on double" in too_old and "bits" not in too_old
+    (much_older,) = check_runtime(reqs, {"onnxruntime": "1.22.0"})
+    assert "Cos on double" in much_older and "GatherBlockQuantized with attribute bits" in much_older
     assert "not installed" in check_runtime(reqs, {})[0]
     with pytest.raises(BackendUnavailableError, match="GatherBlockQuantized"):
         require_runtime(reqs, {"onnxruntime": "1.20.1"})
@@ -91,9 +95,10 @@ def test_image_manifest_checksums_and_requirements(image: Path) -> None:
     assert name == "onnx-int4" and variant["format"] == "onnx"
     assert (image / variant["folder"] / "model.onnx").is_file()
     (ort,) = variant["requirements"]["runtimes"]
-    assert ort["min_version"] == "1.23"
-    assert doc["runtimes"]["onnxruntime"] == "1.23.2"
-    assert "qemu" in doc["pins"]["onnxruntime"]["reason"]
+    assert ort["min_version"] == "1.29"
+    host_ort = importlib.metadata.version("onnxruntime")
+    assert doc["runtimes"]["onnxruntime"] == host_ort
+    assert doc["pins"]["onnxruntime"] == {"version": host_ort, "reason": PIN_REASONS["host"]}
     names = {w["name"] for w in doc["wheels"].values()}
     assert {"edgellm", "llama-cpp-python"} <= names
     for file, w in doc["wheels"].items():
@@ -104,7 +109,7 @@ def test_image_manifest_checksums_and_requirements(image: Path) -> None:
         assert _sha(image / rel) == digest, rel
     pins = (image / "requirements.txt").read_text().split()
     version, _ = llama_python_sources()
-    assert "edgellm==0.1.0" in pins and f"llama-cpp-python=={version}" in pins and "onnxruntime==1.23.2" in pins
+    assert "edgellm==0.1.0" in pins and f"llama-cpp-python=={version}" in pins and f"onnxruntime=={host_ort}" in pins
     assert not list(image.parent.glob("*.partial"))
 
 
@@ -144,7 +149,7 @@ def test_too_old_target_runtime_is_refused(tiny_int4: Path, host_llama_lib: Path
     with pytest.raises(BackendUnavailableError) as err:
         edge_image(tiny_int4, tmp_path / "img", platform="linux-x86_64", llama_lib=host_llama_lib,
                    onnxruntime="1.22.0", fetch=False, verify=False)
-    assert "onnx-int4" in err.value.message and "1.22.0 < 1.23" in err.value.message
+    assert "onnx-int4" in err.value.message and "1.22.0 < 1.29" in err.value.message
     assert "GatherBlockQuantized" in err.value.message and err.value.hint
     assert not (tmp_path / "img").exists() and not (tmp_path / "img.partial").exists()
 

@@ -23,7 +23,9 @@ TOOLS = ("debootstrap", "qemu-aarch64-static", "aarch64-linux-gnu-g++", "cmake",
 pytestmark = [pytest.mark.slow, pytest.mark.emulated]
 
 
-def test_arm64_variants_agree_with_x86_under_emulation(tmp_path: Path) -> None:
+def test_arm64_variants_agree_with_x86_under_emulation(request: pytest.FixtureRequest) -> None:
+    if "emulated" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("long (the emulated ARM64 run): select it with -m emulated, or run make arm64-check")
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing or os.geteuid() != 0:
         pytest.skip(f"needs root and {', '.join(missing) or 'the tools'}: apt-get install -y debootstrap "
@@ -41,5 +43,6 @@ def test_arm64_variants_agree_with_x86_under_emulation(tmp_path: Path) -> None:
         assert r["agreement"] >= 0.99, r
         assert r["greedy_identical"], (r["greedy_text_host"], r["greedy_text_target"])
         assert r["positions"] >= 100
-    assert by_target["android-midrange"]["emulated"]["versions"]["onnxruntime"] == "1.23.2"
+    ort = by_target["android-midrange"]
+    assert ort["emulated"]["versions"]["onnxruntime"] == ort["host"]["versions"]["onnxruntime"]
     assert summary["target_devices"]["cpu"]["arch"] == "aarch64"

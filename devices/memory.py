@@ -356,7 +356,6 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
     tokens), and the GPU path beyond the upstream CUDA context figures (uncalibrated, no GPU here).
     """
     on_gpu = provider.upper().startswith("CUDA")
-    where: Where = "device" if on_gpu else "host"
     tokens = max(1, n_ctx - 1 if prompt_tokens is None else min(prompt_tokens, n_ctx - 1))
     if on_gpu:
         capacity = n_ctx

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .devices.budgets import parse_memory, parse_quality_loss, parse_speed
 from .devices.cpu import detect_cpu
@@ -256,7 +255,7 @@ def resolve_device(spec: str | Device = "auto", *, cuda: CUDAInventory | None = 
         reasons.append(f"container limits ({cpu.cgroup_version}): memory "
                        f"{cpu.cgroup_memory_limit_bytes or 'unlimited'}, CPUs {cpu.cgroup_cpu_limit or 'unlimited'}")
     if text.startswith("profile:"):
-        profile = get_profile(spec.split(":", 1)[1].strip(), profiles_path)  # type: ignore[union-attr]
+        profile = get_profile(spec.split(":", 1)[1].strip(), profiles_path)
         # On this host the caps are the profile's, never more than the host has; as a planning target the
         # profile's own numbers describe the device.
         threads = profile.threads if target else min(profile.threads, cpu.usable_cores)

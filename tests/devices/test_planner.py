@@ -2,7 +2,7 @@ import pytest
 
 from edgellm.devices.cuda import detect_cuda
 from edgellm.devices.planner import Budgets, plan_model
-from edgellm.devices.types import CUDAInventory, Device, GPUInfo, ModelFacts, TensorFacts
+from edgellm.devices.types import CUDAInventory, Device, ModelFacts, TensorFacts
 from edgellm.errors import BudgetError, InsufficientMemoryError
 from edgellm.planning import plan, resolve_device
 

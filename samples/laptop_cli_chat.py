@@ -8,13 +8,15 @@ and keeps the conversation.
 
 How Ctrl-C works here: the answer is generated on a worker thread and the main thread waits on a queue, so
 Python's SIGINT handler runs at once (a main thread inside llama.cpp would only see it when the current batch
-ends). The KeyboardInterrupt cancels the stream's `CancelToken`; the stream ends within one decode step or
-prefill chunk with finish_reason "cancelled", and the partial answer stays in the history.
+ends). While an answer streams, the handler cancels the stream's `CancelToken`; the stream ends within one
+decode step or prefill chunk with finish_reason "cancelled", and the partial answer stays in the history. At the
+prompt Ctrl-C is the usual KeyboardInterrupt, which leaves.
 """
 from __future__ import annotations
 
 import argparse
 import queue
+import signal
 import sys
 import threading
 from typing import Any, TextIO
@@ -27,8 +29,7 @@ STOPPED = " [stopped]"
 
 def stream_reply(model: "edgellm.Model", history: list[dict[str, str]], stdout: TextIO,
                  **sampling: Any) -> tuple[str, str]:
-    """Stream one answer to `stdout`; Ctrl-C (KeyboardInterrupt in this thread) stops it. Returns (text,
-    finish_reason)."""
+    """Stream one answer to `stdout`; Ctrl-C stops it. Returns (text, finish_reason)."""
     token = CancelToken()
     chunks: "queue.Queue[Any]" = queue.Queue()
 
@@ -39,27 +40,31 @@ def stream_reply(model: "edgellm.Model", history: list[dict[str, str]], stdout: 
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
             chunks.put(exc)
 
+    # While answering, Ctrl-C only cancels (no KeyboardInterrupt that could land between two lines of this loop);
+    # the worker ends within one step and its last chunk ends the loop. Only the main thread can set a handler.
+    try:
+        previous = signal.signal(signal.SIGINT, lambda _sig, _frame: token.cancel())
+    except ValueError:
+        previous = None
     worker = threading.Thread(target=work, name="edgellm-reply", daemon=True)
     worker.start()
     reply: list[str] = []
     finish = ""
-    while not finish:
-        try:
-            item = chunks.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        except KeyboardInterrupt:
-            token.cancel()          # the worker ends within one step; keep draining until its last chunk
-            continue
-        if isinstance(item, BaseException):
-            raise item
-        reply.append(item.text)
-        try:
+    try:
+        while not finish:
+            try:
+                item = chunks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            reply.append(item.text)
             stdout.write(item.text)
             stdout.flush()
-        except KeyboardInterrupt:
-            token.cancel()
-        finish = item.finish_reason or ""
+            finish = item.finish_reason or ""
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     worker.join()
     return "".join(reply), finish
 

@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 
 class CancelToken:
     """Thread-safe, one-way cancellation flag with hooks. `cancel()` may be called from any thread, any number
-    of times, including from signal handlers' threads and Tk callbacks; it never blocks on a running call."""
+    of times, from a signal handler or a UI callback; it never waits for a running call."""
 
     __slots__ = ("_event", "_hooks", "_lock")
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._hooks: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # re-entrant: a signal handler may cancel while this thread is inside
 
     @property
     def cancelled(self) -> bool:
@@ -42,6 +42,8 @@ class CancelToken:
 
     def cancel(self) -> None:
         """Raise the flag and run the hooks of the calls using this token (each at most once)."""
+        if self._event.is_set():
+            return
         with self._lock:
             if self._event.is_set():
                 return

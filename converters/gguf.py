@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, ModelFormatError, OutputPathError, QuantizationError
+from ..errors import ConversionError, ModelFormatError, OutputPathError
 from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
 from .hf import HFModel, read_hf_model
+from .imatrix import prepare_imatrix, require_imatrix, resolve_imatrix
 from .llama_quantize import quantize_gguf
 from .rope import llama_cpp_freq_factors, rope_kind
 from .manifest import Manifest, sha256_file, write_manifest
@@ -156,7 +157,7 @@ def _bits(ggml_type: str) -> float:
 
 
 def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, threads: int | None,
-                      rep: Reporter) -> Any:
+                      rep: Reporter, imatrix: dict[str, np.ndarray] | None = None) -> Any:
     """llama.cpp's quantizer has no progress callback: a watcher thread reports the output file's growth
     against the expected size (the intermediate's size scaled by the main type's bits per weight; when fallback
     tensors make the file larger than that, the total becomes unknown and only the bytes written are shown)."""
@@ -183,7 +184,7 @@ def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, thre
         if rep.enabled:
             watcher.start()
         try:
-            result = quantize_gguf(src, dst, q.file_type, threads)
+            result = quantize_gguf(src, dst, q.file_type, threads, imatrix=imatrix)
         finally:
             stop.set()
             if watcher.is_alive():
@@ -195,12 +196,33 @@ def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, thre
     return result
 
 
+def _vocab(model: HFModel, pre_tokenizer: str | None) -> Any:
+    """The GGUF vocabulary from tokenizer.json, or from a SentencePiece tokenizer.model when that is all there is."""
+    if model.tokenizer_json is not None:
+        return vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,
+                                         pre_tokenizer or None)
+    spm = Path(model.path) / "tokenizer.model"
+    if spm.is_file():
+        from .tokenizer_sentencepiece import read_sentencepiece
+
+        return read_sentencepiece(spm, model.config.vocab_size, model.tokenizer_config)
+    raise ConversionError(f"{model.path} has no tokenizer.json or tokenizer.model",
+                          "GGUF embeds the tokenizer; copy the model's tokenizer files into the folder")
+
+
 def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_0", *,
                     pre_tokenizer: str | None = None, context_length: int | None = None,
-                    threads: int | None = None, progress: ProgressArg | Reporter = False) -> GGUFResult:
+                    threads: int | None = None, progress: ProgressArg | Reporter = False,
+                    imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None) -> GGUFResult:
     """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
-    progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent)."""
+    progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent).
+    imatrix: for the types llama.cpp's quantizer writes, True computes an importance matrix from the calibration
+    text (converters/imatrix.py; saved next to the GGUF as `<file>.imatrix`), a path reads a `.imatrix` file,
+    False quantizes without one (then IQ1/IQ2/IQ3_XXS/Q2_K_S are refused before any work); None (default) is True
+    except for a folder unpacked from a GGUF (its weights already lie on a quantized grid)."""
     q = get_quant(quant)
+    imatrix = resolve_imatrix(model_dir, imatrix)
+    require_imatrix(q, imatrix)
     rep = reporter(progress)
     out_dir = Path(output)
     created = not out_dir.exists()
@@ -216,15 +238,13 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
             family = get_family(model.config.architecture)
             args = family.parse(model.config)
             rope_kind(args.rope_scaling, family.rope_kinds)  # refuse unsupported RoPE variants before writing anything
-            if model.tokenizer_json is None:
-                raise ConversionError(f"{model.path} has no tokenizer.json", "GGUF embeds the tokenizer; add it")
-            vocab = vocab_from_tokenizer_json(model.tokenizer_json, model.config.vocab_size, model.tokenizer_config,
-                                              pre_tokenizer or None)
+            vocab = _vocab(model, pre_tokenizer)
             plan = _plan_tensors(model, family, args)
             n_params = sum(int(np.prod(s)) for _, _, s, _ in plan)
             names = _names(model, q.name, n_params)
             final = out_dir / str(names["file"])
             fallbacks: list[dict[str, str]] = []
+            matrix = None
             if q.native:
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
@@ -240,22 +260,26 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                               rep)
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
-                if q.needs_imatrix:
-                    raise QuantizationError(
-                        f"{q.name} needs an importance matrix, which edgellm does not compute yet",
-                        "pick IQ4_NL/IQ4_XS/IQ3_S or a K-quant (Q2_K … Q6_K)")
-                fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep).fallbacks
+                with rep.stage("importance matrix (calibration)"):
+                    matrix = prepare_imatrix(model_dir, q, imatrix, out_dir / (final.stem + ".imatrix"),
+                                             calibration_text=calibration_text)
+                fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep,
+                                              matrix.means() if matrix else None).fallbacks
             counts = _read_types(stage)
             os.replace(stage, final)
             manifest = Manifest(
-                format="gguf", file=final.name, files=[final.name], quant=q.name, size_bytes=final.stat().st_size,
+                format="gguf", file=final.name, files=[final.name] + ([final.stem + ".imatrix"] if matrix else []),
+                quant=q.name, size_bytes=final.stat().st_size,
                 sha256=sha256_file(final), context_length=int(context_length or model.config.max_position_embeddings),
                 source={"path": str(Path(model_dir).resolve()), "architecture": model.config.architecture,
                         "dtype": model.config.torch_dtype, "parameters": n_params},
                 tokenizer={"model": vocab.model, "pre": vocab.pre, "vocab_size": len(vocab.tokens),
                            **{f"{k}_id": v for k, v in vocab.special_ids.items()}},
                 tensor_types=dict(counts), fallbacks=fallbacks,
-                extra={"gguf_arch": family.gguf_arch, "family": family.name, "file_type": q.file_type},
+                extra={"gguf_arch": family.gguf_arch, "family": family.name, "file_type": q.file_type,
+                       **({"imatrix": {"file": final.stem + ".imatrix", "tensors": len(matrix.sums),
+                                       "tokens": matrix.chunk_count * matrix.chunk_size,
+                                       "datasets": matrix.datasets}} if matrix else {})},
             )
             if fallbacks:
                 kinds = Counter(f["type"] for f in fallbacks)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import QuantizationError
+from ..errors import EdgeLLMError, QuantizationError
 from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Calibrator, CalibrationSet, calibration_set
 from .families.numpy_ops import NumpyOps
 
@@ -124,11 +124,36 @@ def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None =
     return matrix
 
 
+def unpacked_from_gguf(model_dir: str | Path) -> str | None:
+    """The GGUF file name a folder was unpacked from (`edgellm unpack` records it in the safetensors metadata as
+    "source"), or None. Such weights already lie on a quantized grid: requantizing them without an importance matrix
+    lands back on that grid, while a matrix would move them off it."""
+    from .safetensors_io import read_header
+
+    shards = sorted(Path(model_dir).glob("*.safetensors"))
+    if not shards:
+        return None
+    try:
+        _, meta = read_header(shards[0])
+    except (OSError, EdgeLLMError):   # a bad shard is reported by the converter itself, with its own error
+        return None
+    source = meta.get("source", "")
+    return source if source.lower().endswith(".gguf") else None
+
+
+def resolve_imatrix(model_dir: str | Path, imatrix: bool | str | Path | None) -> bool | str | Path:
+    """None means automatic: an importance matrix for every folder except one unpacked from a GGUF."""
+    if imatrix is None:
+        return unpacked_from_gguf(model_dir) is None
+    return imatrix
+
+
 def require_imatrix(quant: Any, imatrix: bool | str | Path | None) -> None:
     """Refuse, before any work, a type that cannot be made without an importance matrix when none is allowed."""
     if getattr(quant, "needs_imatrix", False) and (imatrix is False or imatrix is None):
         raise QuantizationError(f"{quant.name} needs an importance matrix and imatrix is disabled",
-                                "drop --no-imatrix (edgellm computes one from its calibration text)")
+                                "pass --imatrix on (imatrix=True) and edgellm computes one from its calibration "
+                                "text, or --imatrix FILE with a llama.cpp .imatrix file")
 
 
 def prepare_imatrix(model_dir: str | Path, quant: Any, imatrix: bool | str | Path | None, save_to: Path | None, *,

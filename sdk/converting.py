@@ -126,6 +126,9 @@ def _check_options(quant: Any, options: dict[str, Any]) -> None:
     for key in _STR_OPTIONS:
         if options.get(key) is not None and not isinstance(options[key], str):
             problems.append(f"{key}={options[key]!r} must be a string")
+    imatrix = options.get("imatrix")
+    if imatrix is not None and not isinstance(imatrix, (bool, str, os.PathLike)):
+        problems.append(f"imatrix={imatrix!r} must be True, False, None (automatic) or a .imatrix file path")
     if problems:
         raise ConversionError("invalid convert arguments: " + "; ".join(problems),
                               "see `edgellm convert --help` for the allowed values")

@@ -22,6 +22,9 @@ def _onnx_cli() -> tuple[tuple[str, ...], tuple[tuple[str, dict[str, Any]], ...]
     return tuple(getattr(onnx, "ONNX_QUANTS", ())), tuple(getattr(onnx, "ONNX_CLI_OPTIONS", ()))
 
 
+_IMATRIX_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def _busy(path: Path) -> bool:
     return path.is_dir() and any(p for p in path.iterdir() if not p.name.endswith(".partial"))
 
@@ -39,8 +42,13 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
 
     _, onnx_options = _onnx_cli()
     onnx_dests = {kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in onnx_options}
+    shared = {"calibration_text"}   # GGUF's importance matrix calibrates on the same text
     options = {k: v for k, v in options.items()
-               if v is not None and (format == "onnx" or k not in onnx_dests)}
+               if v is not None and (format == "onnx" or k not in onnx_dests - shared)}
+    if "imatrix" in options:
+        if format != "gguf":
+            raise ConversionError("--imatrix applies to GGUF types quantized by llama.cpp", "use --format gguf")
+        options["imatrix"] = _IMATRIX_MODES.get(str(options["imatrix"]).lower(), options["imatrix"])
     if prune_layers is not None and format != "gguf":
         raise ConversionError("--prune-layers works on GGUF artifacts", "use --format gguf")
     if prune_layers is not None and quant.lower() == "auto":
@@ -172,6 +180,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="--quant auto: which passing candidate to keep")
     budget.add_argument("--prune-layers", dest="prune_layers", default=None, metavar="N|auto",
                         help="drop the N cheapest blocks (ranked by measured KLD), or as many as --max-kld allows")
+    p.add_argument("--imatrix", default=None, metavar="auto|on|off|FILE",
+                   help="GGUF types llama.cpp quantizes: an importance matrix from the calibration text (on; auto = on "
+                        "unless the folder was unpacked from a GGUF), none (off), or a llama.cpp .imatrix FILE")
     for flag, kwargs in onnx_options:
         p.add_argument(flag, **{**kwargs, "default": None} if "action" not in kwargs else kwargs)
     p.set_defaults(func=run_convert)

@@ -104,10 +104,17 @@ def test_k_quant_fallbacks_are_reported(tiny_models, tmp_path: Path) -> None:  #
 
 
 @pytest.mark.parametrize("quant", ["IQ2_XXS", "IQ1_S"])
-def test_imatrix_types_are_refused_clearly(quant: str, tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+def test_imatrix_types_are_made_with_edgellms_matrix_and_refused_before_any_work_without(
+        quant: str, tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+    folder = tiny_models(**K_TINY)
     with pytest.raises(QuantizationError, match="importance matrix"):
-        convert_to_gguf(tiny_models(**K_TINY), tmp_path / "out", quant)
-    assert not (tmp_path / "out").exists()
+        convert_to_gguf(folder, tmp_path / "off", quant, imatrix=False)
+    assert not (tmp_path / "off").exists()
+    res = convert_to_gguf(folder, tmp_path / "on", quant)
+    manifest = read_manifest(tmp_path / "on")
+    assert quant in res.tensor_types and (tmp_path / "on" / manifest.extra["imatrix"]["file"]).is_file()
+    with edgellm.load(res.path, n_ctx=64) as model:
+        assert model.generate("hello", max_tokens=2, temperature=0.0).metrics.generated_tokens >= 1
 
 
 def _copy(src: Path, dst: Path) -> Path:

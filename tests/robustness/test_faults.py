@@ -91,7 +91,7 @@ def test_killed_runs_leave_no_corrupt_artifact_and_the_next_run_cleans_up(
             r.escapes += 1
             r.note(f"{fmt} limit {limit}: a manifest names an incomplete artifact")
         cleaned += len(stale_partials(out))
-        edgellm.convert(seed_hf, out, format=fmt, quant=quant)      # the next run into the same OUT
+        edgellm.convert(seed_hf, out, format=fmt, quant=quant, overwrite=True)   # the next run into the same OUT
         left = stale_partials(out)
         if left or not _artifact_ok(out):
             r.escapes += 1

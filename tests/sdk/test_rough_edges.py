@@ -144,3 +144,18 @@ def test_cache_dir_variable_and_its_deprecated_alias(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("EDGELLM_CACHE")
     monkeypatch.delenv("EDGELLM_CACHE_DIR")
     assert cache_dir() == Path.home() / ".cache" / "edgellm"
+
+
+def test_cli_imatrix_modes(tiny_models: Callable[..., Path], tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    """--imatrix off refuses an importance-matrix type before any folder is made; a saved .imatrix FILE is reused
+    (no calibration) and recorded; --imatrix with --format onnx is refused."""
+    folder = tiny_models(hidden=256, heads=4, kv_heads=2, ffn=512)
+    assert main(["convert", str(folder), str(tmp_path / "off"), "--quant", "IQ2_XXS", "--imatrix", "off"]) != 0
+    assert "importance matrix" in capsys.readouterr().err and not (tmp_path / "off").exists()
+    assert main(["convert", str(folder), str(tmp_path / "on"), "--quant", "Q4_K_M"]) == 0
+    saved = next((tmp_path / "on").glob("*.imatrix"))
+    assert main(["convert", str(folder), str(tmp_path / "file"), "--quant", "IQ2_XXS", "--imatrix", str(saved)]) == 0
+    manifest = json.loads((tmp_path / "file" / "edgellm.json").read_text())
+    assert manifest["extra"]["imatrix"]["tensors"] > 0 and "IQ2_XXS" in manifest["tensor_types"]
+    assert main(["convert", str(folder), str(tmp_path / "onnx"), "--format", "onnx", "--imatrix", "on"]) != 0

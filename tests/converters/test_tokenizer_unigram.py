@@ -188,7 +188,7 @@ def test_whitespace_split_needs_a_charsmap_that_folds_newlines(tmp_path: Path) -
     _refused(tmp_path / "2", data, "charsmap")
 
 
-def test_a_folder_with_only_tokenizer_model_is_refused_with_a_hint(tmp_path: Path) -> None:
+def test_a_folder_with_a_damaged_tokenizer_model_and_no_tokenizer_json_is_refused_with_a_hint(tmp_path: Path) -> None:
     from edgellm.errors import EdgeLLMError
 
     folder = make_family_model(tmp_path / "m", ROWS["mistral"])
@@ -197,6 +197,7 @@ def test_a_folder_with_only_tokenizer_model_is_refused_with_a_hint(tmp_path: Pat
     with pytest.raises(EdgeLLMError, match="tokenizer") as info:
         convert_to_gguf(folder, tmp_path / "out", "F32")
     assert info.value.hint
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.gguf"))
 
 
 # -- tokenizer.model (SentencePiece ModelProto) ------------------------------------------------------------------
@@ -267,3 +268,25 @@ def test_a_damaged_tokenizer_model_is_a_tokenizer_error(damage: bytes, tmp_path:
     (tmp_path / "tokenizer.model").write_bytes(damage)
     with pytest.raises(TokenizerError):
         read_sentencepiece(tmp_path / "tokenizer.model", 384, {})
+
+
+def test_a_folder_with_only_tokenizer_model_converts_and_llama_cpp_tokenizes_as_tokenizers_does(
+        tmp_path: Path) -> None:
+    """Llama 2 / Mistral v0.1-era folders ship only tokenizer.model: the GGUF built from it tokenizes the varied
+    text set exactly as `tokenizers` does with the equivalent tokenizer.json."""
+    from edgellm.converters.tokenizer import vocab_from_tokenizer_json
+    from tests.fixtures.tiny import train_spm_tokenizer
+
+    folder = make_family_model(tmp_path / "m" / "model", ROWS["mistral"], tokenizer=train_spm_tokenizer(True))
+    tok_json = folder / "tokenizer.json"
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    want = vocab_from_tokenizer_json(tok_json, json.loads((folder / "config.json").read_text())["vocab_size"], cfg)
+    n = len(json.loads(tok_json.read_text())["model"]["vocab"])
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model(
+        want.tokens[:n], list(want.scores[:n]), want.token_types[:n], 2, want.special_ids["unk"],
+        want.precompiled_charsmap, bool(want.add_space_prefix), bool(want.remove_extra_whitespaces)))
+    reference = Tokenizer.from_file(str(tok_json))
+    tok_json.unlink()
+    gguf = convert_to_gguf(folder, tmp_path / "out", "F32").path
+    for text in TEXTS:
+        assert _llama_ids(gguf, text) == reference.encode(text, add_special_tokens=False).ids, text

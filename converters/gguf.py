@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, ModelFormatError, OutputPathError
+from ..errors import ConversionError, OutputPathError
 from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
@@ -119,7 +119,7 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
         extra.append(("rope_freqs.weight", factors))
     extra += [(name, np.asarray(data, np.float32)) for name, data in family.gguf_tensors(args)]
     types: list[str] = []
-    for hf, gg, shape, rule in plan:
+    for _hf, gg, shape, rule in plan:
         t = "F32" if rule.keep_f32 else native_type_for(quant, gg, shape)
         types.append(t)
         writer.add_tensor_info(gg, shape, np.dtype(np.float32), tensor_nbytes(t, shape),

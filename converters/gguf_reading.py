@@ -79,7 +79,7 @@ class _LazyStrings:
         return out
 
 
-class _Fields(dict):  # type: ignore[type-arg]
+class _Fields(dict[str, Any]):
     """Metadata keys; long string arrays are decoded when first read."""
 
     def __getitem__(self, key: str) -> Any:

@@ -12,6 +12,7 @@ updated so far (with the per-block MSE clipping search of converters/quant.py wh
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from .quant import BlockQuant, QuantSpec, check_blocks, quantize_blocks
 
 DAMP = 0.10      # fraction of the mean Hessian diagonal added to its diagonal (0.10 generalised best, see docs)
 LAZY = 128       # columns updated together before the rest of the matrix is touched
-BLOCK_SEARCH = "mse"   # how each block's scale is picked from the updated weights: "rtn" or "mse"
+BLOCK_SEARCH: Literal["rtn", "mse"] = "mse"   # how each block's scale is picked from the updated weights: "rtn" or "mse"
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ def parse_config(raw: dict[str, Any], source: str = "config.json") -> ModelConfi
     archs = raw.get("architectures") or []
     if not archs or not isinstance(archs, list):
         raise ConfigError(f"{source} has no 'architectures' list", "add e.g. \"architectures\": [\"LlamaForCausalLM\"]")
-    cfg = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    cfg: dict[str, Any] = raw["text_config"] if isinstance(raw.get("text_config"), dict) else raw
 
     def need(*names: str) -> Any:
         for n in names:
@@ -163,7 +163,7 @@ class HFModel:
                     raise ModelFormatError(f"tensor {name} appears in two shards")
                 tensors[name] = info
         if index.is_file():
-            missing = set(weight_map) - set(tensors)
+            missing = set(weight_map or {}) - set(tensors)
             if missing:
                 raise ModelFormatError(f"{len(missing)} tensors listed by the index are missing, e.g. {sorted(missing)[0]}")
         return tensors

@@ -17,7 +17,7 @@ double as the CLI's choices (`ONNX_QUANTS` in converters/onnx.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class Recipe:
 
         embeddings="shared" stores them as the LM head is stored (one table when the model ties them)."""
         def adjust(spec: QuantSpec) -> QuantSpec:
-            changes: dict[str, object] = {}
+            changes: dict[str, Any] = {}
             if block_size is not None:
                 changes["block_size"] = block_size
             if symmetric is not None:

@@ -11,11 +11,11 @@ from typing import Any
 
 from .errors import ConversionError, OutputPathError, QuantizationError, missing_extra
 from .outputs import writing_to
-from .progress import ProgressArg, reporter
+from .progress import ProgressArg, Reporter, reporter
 
 
 def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: str = "Q8_0",  # noqa: A002
-            *, overwrite: bool = False, progress: ProgressArg = None, **options: Any) -> Any:
+            *, overwrite: bool = False, progress: ProgressArg | Reporter = None, **options: Any) -> Any:
     """Convert an HF folder into an artifact folder. Returns the converter's result (path, manifest, types).
 
     OUT may not be the model folder or inside it; files a killed run left in OUT are removed first; OS errors

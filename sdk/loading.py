@@ -134,11 +134,11 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
         threads = tune_threads(art.path).threads if art.format == "gguf" else None
     if threads is None and planned is not None:
         threads = planned.threads
-    if threads is not None and cap is not None:
+    if isinstance(threads, int) and cap is not None:
         threads = min(threads, cap)
     if n_gpu_layers is None:
         n_gpu_layers = planned.n_gpu_layers if planned is not None and dev.kind == "cuda" else 0
-    options = LoadOptions(n_ctx=ctx, threads=threads, n_gpu_layers=n_gpu_layers,
+    options = LoadOptions(n_ctx=ctx, threads=threads if isinstance(threads, int) else None, n_gpu_layers=n_gpu_layers,
                           execution_provider="cuda" if dev.kind == "cuda" else "cpu", extra=dict(extra))
     name = backend or runtime_for_format(art.format)
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, SupportsInt, cast
 
 from .errors import BudgetNotMetError, EdgeLLMError
 from .evaluation import EvalResult, evaluate, reference_scores
@@ -199,7 +199,7 @@ def prune(model: str | Path, output: str | Path | None, layers: int | Sequence[i
                 chosen = [int(i) for i in layers]
             else:
                 ranking = _rank(cal, work, candidates if candidates is not None else range(block_count(src)), rep)
-                chosen = [c.layer for c in ranking[: int(layers)]] if not isinstance(layers, str) else []
+                chosen = [c.layer for c in ranking[: int(cast(SupportsInt, layers))]] if not isinstance(layers, str) else []
 
             def within(r: EvalResult) -> bool:
                 ok_kld = max_kld is None or (r.kld_mean or 0.0) <= max_kld

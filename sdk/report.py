@@ -85,7 +85,7 @@ def plot_threads(rows: Sequence[BenchRow]) -> str:
     pts = [p for s in series.values() for p in s]
     ax = _Axes("decode tokens/s vs threads", "threads", "tokens/s", [p[0] for p in pts], [p[1] for p in pts])
     ax.xticks(sorted({p[0] for p in pts}), "d")
-    for i, (name, s) in enumerate(series.items()):
+    for i, s in enumerate(series.values()):
         by_t: dict[int, list[float]] = defaultdict(list)
         for t, v in s:
             by_t[t].append(v)

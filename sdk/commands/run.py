@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
@@ -12,7 +13,7 @@ def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature:
                  n_ctx: int | None = None, json_out: bool = False) -> int:
     from ..loading import load
 
-    sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+    sampling: dict[str, Any] = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop or ()))
     with load(artifact, device=device, threads=threads, n_ctx=n_ctx) as model:
         chunks = (model.chat_stream([{"role": "user", "content": prompt}], **sampling) if chat

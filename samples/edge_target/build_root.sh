@@ -6,8 +6,8 @@ set -euo pipefail
 CACHE="${EDGELLM_ARM64_CACHE:-$HOME/.cache/edgellm/arm64}"
 ROOT="$CACHE/root"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# qemu-user 7.2 shows the emulated program the host's x86 /proc/cpuinfo. onnxruntime >= 1.24 (its cpuinfo
-# library) segfaults on import when that file describes no Arm core; with -L ROOT, qemu opens ROOT/proc/cpuinfo
+# qemu-user 7.2 shows the emulated program the host's x86 /proc/cpuinfo. Recent onnxruntime (1.29.0, 1.31.1 and
+# 1.32.0 checked; its cpuinfo library) segfaults on import when that file describes no Arm core; with -L ROOT, qemu opens ROOT/proc/cpuinfo
 # instead when it exists. So the root carries one describing Cortex-A76 cores (Raspberry Pi 5), as many as the
 # host has (the library checks them against /sys/devices/system/cpu), and the runs use QEMU_CPU=cortex-a76.
 write_cpuinfo() {

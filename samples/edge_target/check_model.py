@@ -36,7 +36,25 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def run(model_path: str, device: str, n_tokens: int, threads: int) -> dict:
+def safe_kernel_argmax(model: object, ids: list[int], threads: int) -> list[int]:
+    """The same GGUF through llama.cpp's other CPU path on this host (extra buffer types off: no Q4_0 repack):
+    how much two valid kernel paths of one build disagree, the yardstick for the x86 / Arm comparison."""
+    import numpy as np
+
+    from edgellm.runtimes.llama_native import KernelPolicy, open_llama
+
+    art = Path(str(getattr(model, "artifact", "")))
+    gguf = art if art.suffix == ".gguf" else next(art.glob("*.gguf"))
+    llm = open_llama(gguf, policy=KernelPolicy(use_extra_bufts=False, reasons=("kernel-path baseline",)),
+                     n_ctx=512, n_threads=threads, logits_all=True)
+    try:
+        llm.eval(ids)
+        return [int(i) for i in np.asarray(llm.scores[:len(ids)]).argmax(axis=-1)]
+    finally:
+        llm.close()
+
+
+def run(model_path: str, device: str, n_tokens: int, threads: int, baseline: bool = False) -> dict:
     import numpy as np
 
     import edgellm
@@ -62,6 +80,9 @@ def run(model_path: str, device: str, n_tokens: int, threads: int) -> dict:
         "artifact": str(getattr(model, "artifact", model_path)), "backend": model.runtime.name,
         "versions": {d: _version(d) for d in ("edgellm", "onnxruntime", "llama-cpp-python", "numpy", "tokenizers")},
         "tokens": ids, "argmax": [int(i) for i in logits.argmax(axis=-1)],
+        "top5": [[int(i) for i in row] for row in np.argsort(-logits, axis=-1)[:, :5]],
+        "argmax_safe_kernels": safe_kernel_argmax(model, ids, threads)
+        if baseline and model.runtime.name.startswith("llama") else None,
         "top2_margin": [float(m) for m in np.diff(np.sort(logits, axis=-1)[:, -2:], axis=-1)[:, 0]],
         "greedy_prompt": PROMPT, "greedy_tokens": list(result.tokens), "greedy_text": result.text,
         "seconds": {"load": round(load_s, 3), "teacher_forced": round(forced_s, 3), "greedy": round(greedy_s, 3)},
@@ -75,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=128, help="teacher-forced positions")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--baseline", action="store_true",
+                    help="GGUF: also run llama.cpp's other CPU kernel path here (the kernel-path yardstick)")
     args = ap.parse_args(argv)
-    data = run(args.model, args.device, args.tokens, args.threads)
+    data = run(args.model, args.device, args.tokens, args.threads, args.baseline)
     Path(args.out).write_text(json.dumps(data, indent=1))
     print(f"{data['machine']} {data['backend']} {args.device}: {len(data['argmax'])} positions, "
           f"greedy {data['greedy_text']!r} ({data['seconds']})")

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="emulated ARM64 target run")
     ap.add_argument("--tokens", type=int, default=128, help="teacher-forced positions per variant")
     ap.add_argument("--min-agreement", type=float, default=0.99)
+    ap.add_argument("--gate", choices=("strict", "near-tie"), default="strict",
+                    help="strict: teacher-forced agreement >= --min-agreement and 16 identical greedy tokens; "
+                         "near-tie: the target's choice is among the host's two most likely tokens at >= 99%% of "
+                         "positions (two CPU kernel paths of one llama.cpp build disagree ~4%% on Q4_0 here)")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads for both runs (1: the shared build machine's cores are not oversubscribed)")
     ap.add_argument("--gguf", help="GGUF Q4_0 artifact folder (default: the cached test artifact)")
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         host_out, arm_out = cache / "work" / f"{target}.x86_64.json", cache / "work" / f"{target}.aarch64.json"
         common = [str(HERE / "check_model.py"), model, "--device", f"profile:{target}", "--tokens", str(args.tokens),
                   "--threads", str(args.threads)]
-        times[f"{target}_host_s"] = sh([sys.executable, *common, "--out", str(host_out)], logs / f"{target}.host.log")
+        times[f"{target}_host_s"] = sh([sys.executable, *common, "--baseline", "--out", str(host_out)],
+                                       logs / f"{target}.host.log")
         times[f"{target}_emulated_s"] = sh([*qpy.split(), *common, "--out", str(arm_out)],
                                            logs / f"{target}.emulated.log", target_env)
         results.append(compare(json.loads(host_out.read_text()), json.loads(arm_out.read_text()), target))
@@ -137,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     (cache / "summary.json").write_text(json.dumps(summary, indent=1))
     (cache / "summary.md").write_text(markdown(summary))
     print(markdown(summary))
-    ok = all(r["agreement"] >= args.min_agreement and r["greedy_identical"] for r in results)
+    if args.gate == "strict":
+        ok = all(r["agreement"] >= args.min_agreement and r["greedy_identical"] for r in results)
+    else:
+        ok = all((r["target_in_host_top2"] or 0) >= 0.99 for r in results)
+    if not ok:
+        print(f"gate {args.gate}: a variant missed it (see the table)", file=sys.stderr)
     arch = str(devices.get("cpu", {}).get("arch", devices.get("cpu", {}).get("machine", "")))
     if arch != "aarch64":
         print(f"edgellm devices under emulation reported arch {arch!r}, not aarch64", file=sys.stderr)

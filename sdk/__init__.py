@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "convert", "unpack", "plan", "resolve_device", "evaluate", "bench", "autoquant",
-           "prune", "bundle", "serve", "Model", "Chunk", "GenerationResult", "Metrics", "EdgeLLMError"]
+           "prune", "bundle", "serve", "Model", "Chunk", "GenerationResult", "Metrics", "CancelToken", "EdgeLLMError"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and loads no native library
@@ -45,6 +45,9 @@ def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and l
     if name in ("Model", "Chunk", "GenerationResult"):
         from . import model
         return getattr(model, name)
+    if name == "CancelToken":
+        from .cancellation import CancelToken
+        return CancelToken
     if name == "Metrics":
         from .metrics import Metrics
         return Metrics

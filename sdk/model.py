@@ -287,21 +287,26 @@ class Model:
                 return GenerationResult("".join(parts), tuple(tokens), chunk.finish_reason, chunk.metrics)
         raise RuntimeError("stream ended without a final chunk")  # pragma: no cover - _loop always yields one
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+        """The chat rendered by the artifact's template (sandboxed) and tokenized. template_kwargs: variables the
+        template reads besides the messages, e.g. {"enable_thinking": False} for Qwen3/SmolLM3."""
         with self._use():
             info = self.runtime.tokenizer_info
             text = render_chat(info.chat_template, messages, bos_token=info.bos_text, eos_token=info.eos_text,
-                               add_generation_prompt=add_generation_prompt)
+                               add_generation_prompt=add_generation_prompt, template_kwargs=template_kwargs)
             ids = self.runtime.tokenize(_check_text(text), add_special=False, parse_special=True)
         if info.add_bos and info.bos_id is not None and (not ids or ids[0] != info.bos_id):
             ids.insert(0, info.bos_id)
         return ids
 
-    def chat_stream(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
-        return self.stream(self.chat_prompt(messages), **kwargs)
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], *,
+                    template_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[Chunk]:
+        return self.stream(self.chat_prompt(messages, template_kwargs=template_kwargs), **kwargs)
 
-    def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
-        return self.generate(self.chat_prompt(messages), **kwargs)
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, template_kwargs: Mapping[str, Any] | None = None,
+             **kwargs: Any) -> GenerationResult:
+        return self.generate(self.chat_prompt(messages, template_kwargs=template_kwargs), **kwargs)
 
     # -- evaluation ----------------------------------------------------------------------------
     def logits(self, tokens: Sequence[int]) -> np.ndarray:

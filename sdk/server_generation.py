@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .cancellation import CancelToken
 from .errors import ContextOverflowError, EdgeLLMError
 from .server_schema import ApiError, GenerationRequest
 
@@ -55,18 +56,22 @@ def _entry(model: Any, token: int, logprob: float, tops: tuple[tuple[int, float]
 
 
 def run_generation(model: Any, req: GenerationRequest, emit: Callable[[str, list[dict[str, Any]]], None],
-                   cancel: threading.Event, deadline: float) -> Outcome:
-    """Blocking: prompt ids, sampling, the token loop. Stops within one token of `cancel` or the deadline."""
+                   cancel: CancelToken, deadline: float) -> Outcome:
+    """Blocking: prompt ids, sampling, the token loop. `cancel` (a client gone, shutdown) or the deadline stops
+    it within one decode step or prefill chunk (the model's own cancellation, see docs/embedding.md)."""
     try:
-        ids = (model.chat_prompt(list(req.messages)) if req.kind == "chat"
+        ids = (model.chat_prompt(list(req.messages), template_kwargs=req.template_kwargs) if req.kind == "chat"
                else model.tokenize(req.prompt))
-        stream = model.stream(ids, **_sampling(model, req, len(ids)))
+        stream = model.stream(ids, cancel=cancel, **_sampling(model, req, len(ids)))
     except ContextOverflowError as exc:
         raise ApiError(400, exc.message, code="context_length_exceeded") from None
     except EdgeLLMError as exc:
         raise ApiError(400, exc.message) from None
     out = Outcome(entries=[] if req.logprobs is not None else None)
     parts: list[str] = []
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel.cancel)
+    timer.daemon = True
+    timer.start()
     try:
         for chunk in stream:
             entries = ([_entry(model, chunk.token, chunk.logprob, chunk.top_logprobs)]
@@ -78,11 +83,13 @@ def run_generation(model: Any, req: GenerationRequest, emit: Callable[[str, list
                 emit(chunk.text, entries)
             if chunk.finish_reason is not None:
                 out.reason, out.metrics = chunk.finish_reason, chunk.metrics
+                out.cancelled = chunk.finish_reason == "cancelled"
                 break
             if cancel.is_set() or time.monotonic() > deadline:
                 out.cancelled = True
                 break
     finally:
+        timer.cancel()
         stream.close()
     out.text = "".join(parts)
     return out

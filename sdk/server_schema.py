@@ -48,6 +48,7 @@ class GenerationRequest:
     response_format: str = "text"              # "text" | "json_object" | "json_schema"
     json_schema: dict[str, Any] | None = None
     sampling_extra: dict[str, Any] = field(default_factory=dict)  # top_k, min_p, repeat_penalty (edgellm's)
+    template_kwargs: dict[str, Any] | None = None  # chat_template_kwargs (vLLM's name), e.g. enable_thinking
 
 
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -173,6 +174,10 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
     for key, lo, hi in (("top_k", 0, 1 << 20), ("min_p", 0.0, 0.999), ("repeat_penalty", 0.01, 10.0)):
         if key in body:
             extra[key] = _int(body, key, int(lo), int(hi)) if key == "top_k" else _number(body, key, 0.0, lo, hi)
+    template_kwargs = body.get("chat_template_kwargs")
+    if template_kwargs is not None and (kind != "chat" or not isinstance(template_kwargs, dict)):
+        raise ApiError(400, "'chat_template_kwargs' must be an object of chat template variables (chat only)",
+                       param="chat_template_kwargs")
     if kind == "chat":
         messages, prompt = _messages(body.get("messages")), ""
     else:
@@ -188,7 +193,7 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
         seed=_seed(body), stop=_stops(body.get("stop")), stream=stream,
         include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")), logprobs=logprobs,
         response_format=fmt,
-        json_schema=schema, sampling_extra=extra)
+        json_schema=schema, sampling_extra=extra, template_kwargs=template_kwargs)
 
 
 def parse_json(raw: bytes) -> Any:

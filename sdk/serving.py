@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
+from .cancellation import CancelToken
 from .errors import BackendUnavailableError
 from .server_metrics import ServerMetrics
 from .server_generation import Outcome, run_generation
@@ -126,7 +127,7 @@ class _Server:
         return parse_json(bytes(body))
 
     def start(self, model: Any, req: GenerationRequest, emit: Callable[[str, list[dict[str, Any]]], None],
-              cancel: threading.Event) -> asyncio.Future[Outcome]:
+              cancel: CancelToken) -> asyncio.Future[Outcome]:
         """Run the generation on the slot's thread; the slot is released (and metrics taken) when it ends."""
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
@@ -149,7 +150,7 @@ class _Server:
         self.check_key(request)
         req = parse_request(await self.read_body(request), kind, self.options.model_id)
         model = await self.slots.acquire(self.options.request_timeout_s)
-        cancel = threading.Event()
+        cancel = CancelToken()
         rid = new_id(kind)
         if not req.stream:
             try:
@@ -181,7 +182,7 @@ class _Server:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _sse(self, req: GenerationRequest, rid: str, queue: asyncio.Queue[_Piece | None],
-                   fut: asyncio.Future[Outcome], cancel: threading.Event) -> AsyncIterator[str]:
+                   fut: asyncio.Future[Outcome], cancel: CancelToken) -> AsyncIterator[str]:
         try:
             if req.kind == "chat":
                 yield _event(chunk_body(req, rid, None, role=True))
@@ -220,7 +221,7 @@ def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def _watch_disconnect(request: Any, cancel: threading.Event) -> None:
+async def _watch_disconnect(request: Any, cancel: CancelToken) -> None:
     while not cancel.is_set():
         if await request.is_disconnected():
             cancel.set()

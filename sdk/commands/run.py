@@ -10,13 +10,15 @@ from typing import Any
 def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, seed: int | None = None,
                  stop: list[str] | None = None, chat: bool = False, device: str = "auto", threads: int | None = None,
-                 n_ctx: int | None = None, json_out: bool = False) -> int:
+                 n_ctx: int | None = None, json_out: bool = False, template_kwargs: dict[str, Any] | None = None,
+                 enable_thinking: bool | None = None) -> int:
     from ..loading import load
 
     sampling: dict[str, Any] = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop or ()))
     with load(artifact, device=device, threads=threads, n_ctx=n_ctx) as model:
-        chunks = (model.chat_stream([{"role": "user", "content": prompt}], **sampling) if chat
+        kwargs = {**(template_kwargs or {}), **({} if enable_thinking is None else {"enable_thinking": enable_thinking})}
+        chunks = (model.chat_stream([{"role": "user", "content": prompt}], template_kwargs=kwargs, **sampling) if chat
                   else model.stream(prompt, **sampling))
         text, final = [], None
         for chunk in chunks:
@@ -34,6 +36,16 @@ def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature:
         print()
         print(final.metrics.summary(), file=sys.stderr)
     return 0
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of template variables")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--chat-template-kwargs", dest="template_kwargs", type=_json_object, default=None, metavar="JSON",
+                   help='--chat: variables for the chat template, e.g. \'{"enable_thinking": false}\'')
+    p.add_argument("--no-think", dest="enable_thinking", action="store_false", default=None,
+                   help="--chat: turn a reasoning model's thinking off (Qwen3, SmolLM3: enable_thinking=false)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or profile:NAME")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the device plan's)")
     p.add_argument("--ctx", dest="n_ctx", type=int, default=None,

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgellm-installed
 
-.PHONY: demo test test-fast bench install clean portable native
+.PHONY: demo test test-fast lint bench install clean portable native
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edgellm demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+# ruff (pyflakes, bugbear) and mypy over the package as installed (tests/typecheck.py); settings in pyproject.toml
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) tests/typecheck.py
+
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 # llama.cpp for packaging (desktop apps, edge images): no -march=native; one CPU backend per x86 ISA level

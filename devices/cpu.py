@@ -123,11 +123,11 @@ def read_cgroup_limits(proc_root: Path = Path("/proc"), cgroup_root: Path = Path
             mem = None
         cpu_dir = cgroup_root / "cpu"
         rel = groups.get("cpu", groups.get("cpu,cpuacct", "/")).lstrip("/")
-        quota = _read(_find_up(cpu_dir, rel, "cpu.cfs_quota_us") or Path("/nonexistent"))
-        period = _read(_find_up(cpu_dir, rel, "cpu.cfs_period_us") or Path("/nonexistent"))
+        v1_quota = _read(_find_up(cpu_dir, rel, "cpu.cfs_quota_us") or Path("/nonexistent"))
+        v1_period = _read(_find_up(cpu_dir, rel, "cpu.cfs_period_us") or Path("/nonexistent"))
         cpu_limit = None
-        if quota and period and int(quota) > 0:
-            cpu_limit = int(quota) / int(period)
+        if v1_quota and v1_period and int(v1_quota) > 0:
+            cpu_limit = int(v1_quota) / int(v1_period)
         return "v1", mem, cpu_limit
     return None, None, None
 

@@ -103,9 +103,10 @@ class NvmlSource:
     def __init__(self, indices: Sequence[int] | None = None, nvml: Any = None) -> None:
         if nvml is None:
             try:
-                import pynvml as nvml  # nvidia-ml-py
+                import pynvml  # nvidia-ml-py
             except ImportError:
                 raise SourceUnavailable("nvml: nvidia-ml-py is not installed (pip install 'edgellm[cuda]')") from None
+            nvml = pynvml
         self._nvml = nvml
         try:
             nvml.nvmlInit()

@@ -73,7 +73,7 @@ def _parse_profile(name: str, data: Any) -> Profile:
         if cc is not None and not (isinstance(cc, list) and len(cc) == 2 and all(isinstance(x, int) for x in cc)):
             raise ProfileError(f"profile file: {gw}: field 'compute_capability' must be [major, minor], got {cc!r}")
         gpu = ProfileGPU(name=_field(g, "name", gw, str), memory_shared=_field(g, "memory_shared", gw, bool),
-                         compute_capability=tuple(cc) if cc else None,  # type: ignore[arg-type]
+                         compute_capability=(int(cc[0]), int(cc[1])) if cc else None,
                          bandwidth_gbs=float(_field(g, "bandwidth_gbs", gw, num, _positive, "a positive number")))
     cores_big = _field(data, "cores_big", where, int, lambda v: v >= 0, "a count >= 0")
     cores_little = _field(data, "cores_little", where, int, lambda v: v >= 0, "a count >= 0")

@@ -40,7 +40,7 @@ MAX_N_CTX = 1 << 24
 def _int(problems: list[str], name: str, value: object, lo: int, hi: int) -> None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         problems.append(f"{name}={value!r} must be an integer")
-    elif not lo <= value <= hi:
+    elif not lo <= int(value) <= hi:
         problems.append(f"{name}={value} must be between {lo} and {hi}")
 
 
@@ -174,6 +174,17 @@ class Runtime(Protocol):
         """Teacher-forced logits, shape (len(tokens), vocab), float32."""
         ...
     def close(self) -> None: ...
+
+
+class CancellableRuntime(Runtime, Protocol):
+    """A runtime whose capabilities say `cancellable`: generate() also takes the call's cancel token."""
+    def generate(self, prompt: list[int], params: SamplingParams,
+                 *, cancel: Any = None) -> Iterator[int]: ...
+
+
+class LogprobRuntime(Runtime, Protocol):
+    """A runtime whose capabilities say `logprobs`."""
+    def token_logprobs(self, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]: ...
 
 
 def default_threads() -> int:

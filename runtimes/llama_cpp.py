@@ -9,7 +9,7 @@ import ctypes
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class LlamaCppRuntime:
         if extra.get("speculative") == "prompt-lookup" and not logits_all:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-            kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=int(extra.get("num_pred_tokens", 10)))
+            kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=int(cast(int, extra.get("num_pred_tokens", 10))))
         return open_llama(self.path, policy=self.kernel_policy, n_ctx=self.options.n_ctx, n_threads=self.threads,
                           n_threads_batch=self.threads, n_gpu_layers=self.options.n_gpu_layers,
                           logits_all=logits_all, seed=0, **kwargs)

@@ -73,10 +73,10 @@ class OnnxRuntime:
         if self.provider_note:
             log.warning("%s", self.provider_note)
         self.tokenizer = ArtifactTokenizer(self.folder)
-        model_cfg = self.genai.get("model") if isinstance(self.genai.get("model"), dict) else {}
+        model_cfg: dict[str, Any] = self.genai["model"] if isinstance(self.genai.get("model"), dict) else {}
         ctx_len = model_cfg.get("context_length")
         valid = isinstance(ctx_len, int) and not isinstance(ctx_len, bool) and ctx_len > 0
-        self._n_ctx = min(options.n_ctx, ctx_len) if valid else options.n_ctx
+        self._n_ctx: int = min(options.n_ctx, ctx_len) if valid and isinstance(ctx_len, int) else options.n_ctx
         self._tok_info: TokenizerInfo | None = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ class OnnxRuntime:
     def tokenizer_info(self) -> TokenizerInfo:
         if self._tok_info is None:
             tc = self.tokenizer_config
-            model_cfg = self.genai.get("model") if isinstance(self.genai.get("model"), dict) else {}
+            model_cfg: dict[str, Any] = self.genai["model"] if isinstance(self.genai.get("model"), dict) else {}
 
             def text(key: str) -> str:
                 v = tc.get(key)
@@ -136,8 +136,9 @@ class OnnxRuntime:
             cfg_eos = model_cfg.get("eos_token_id")
             eos.update([cfg_eos] if isinstance(cfg_eos, int) else
                        [e for e in cfg_eos if isinstance(e, int)] if isinstance(cfg_eos, list) else [])
-            if eos_text and self.tokenizer.tok.token_to_id(eos_text) is not None:
-                eos.add(self.tokenizer.tok.token_to_id(eos_text))
+            eos_id = self.tokenizer.tok.token_to_id(eos_text) if eos_text else None
+            if eos_id is not None:
+                eos.add(eos_id)
             if eos_text and not bos_text and bos is not None:
                 bos_text = self.tokenizer.tok.id_to_token(bos) or ""
             self._tok_info = TokenizerInfo(bos_id=bos, eos_ids=tuple(sorted(eos)), bos_text=bos_text,

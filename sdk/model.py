@@ -7,14 +7,14 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
 from .cancellation import CallLock, CancelToken
 from .errors import ContextOverflowError, GenerationError, InvalidInputError, ModelClosedError, OptionError
 from .metrics import Metrics, RawCounters, compute_metrics
-from .runtimes.base import Runtime, SamplingParams
+from .runtimes.base import CancellableRuntime, LogprobRuntime, Runtime, SamplingParams
 from .runtimes.chat import render_chat
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
@@ -159,7 +159,7 @@ class Model:
             raise OptionError(f"the {self.runtime.name} backend cannot report log-probabilities")
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                stop=tuple(stop) if isinstance(stop, list) else stop, json_schema=json_schema)
+                                stop=tuple(stop), json_schema=json_schema)
         if json_schema is not None and not self.runtime.capabilities.constrained_json:
             raise OptionError(f"JSON-constrained output needs a runtime with grammars (llama.cpp); "
                               f"{self.runtime.name} has none", "convert to GGUF, or drop json_schema")
@@ -197,7 +197,7 @@ class Model:
         """The runtime's token ids; a runtime with the `cancellable` capability also watches `call` itself
         (between prefill chunks, inside native compute), the others are stopped between tokens by `_loop`."""
         if self.runtime.capabilities.cancellable:
-            return self.runtime.generate(ids, params, cancel=call)
+            return cast(CancellableRuntime, self.runtime).generate(ids, params, cancel=call)
         return self.runtime.generate(ids, params)
 
     def _loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None,
@@ -233,7 +233,8 @@ class Model:
                 if tok in eos:
                     finish = "stop"
                     break
-                lp, tops = self.runtime.token_logprobs(tok, logprobs) if logprobs is not None else (None, ())
+                lp, tops = (cast(LogprobRuntime, self.runtime).token_logprobs(tok, logprobs) if logprobs is not None
+                            else (None, ()))
                 t_detok = time.perf_counter()
                 pending += decoder.decode(self.runtime.token_bytes(tok))
                 hit = min(((pending.find(s), s) for s in params.stop if s in pending), default=None)

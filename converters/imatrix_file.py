@@ -59,8 +59,8 @@ def read_imatrix(path: str | Path) -> ImportanceMatrix:
 
     datasets = field(gguf.Keys.IMatrix.DATASETS)
     matrix = ImportanceMatrix(datasets=list(datasets) if isinstance(datasets, list) else [str(datasets)],
-                              chunk_count=int(field(gguf.Keys.IMatrix.CHUNK_COUNT)),  # type: ignore[call-overload]
-                              chunk_size=int(field(gguf.Keys.IMatrix.CHUNK_SIZE)))  # type: ignore[call-overload]
+                              chunk_count=int(field(gguf.Keys.IMatrix.CHUNK_COUNT)),  # type: ignore[call-overload]  # untyped gguf-py value
+                              chunk_size=int(field(gguf.Keys.IMatrix.CHUNK_SIZE)))  # type: ignore[call-overload]  # untyped gguf-py value
     tensors = {t.name: np.asarray(t.data, np.float32) for t in reader.tensors}
     for key, sums in tensors.items():
         if not key.endswith(SUMS):

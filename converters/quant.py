@@ -109,12 +109,12 @@ class Recipe:
 
 def _spec_from_name(name: str, like: QuantSpec) -> QuantSpec:
     if name in ("fp16", "fp32"):
-        return QuantSpec(name)  # type: ignore[arg-type]
+        return QuantSpec(name)  # type: ignore[arg-type]  # checked above
     if name in ("int4", "int8"):
-        return QuantSpec(name, like.method, like.block_size, like.symmetric)  # type: ignore[arg-type]
+        return QuantSpec(name, like.method, like.block_size, like.symmetric)  # type: ignore[arg-type]  # checked above
     if name in ("int4-rtn", "int4-mse", "int4-gptq", "int8-rtn", "int8-mse", "int8-gptq"):
         kind, method = name.split("-")
-        return QuantSpec(kind, method, like.block_size, like.symmetric)  # type: ignore[arg-type]
+        return QuantSpec(kind, method, like.block_size, like.symmetric)  # type: ignore[arg-type]  # checked above
     raise QuantizationError(f"unknown precision {name!r}", "choose int4, int8, fp16 or fp32 (or int4-gptq, ...)")
 
 
@@ -267,7 +267,7 @@ def quantize_blocks(w: np.ndarray, spec: QuantSpec, name: str = "tensor") -> Blo
                 continue
             better = err < best_err
             best_err = np.where(better, err, best_err)
-            best = tuple(np.where(better, new, old) for new, old in zip(cand, best))  # type: ignore[assignment]
+            best = tuple(np.where(better, new, old) for new, old in zip(cand, best))  # type: ignore[assignment]  # same arrays
     assert best is not None
     q, s, z = best
     return BlockQuant(values=q.astype(np.uint8), scales=s[..., 0].astype(np.float32),

@@ -33,7 +33,7 @@ def rope_mscale(scaling: dict[str, Any] | None) -> float:
     """The factor cos and sin are multiplied by (longrope's attention factor; 1 otherwise)."""
     if rope_kind(scaling, ALL_ROPE) != "longrope":
         return 1.0
-    return float(scaling["attention_factor"])  # type: ignore[index]
+    return float(scaling["attention_factor"])  # type: ignore[index]  # checked in limits.py
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None,
@@ -43,9 +43,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None,
     inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     kind = rope_kind(scaling, ALL_ROPE)
     if kind == "longrope":
-        return inv / longrope_factors(scaling, seq_len)  # type: ignore[arg-type]
+        return inv / longrope_factors(scaling, seq_len)  # type: ignore[arg-type]  # checked in limits.py
     if kind == "linear":
-        return inv / float(scaling["factor"])  # type: ignore[index]
+        return inv / float(scaling["factor"])  # type: ignore[index]  # checked in limits.py
     if kind == "llama3":
         s = scaling or {}
         try:

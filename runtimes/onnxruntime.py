@@ -48,7 +48,7 @@ class OnnxRuntime:
         self._vocab = self._logits_width(proto)
         del proto
         self.shared_kv = "GroupQueryAttention" in self._ops
-        self.prefill_chunk = int(options.extra.get("prefill_chunk", 256))  # type: ignore[call-overload]
+        self.prefill_chunk = int(options.extra.get("prefill_chunk", 256))  # type: ignore[call-overload]  # checked by LoadOptions
         if self.prefill_chunk < 1:
             raise ArtifactError(f"prefill_chunk={self.prefill_chunk} must be >= 1", "e.g. prefill_chunk=256")
         choice = select_providers(options.execution_provider, ort.get_available_providers())

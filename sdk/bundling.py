@@ -91,7 +91,7 @@ def _build(model: str | Path, out: Path, tmp: Path, wanted: dict[str, tuple[str,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BundleResult(out, variants, doc["targets"])  # type: ignore[arg-type]
+    return BundleResult(out, variants, doc["targets"])  # type: ignore[arg-type]  # validated above
 
 
 def is_bundle(path: str | Path) -> bool:

@@ -58,7 +58,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
         key = (arch, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
         if key not in cache:
             folder = tmp_path_factory.mktemp(arch.lower())
-            cache[key] = tiny.make_tiny_model(folder / "model", arch, **kwargs)  # type: ignore[arg-type]
+            cache[key] = tiny.make_tiny_model(folder / "model", arch, **kwargs)  # type: ignore[arg-type]  # kwargs come from the fixture's own typed call sites
         return cache[key]
 
     return make

@@ -132,7 +132,7 @@ class UncancellableFakeRuntime(FakeRuntime):
 
     capabilities: ClassVar[Capabilities] = Capabilities(streaming=True, logits=True, formats=("fake",))
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:  # type: ignore[override]
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:  # type: ignore[override]  # the base generate() plus the cancel keyword of cancellable runtimes
         return super().generate(prompt, params)   # reason: the old protocol, with no cancel parameter
 
 

@@ -111,7 +111,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     results["load_average_after"] = os.getloadavg()[0]
-    busy = max(float(results["load_average_before"]), float(results["load_average_after"]))  # type: ignore[arg-type]
+    busy = max(float(results["load_average_before"]), float(results["load_average_after"]))  # type: ignore[arg-type]  # results is JSON read back; these keys hold numbers
     if busy > 0.5 * (os.cpu_count() or 1):
         print(f"WARNING: load average {busy:.1f} on {os.cpu_count()} cores: other work competes for the cores; "
               "ratios are still side by side, absolute numbers are not representative")

@@ -28,7 +28,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def matrix(tiny: Path):  # type: ignore[no-untyped-def]
+def matrix(tiny: Path):
     return compute_imatrix(tiny, tokens=TOKENS, seq_len=SEQ)
 
 
@@ -37,7 +37,7 @@ def f32(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_to_gguf(tiny, tmp_path_factory.mktemp("f32"), "F32").path
 
 
-def test_every_matrix_has_one_entry_per_input_column(matrix) -> None:  # type: ignore[no-untyped-def]
+def test_every_matrix_has_one_entry_per_input_column(matrix) -> None:
     want = {f"blk.{i}.{r}.weight": (512 if r == "ffn_down" else 256) for i in range(2) for r in ROLES}
     want["token_embd.weight"] = 256          # tied head: the LM head's input
     assert {n: v.shape[0] for n, v in matrix.means().items()} == want
@@ -46,7 +46,7 @@ def test_every_matrix_has_one_entry_per_input_column(matrix) -> None:  # type: i
     assert all(np.isfinite(v).all() and (v > 0).all() for v in matrix.means().values())
 
 
-def test_first_layer_values_are_mean_squared_normed_inputs(tiny: Path, matrix) -> None:  # type: ignore[no-untyped-def]
+def test_first_layer_values_are_mean_squared_normed_inputs(tiny: Path, matrix) -> None:
     from safetensors.numpy import load_file
 
     w = load_file(str(tiny / "model.safetensors"))
@@ -59,7 +59,7 @@ def test_first_layer_values_are_mean_squared_normed_inputs(tiny: Path, matrix) -
     assert not np.allclose(matrix.mean("blk.0.ffn_gate.weight"), want, rtol=1e-2)
 
 
-def test_imatrix_file_round_trips_through_gguf_py(matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_imatrix_file_round_trips_through_gguf_py(matrix, tmp_path: Path) -> None:
     import gguf
 
     path = write_imatrix(matrix, tmp_path / "m.imatrix")
@@ -82,7 +82,7 @@ def test_imatrix_file_round_trips_through_gguf_py(matrix, tmp_path: Path) -> Non
         np.testing.assert_allclose(back.mean(n), matrix.mean(n), rtol=1e-6)
 
 
-def test_ggml_reads_the_imatrix_file_as_llama_quantize_does(matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ggml_reads_the_imatrix_file_as_llama_quantize_does(matrix, tmp_path: Path) -> None:
     """llama.cpp's own GGUF parser (libggml-base, as tools/quantize's load_imatrix uses it) opens the file,
     finds the three imatrix keys, and each entry's in_sum2 / counts gives back our mean squared activations."""
     import ctypes
@@ -132,7 +132,7 @@ def test_ggml_reads_the_imatrix_file_as_llama_quantize_does(matrix, tmp_path: Pa
         lib.ggml_free(ctx)
 
 
-def test_imatrix_type_is_refused_without_and_made_with_the_matrix(f32: Path, matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_imatrix_type_is_refused_without_and_made_with_the_matrix(f32: Path, matrix, tmp_path: Path) -> None:
     import gguf
 
     q = get_quant("IQ2_XS")
@@ -144,7 +144,7 @@ def test_imatrix_type_is_refused_without_and_made_with_the_matrix(f32: Path, mat
     assert types["blk.0.ffn_up.weight"] == "IQ2_XS"
 
 
-def test_the_matrix_changes_k_quant_codes(f32: Path, matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_matrix_changes_k_quant_codes(f32: Path, matrix, tmp_path: Path) -> None:
     """A K-quant made with the matrix differs from one made without (llama.cpp really used it), and a matrix
     that favours some columns lowers their error."""
     import gguf
@@ -180,7 +180,7 @@ def test_tensor_type_overrides_pick_per_tensor_types(f32: Path, tmp_path: Path) 
         quantize_gguf(f32, tmp_path / "x.gguf", get_quant("Q4_K_M").file_type, 1, tensor_types=[("a", "Q9_X")])
 
 
-def test_non_finite_matrix_is_refused(f32: Path, matrix, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_non_finite_matrix_is_refused(f32: Path, matrix, tmp_path: Path) -> None:
     bad = matrix.means()
     bad["blk.0.attn_q.weight"] = bad["blk.0.attn_q.weight"].copy()
     bad["blk.0.attn_q.weight"][3] = np.nan

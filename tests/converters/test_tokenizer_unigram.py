@@ -216,7 +216,7 @@ def _field(num: int, value: object) -> bytes:
         return _varint(num << 3) + _varint(int(value))
     if isinstance(value, float):
         return _varint(num << 3 | 5) + struct.pack("<f", value)
-    data = value.encode() if isinstance(value, str) else bytes(value)   # type: ignore[arg-type]
+    data = value.encode() if isinstance(value, str) else bytes(value)   # type: ignore[arg-type]  # the remaining values are bytes-like by construction
     return _varint(num << 3 | 2) + _varint(len(data)) + data
 
 

@@ -42,7 +42,7 @@ def test_malformed_messages_are_rejected() -> None:
 @pytest.mark.parametrize("messages", [None, "hi", {"role": "user", "content": "x"}, 5, [None], [{"role": "user"}]])
 def test_messages_of_the_wrong_shape_are_refused(messages: object) -> None:
     with pytest.raises(ChatTemplateError):
-        render_chat(CHATML, messages)  # type: ignore[arg-type]
+        render_chat(CHATML, messages)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 @pytest.mark.parametrize("template", ["{% include 'x' %}", "{{ 'a' * 10**10 }}", "{% for %}"])

@@ -502,6 +502,6 @@ def test_template_kwargs_reach_the_template_and_cannot_shadow_the_standard_varia
         render_chat(q3, [USER], enable_thinking=False) == hf_render(q3, [USER], enable_thinking=False)
     for bad in ({"messages": []}, {"bos_token": "x"}, {"not an identifier": 1}, {1: 2}):
         with pytest.raises(ChatTemplateError, match="template_kwargs"):
-            render_chat(q3, [USER], template_kwargs=bad)   # type: ignore[arg-type]
+            render_chat(q3, [USER], template_kwargs=bad)   # type: ignore[arg-type]  # a wrong type on purpose
     with pytest.raises(ChatTemplateError, match="mapping"):
-        render_chat(q3, [USER], template_kwargs=[("enable_thinking", False)])   # type: ignore[arg-type]
+        render_chat(q3, [USER], template_kwargs=[("enable_thinking", False)])   # type: ignore[arg-type]  # a wrong type on purpose

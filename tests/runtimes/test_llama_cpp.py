@@ -42,7 +42,7 @@ def test_stream_yields_frozen_chunks_then_a_final_one_with_metrics(tiny_gguf: Pa
     assert last.finish_reason in ("length", "stop") and last.metrics is not None and last.token is None
     assert all(c.finish_reason is None and c.token is not None for c in steps)
     with pytest.raises(AttributeError):
-        steps[0].text = "x"  # type: ignore[misc]
+        steps[0].text = "x"  # type: ignore[misc]  # assigning a frozen field on purpose
     m = last.metrics
     assert m.generated_tokens >= len(steps) and m.prompt_tokens == n_prompt
 

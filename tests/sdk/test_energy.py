@@ -49,7 +49,7 @@ def test_rapl_fake_sysfs_unreadable_falls_back_with_reason(tmp_path: Path, monke
         def refuse(self: Path, *args: object, **kwargs: object) -> str:
             if self.name == "energy_uj":
                 raise PermissionError(13, "Permission denied", str(self))
-            return real(self, *args, **kwargs)  # type: ignore[arg-type]
+            return real(self, *args, **kwargs)  # type: ignore[arg-type]  # forwarding the wrapped call's own arguments
 
         monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(SourceUnavailable, match="not readable"):

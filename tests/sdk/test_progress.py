@@ -32,7 +32,7 @@ def test_progress_argument_kinds() -> None:
                                                             ("[1/2] work", 2, True)]
     assert got[1].fraction == 0.5 and got[1].message == "half"
     with pytest.raises(OptionError):
-        reporter("yes")  # type: ignore[arg-type]
+        reporter("yes")  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_default_follows_whether_stderr_is_a_terminal() -> None:

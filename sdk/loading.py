@@ -41,6 +41,10 @@ def resolve_artifact(path: str | Path) -> ResolvedArtifact:
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
             return ResolvedArtifact(ggufs[0], "gguf", None)
+        if (p / "genai_config.json").is_file():   # onnxruntime-genai's own output folder (what `plan` accepts)
+            from .planning import genai_decoder
+
+            return ResolvedArtifact(genai_decoder(p), "onnx", None)
         if (p / "config.json").is_file():
             raise ArtifactError(f"{p} is a Hugging Face folder, not an artifact",
                                 f"convert it first: edgellm convert {p} OUT --format gguf --quant Q4_K_M")

@@ -94,6 +94,12 @@ def test_onnxruntime_genai_output_folder_is_planned(tiny_models, tmp_path: Path)
     p = plan(folder, device="cpu")
     assert p.format == "onnx" and p.quant == "int4" and not p.needs_conversion
     assert p.predicted_decode_tps > 0 and not any(" 0 B read/token" in r for r in p.reasons)
+    import edgellm   # and load runs what plan accepts: the same tokens as the edgellm artifact it came from
+
+    with edgellm.load(folder, n_ctx=64) as theirs, edgellm.load(built, n_ctx=64) as ours:
+        want = ours.generate("hello", max_tokens=4, temperature=0.0)
+        got = theirs.generate("hello", max_tokens=4, temperature=0.0)
+        assert got.text == want.text and got.metrics.generated_tokens == want.metrics.generated_tokens
     (folder / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match="tokenizer.json"):
         plan(folder, device="cpu")

@@ -123,11 +123,23 @@ class Model:
         return out
 
     # -- tokens --------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+    def tokenize(self, text: str, add_special: bool | None = None, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`. add_special: None (the default) follows the artifact: the BOS token is added when
+        its tokenizer says add_bos; True adds the BOS token even where the artifact does not (OptionError if the
+        model has no BOS token); False never adds it. parse_special: "<|im_start|>"-like text becomes its token."""
+        if add_special is not None and not isinstance(add_special, bool):
+            raise OptionError(f"add_special={add_special!r} must be True, False or None (the artifact's rule)")
         with self._use():
             info = self.runtime.tokenizer_info
-            return self.runtime.tokenize(_check_text(text), add_special=add_special and info.add_bos,
-                                         parse_special=parse_special)
+            want = info.add_bos if add_special is None else add_special
+            if want and info.bos_id is None:
+                raise OptionError("add_special=True, but this model has no BOS token to add",
+                                  "pass add_special=None (the artifact's rule) or False")
+            ids = self.runtime.tokenize(_check_text(text), add_special=want and info.add_bos,
+                                        parse_special=parse_special)
+            if want and not info.add_bos and (not ids or ids[0] != info.bos_id):
+                ids.insert(0, cast(int, info.bos_id))
+            return ids
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         with self._use():
@@ -166,6 +178,8 @@ class Model:
         with self._use():
             ids = (self.tokenize(prompt, parse_special=parse_special) if isinstance(prompt, str)
                    else self._check_ids(prompt))
+        if not ids:
+            raise InvalidInputError("the prompt is empty (0 tokens)", "pass at least one token of prompt text")
         return self._locked_loop(ids, params, logprobs, cancel)
 
     def _locked_loop(self, ids: list[int], params: SamplingParams, logprobs: int | None = None,
@@ -207,7 +221,7 @@ class Model:
         if len(ids) >= n_ctx:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds {n_ctx}")
         if not ids:
-            raise ContextOverflowError("the prompt is empty (0 tokens)", "pass at least one token of prompt text")
+            raise InvalidInputError("the prompt is empty (0 tokens)", "pass at least one token of prompt text")
         budget = min(params.max_tokens, n_ctx - len(ids))
         eos = set(self.runtime.tokenizer_info.eos_ids)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

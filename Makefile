@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgellm-installed
 
-.PHONY: demo test test-fast lint bench install clean portable native
+.PHONY: demo test test-fast lint bench install clean portable native arm64-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ portable: $(STAMP)
 
 native: $(STAMP)
 	$(PY) -m pip install --force-reinstall --no-deps --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
+
+# The emulated ARM64 target run (not in `make test`: ~6 min cached, ~25 min the first time). Needs root and Debian's
+# debootstrap, qemu-user-static, gcc/g++-aarch64-linux-gnu (installed here when apt-get is available).
+arm64-check: $(STAMP)
+	command -v qemu-aarch64-static >/dev/null || apt-get install -y -q debootstrap qemu-user-static \
+	  gcc-aarch64-linux-gnu g++-aarch64-linux-gnu >/dev/null
+	$(PY) -m pytest -q -m emulated tests/edge
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/run_all.py

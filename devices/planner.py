@@ -61,7 +61,7 @@ class Budgets:
     max_memory: int | None = None
     min_tps: float | None = None
     max_quality_loss: float | None = None
-    context: int | None = None
+    n_ctx: int | None = None      # the context to plan for, in tokens; None: the largest that fits
 
 
 @dataclass(frozen=True)
@@ -250,8 +250,8 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
     limit_reason = (f"memory limit {format_bytes(limit)}: " + (
         f"--max-memory {format_bytes(budgets.max_memory)}" if budgets.max_memory and budgets.max_memory <= device.memory_bytes
         else f"{device.name} allows {format_bytes(device.memory_bytes)}"))
-    if budgets.context:
-        contexts = [budgets.context]
+    if budgets.n_ctx:
+        contexts = [budgets.n_ctx]
     else:
         top = min(facts.max_context, DEFAULT_CONTEXT)
         contexts = [top] + [c for c in CONTEXT_STEPS if c < top]
@@ -289,7 +289,7 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
                 + f" ({option.bits_per_weight:.2f} bits/weight, ~{option.quality_loss:.2%} perplexity loss)",
                 f"provider {provider}: {provider_reason}",
                 f"threads {threads}: thread cap of {device.name}",
-                f"n_ctx {n_ctx}: " + ("as requested" if budgets.context else
+                f"n_ctx {n_ctx}: " + ("as requested" if budgets.n_ctx else
                                       f"largest of the model's {facts.max_context} up to {DEFAULT_CONTEXT} that fits"),
                 limit_reason, f"memory estimate {mem.describe()}",
                 f"decode ~{tps:.1f} tokens/s, {tps_reason}",

@@ -105,6 +105,14 @@ class SamplingParams:
         _plain(self, ("temperature", "top_p", "min_p", "repeat_penalty"), float)
 
 
+DEFAULT_SAMPLING = SamplingParams()
+"""edgellm's sampling defaults, the one place they are written: `Model.stream/generate` and `edgellm run` read them."""
+
+OPENAI_SAMPLING = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0)
+"""The OpenAI API's defaults (only temperature and top_p shape the distribution): `edgellm serve` reads them so a
+request means what it means on api.openai.com; max_tokens there defaults to what the context holds."""
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How a runtime opens an artifact; validated here for every runtime (OptionError on a bad value)."""

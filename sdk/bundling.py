@@ -176,7 +176,7 @@ def pick_variant(folder: str | Path, device_spec: str, device: Any, n_ctx: int |
             misses.append(f"{name}: runtime for {v['format']} not installed")
             continue
         try:
-            plan(Path(folder) / v["folder"], device=device, context=n_ctx)
+            plan(Path(folder) / v["folder"], device=device, n_ctx=n_ctx)
         except InsufficientMemoryError as exc:
             misses.append(f"{name}: {exc.message}")
             continue

@@ -22,7 +22,12 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
     while writing (full disk, permissions) are OutputPathError (sdk/outputs.py). An OUT that exists and holds
     files is refused unless `overwrite=True`, which replaces it whole once the new artifact is complete (no old
     file stays beside the new ones). progress: None (a progress line when stderr is a terminal), True, False or
-    a callable taking an `edgellm.progress.ProgressEvent` (see sdk/progress.py)."""
+    a callable taking an `edgellm.progress.ProgressEvent` (see sdk/progress.py).
+
+    `context_length` (an option) is deliberately not `n_ctx`: it is the longest context the artifact declares
+    (written as GGUF `<arch>.context_length` and the manifest's `context_length`, default the model's
+    max_position_embeddings), a property of the file. `n_ctx` (load, plan, serve, eval) is the context one
+    loaded model allocates, at most that."""
     fmt = format.lower() if isinstance(format, str) else format
     if fmt not in ("gguf", "onnx"):
         raise ConversionError(f"unknown format {format!r}; choose gguf or onnx")

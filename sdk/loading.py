@@ -94,7 +94,7 @@ def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
 
         check_side_files(Path(art.path).parent)
     try:
-        return plan(art.path, device=device, context=n_ctx)
+        return plan(art.path, device=device, n_ctx=n_ctx)
     except InsufficientMemoryError:
         raise
     except EdgeLLMError as exc:

@@ -14,6 +14,7 @@ import numpy as np
 from .cancellation import CallLock, CancelToken
 from .errors import ContextOverflowError, GenerationError, InvalidInputError, ModelClosedError, OptionError
 from .metrics import Metrics, RawCounters, compute_metrics
+from .runtimes.base import DEFAULT_SAMPLING as D
 from .runtimes.base import CancellableRuntime, LogprobRuntime, Runtime, SamplingParams
 from .runtimes.chat import render_chat
 
@@ -152,8 +153,9 @@ class Model:
         return self.runtime.n_ctx
 
     # -- generation ----------------------------------------------------------------------------
-    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 128, temperature: float = 0.8,
-               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = D.max_tokens,
+               temperature: float = D.temperature, top_k: int = D.top_k, top_p: float = D.top_p,
+               min_p: float = D.min_p, repeat_penalty: float = D.repeat_penalty,
                seed: int | None = None, stop: Sequence[str] = (), parse_special: bool = False,
                json_schema: Mapping[str, Any] | None = None, logprobs: int | None = None,
                cancel: CancelToken | None = None) -> Iterator[Chunk]:

@@ -325,16 +325,20 @@ def replace_reasons(device: Device, reasons: list[str]) -> Device:
 # --- planning -----------------------------------------------------------------------------------------
 def plan(model: str | Path, device: str | Device = "auto", max_memory: str | int | None = None,
          min_tps: str | float | None = None, max_quality_loss: str | float | None = None,
-         context: int | None = None, *, cuda: CUDAInventory | None = None) -> Plan:
+         n_ctx: int | None = None, *, cuda: CUDAInventory | None = None, context: int | None = None) -> Plan:
     """Plan how to run `model` on `device` within the budgets, before loading anything.
 
+    n_ctx: the context to plan for, in tokens (None: the largest of the model's up to 4096 that fits).
+    `context=` is its deprecated name (FutureWarning; removed in the next release).
     Raises BudgetError for unparsable budgets, ProfileError for unknown profiles and InsufficientMemoryError
     (naming required and available memory) when nothing fits.
     """
+    from .deprecation import renamed
     from .devices.planner import Budgets
 
+    n_ctx = renamed("plan", "context", "n_ctx", context, n_ctx)
     budgets = Budgets(max_memory=parse_memory(max_memory), min_tps=parse_speed(min_tps),
-                      max_quality_loss=parse_quality_loss(max_quality_loss), context=_context(context))
+                      max_quality_loss=parse_quality_loss(max_quality_loss), n_ctx=_context(n_ctx))
     facts = read_model_facts(model)
     dev = resolve_device(device, cuda=cuda, target=True)
     result = plan_model(facts, dev, budgets, model_name=Path(model).name)
@@ -385,9 +389,9 @@ def _context(value: Any) -> int | None:
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise BudgetError(f"context must be a number of tokens, got {value!r}") from None
+        raise BudgetError(f"n_ctx must be a number of tokens, got {value!r}") from None
     if n < 16:
-        raise BudgetError(f"context must be at least 16 tokens, got {n}")
+        raise BudgetError(f"n_ctx must be at least 16 tokens, got {n}")
     return n
 
 

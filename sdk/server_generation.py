@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from .cancellation import CancelToken
 from .errors import ContextOverflowError, EdgeLLMError
+from .runtimes.base import OPENAI_SAMPLING
 from .server_schema import ApiError, GenerationRequest
 
 
@@ -28,7 +29,7 @@ def _sampling(model: Any, req: GenerationRequest, prompt_len: int) -> dict[str, 
     kwargs: dict[str, Any] = {
         "max_tokens": min(req.max_tokens or n_ctx, n_ctx - prompt_len),  # clamped to what the context holds
         "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "stop": req.stop,
-        "top_k": 0, "min_p": 0.0}  # OpenAI semantics: only temperature and top_p shape the distribution
+        "top_k": OPENAI_SAMPLING.top_k, "min_p": OPENAI_SAMPLING.min_p}  # OpenAI's: only temperature, top_p count
     kwargs.update(req.sampling_extra)
     if req.logprobs is not None:
         kwargs["logprobs"] = req.logprobs

@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .runtimes.base import OPENAI_SAMPLING
+
 MAX_STOPS = 4
 MAX_TOKENS = (1 << 31) - 1
 MAX_TOP_LOGPROBS = 20
@@ -38,8 +40,8 @@ class GenerationRequest:
     messages: tuple[dict[str, Any], ...] = ()  # chat
     prompt: str = ""                           # completion
     max_tokens: int | None = None              # None: up to the context
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = OPENAI_SAMPLING.temperature
+    top_p: float = OPENAI_SAMPLING.top_p
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
@@ -189,7 +191,8 @@ def parse_request(body: Any, kind: str, served: str) -> GenerationRequest:
         messages, prompt = (), raw
     return GenerationRequest(
         kind=kind, model=model, messages=messages, prompt=prompt, max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
+        temperature=_number(body, "temperature", OPENAI_SAMPLING.temperature, 0.0, 2.0),
+        top_p=_number(body, "top_p", OPENAI_SAMPLING.top_p, 1e-6, 1.0),
         seed=_seed(body), stop=_stops(body.get("stop")), stream=stream,
         include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")), logprobs=logprobs,
         response_format=fmt,

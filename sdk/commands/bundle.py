@@ -5,12 +5,12 @@ import argparse
 import json
 
 
-def run_bundle(model: str, output: str, targets: str, overwrite: bool = False, json_out: bool = False) -> int:
+def run_bundle(model: str, output: str, targets: str, overwrite: bool = False, json_output: bool = False) -> int:
     from ..bundling import bundle
 
-    r = bundle(model, output, [t.strip() for t in targets.split(",") if t.strip()], progress=not json_out,
+    r = bundle(model, output, [t.strip() for t in targets.split(",") if t.strip()], progress=not json_output,
                overwrite=overwrite)
-    if json_out:
+    if json_output:
         print(json.dumps({"path": str(r.path), "targets": r.targets, "variants": r.variants}, indent=2))
         return 0
     print(f"wrote {r.path}")
@@ -29,5 +29,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help="comma-separated device profiles (`edgellm devices --profiles` lists them)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", dest="json_out", action="store_true")
+    p.add_argument("--json", dest="json_output", action="store_true")
     p.set_defaults(func=run_bundle)

@@ -29,7 +29,7 @@ def _busy(path: Path) -> bool:
     return path.is_dir() and any(p for p in path.iterdir() if not p.name.endswith(".partial"))
 
 
-def run_convert(model: str, output: str, format: str = "gguf", quant: str | None = None, json_out: bool = False,  # noqa: A002
+def run_convert(model: str, output: str, format: str = "gguf", quant: str | None = None, json_output: bool = False,  # noqa: A002
                 max_kld: float | None = None, max_ppl_increase: float | None = None, min_tps: float | None = None,
                 prefer: str = "smallest", prune_layers: str | None = None, overwrite: bool = False,
                 **options: Any) -> int:
@@ -65,7 +65,7 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
                               "pass --overwrite to replace it, or choose another folder")
     if not measured:
         result = convert(model, output, format=format, quant=quant, overwrite=overwrite, progress=rep, **options)
-        return _report(result, json_out)
+        return _report(result, json_output)
     # autoquant and prune build into a fresh folder beside OUT, swapped in when complete
     final = out
     out = out.parent / f".{out.name}.partial-{os.getpid()}" if _busy(out) else out
@@ -78,11 +78,11 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
                                formats=(format,), prefer=prefer, progress=rep, **options)
             name = result.path.name
             code = _swap(out, final)
-            print(result.format_table() if not json_out else json.dumps(
+            print(result.format_table() if not json_output else json.dumps(
                 {"path": str(final / name), "manifest": str(final / "edgellm.json"),
                  "chosen": f"{result.chosen.format}:{result.chosen.quant}",
                  "table": [{k: v for k, v in asdict(c).items() if k != "path"} for c in result.table]}, indent=2))
-            if not json_out:
+            if not json_output:
                 print(f"kept {result.chosen.format}:{result.chosen.quant}: wrote {final / name}")
             return code
         base = convert(model, Path(str(unpruned)) / "a", format=format, quant=quant, progress=rep.child("[unpruned] "),
@@ -90,7 +90,7 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
         r = _prune(Path(base.path), out, prune_layers or "auto", max_kld, max_ppl_increase, rep,
                    f"{Path(model).resolve()} converted to {format}:{quant} (temporary)")
         _swap(out, final)
-        return _print_prune(r, final / Path(str(r.output)).name, json_out)
+        return _print_prune(r, final / Path(str(r.output)).name, json_output)
     finally:
         if unpruned is not None:
             shutil.rmtree(unpruned, ignore_errors=True)
@@ -109,9 +109,9 @@ def _swap(built: Path, final: Path) -> int:
     return 0
 
 
-def _report(result: Any, json_out: bool) -> int:
+def _report(result: Any, json_output: bool) -> int:
     fallbacks = getattr(result, "fallbacks", []) or []
-    if json_out:
+    if json_output:
         print(json.dumps({"path": str(result.path), "manifest": str(result.manifest_path),
                           "tensor_types": getattr(result, "tensor_types", {}), "fallbacks": fallbacks}, indent=2))
         return 0
@@ -132,12 +132,12 @@ def _prune(artifact: Path, output: Path, layers: str, max_kld: float | None, max
                  source_label=source)
 
 
-def _print_prune(r: Any, path: Path, json_out: bool) -> int:
+def _print_prune(r: Any, path: Path, json_output: bool) -> int:
     summary = {"path": str(path), "dropped": list(r.dropped), "size_before": r.size_before,
                "size_after": r.size_after, "kld": r.kld, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
                "top1": r.top1, "decode_tps_before": r.decode_tps_before, "decode_tps_after": r.decode_tps_after,
                "ranking": [asdict(c) for c in r.ranking], "trials": r.trials}
-    if json_out:
+    if json_output:
         print(json.dumps(summary, indent=2))
         return 0
     print(r.format_table())
@@ -166,9 +166,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pre-tokenizer", dest="pre_tokenizer", default=None,
                    help="gguf: override the detected llama.cpp pre-tokenizer (only if you know it)")
     p.add_argument("--context-length", dest="context_length", type=int, default=None,
-                   help="context length written into the artifact (default: the model's max_position_embeddings)")
+                   help="longest context the artifact declares (default: the model's max_position_embeddings); "
+                        "not --n-ctx, which a run allocates, at most this")
     p.add_argument("--threads", type=int, default=None, help="threads for llama.cpp's quantizer")
-    p.add_argument("--json", dest="json_out", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", dest="json_output", action="store_true", help="print the result as JSON")
     budget = p.add_argument_group("measured choices (--quant auto, --prune-layers)")
     budget.add_argument("--max-kld", dest="max_kld", type=float, default=None,
                         help="largest mean KL divergence vs the F16 reference to accept")

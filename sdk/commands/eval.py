@@ -1,9 +1,11 @@
-"""`edgellm eval MODEL [MODEL ...] [--reference REF] [--text-file F] [--max-tokens N] [--ctx N] [--json|--markdown]`."""
+"""`edgellm eval MODEL [MODEL ...] [--reference REF] [--text-file F] [--max-tokens N] [--n-ctx N] [--json|--markdown]`."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from ..deprecation import add_n_ctx
 
 
 def eval_models(models: list[str], reference: str | None = None, text_file: str | None = None,
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", help="high-precision artifact of the same model (e.g. the F16 GGUF)")
     p.add_argument("--text-file", help="UTF-8 text to score (default: standard-library docstrings)")
     p.add_argument("--max-tokens", type=int, default=1024, help="score at most this many tokens")
-    p.add_argument("--ctx", dest="n_ctx", type=int, default=512, help="window (context) size in tokens")
+    add_n_ctx(p, "--ctx", default=512, help="window (context) size in tokens (default %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", dest="json_output", action="store_true", help="print JSON")

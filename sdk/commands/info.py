@@ -78,9 +78,9 @@ def _describe_bundle(folder: Path) -> dict[str, Any]:
             "source": doc.get("source"), "variants": variants}
 
 
-def run_info(artifact: str, json_out: bool = False) -> int:
+def run_info(artifact: str, json_output: bool = False) -> int:
     info = describe(artifact)
-    if json_out:
+    if json_output:
         print(json.dumps(info, indent=2, default=str))
         return 0
     if info["format"] == "bundle":
@@ -129,5 +129,5 @@ def _printable(text: str) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show what an artifact (or bundle) holds")
     p.add_argument("artifact", help="artifact folder, .gguf or .onnx file, or bundle folder")
-    p.add_argument("--json", dest="json_out", action="store_true", help="print everything as JSON")
+    p.add_argument("--json", dest="json_output", action="store_true", help="print everything as JSON")
     p.set_defaults(func=run_info)

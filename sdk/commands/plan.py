@@ -1,16 +1,18 @@
-"""`edgellm plan MODEL [--device ...] [--max-memory 2GiB] [--min-tps N] [--max-quality-loss X] [--context N]`."""
+"""`edgellm plan MODEL [--device ...] [--max-memory 2GiB] [--min-tps N] [--max-quality-loss X] [--n-ctx N]`."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..deprecation import add_n_ctx
+
 
 def plan(model: str, device: str = "auto", max_memory: str | None = None, min_tps: str | None = None,
-         max_quality_loss: str | None = None, context: int | None = None, json_output: bool = False) -> int:
+         max_quality_loss: str | None = None, n_ctx: int | None = None, json_output: bool = False) -> int:
     from ..planning import plan as make_plan
 
     result = make_plan(model, device=device, max_memory=max_memory, min_tps=min_tps,
-                       max_quality_loss=max_quality_loss, context=context)
+                       max_quality_loss=max_quality_loss, n_ctx=n_ctx)
     if json_output:
         print(json.dumps({
             "model": result.model, "device": result.device.name, "format": result.format, "quant": result.quant,
@@ -35,6 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-memory", help="memory budget, e.g. 2GiB or 512MB")
     p.add_argument("--min-tps", help="minimum decode tokens/s")
     p.add_argument("--max-quality-loss", help="maximum quality loss, e.g. 0.02 or 2%%")
-    p.add_argument("--context", type=int, help="context length in tokens")
+    add_n_ctx(p, "--context", help="context size to plan for, in tokens (default: the largest that fits, up to 4096)")
     p.add_argument("--json", dest="json_output", action="store_true", help="print JSON")
     p.set_defaults(func=plan)

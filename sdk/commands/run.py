@@ -6,11 +6,15 @@ import json
 import sys
 from typing import Any
 
+from ..deprecation import add_n_ctx
+from ..runtimes.base import DEFAULT_SAMPLING as D
 
-def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, seed: int | None = None,
+
+def run_generate(artifact: str, prompt: str, max_tokens: int = D.max_tokens, temperature: float = D.temperature,
+                 top_k: int = D.top_k, top_p: float = D.top_p, min_p: float = D.min_p,
+                 repeat_penalty: float = D.repeat_penalty, seed: int | None = None,
                  stop: list[str] | None = None, chat: bool = False, device: str = "auto", threads: int | None = None,
-                 n_ctx: int | None = None, json_out: bool = False, template_kwargs: dict[str, Any] | None = None,
+                 n_ctx: int | None = None, json_output: bool = False, template_kwargs: dict[str, Any] | None = None,
                  enable_thinking: bool | None = None) -> int:
     from ..loading import load
 
@@ -23,13 +27,13 @@ def run_generate(artifact: str, prompt: str, max_tokens: int = 128, temperature:
         text, final = [], None
         for chunk in chunks:
             text.append(chunk.text)
-            if not json_out:
+            if not json_output:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
             if chunk.finish_reason is not None:
                 final = chunk
     assert final is not None and final.metrics is not None
-    if json_out:
+    if json_output:
         print(json.dumps({"text": "".join(text), "finish_reason": final.finish_reason,
                           "metrics": final.metrics.to_dict()}, indent=2))
     else:
@@ -52,16 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate text from an artifact, with metrics")
     p.add_argument("artifact", help="artifact folder, .gguf or .onnx file, or bundle folder")
     p.add_argument("prompt", help="the prompt text (with --chat: the user's message)")
-    p.add_argument("-n", "--max-tokens", dest="max_tokens", type=int, default=128,
+    p.add_argument("-n", "--max-tokens", dest="max_tokens", type=int, default=D.max_tokens,
                    help="most tokens to generate (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", dest="top_k", type=int, default=40,
+    p.add_argument("--temperature", type=float, default=D.temperature, help="sampling temperature; 0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", dest="top_k", type=int, default=D.top_k,
                    help="sample among the K most likely tokens; 0 = all (default %(default)s)")
-    p.add_argument("--top-p", dest="top_p", type=float, default=0.95,
+    p.add_argument("--top-p", dest="top_p", type=float, default=D.top_p,
                    help="nucleus sampling: smallest set of tokens with this total probability (default %(default)s)")
-    p.add_argument("--min-p", dest="min_p", type=float, default=0.05,
+    p.add_argument("--min-p", dest="min_p", type=float, default=D.min_p,
                    help="drop tokens less likely than this fraction of the top token (default %(default)s)")
-    p.add_argument("--repeat-penalty", dest="repeat_penalty", type=float, default=1.0,
+    p.add_argument("--repeat-penalty", dest="repeat_penalty", type=float, default=D.repeat_penalty,
                    help="penalty for repeating recent tokens; 1.0 = off (default %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
@@ -72,8 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--chat: turn a reasoning model's thinking off (Qwen3, SmolLM3: enable_thinking=false)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or profile:NAME")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the device plan's)")
-    p.add_argument("--ctx", dest="n_ctx", type=int, default=None,
-                   help="context length in tokens (default: the artifact's, at most 4096)")
-    p.add_argument("--json", dest="json_out", action="store_true",
+    add_n_ctx(p, "--ctx", help="context size in tokens (default: the artifact's, at most 4096)")
+    p.add_argument("--json", dest="json_output", action="store_true",
                    help="print the text, finish reason and metrics as JSON (nothing streamed)")
     p.set_defaults(func=run_generate)

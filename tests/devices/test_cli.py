@@ -21,7 +21,7 @@ def test_devices_profiles_table(capsys):
 @pytest.mark.slow
 def test_plan_json_and_refusal(smol_gguf, capsys):
     path = smol_gguf("Q4_K_M")
-    assert main(["plan", str(path), "--device", "profile:raspberry-pi-5", "--context", "2048", "--json"]) == 0
+    assert main(["plan", str(path), "--device", "profile:raspberry-pi-5", "--n-ctx", "2048", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["quant"] == "Q4_K_M" and data["threads"] == 4 and data["n_ctx"] == 2048 and data["reasons"]
     assert main(["plan", str(path), "--device", "profile:raspberry-pi-5", "--max-memory", "100MiB"]) == 1

@@ -32,7 +32,7 @@ def test_hf_plan_memory_within_5_percent_of_the_converted_artifacts_plan(profile
     from_hf = plan(smollm2_hf, device=f"profile:{profile}", max_memory=max_memory)
     assert from_hf.quant == quant and from_hf.needs_conversion
     artifact = smollm2_onnx(quant) if from_hf.format == "onnx" else smollm2_artifact(quant)
-    from_file = plan(artifact, device=f"profile:{profile}", context=from_hf.n_ctx)
+    from_file = plan(artifact, device=f"profile:{profile}", n_ctx=from_hf.n_ctx)
     error = from_hf.memory.host_bytes / from_file.memory.host_bytes - 1
     print(f"\n{profile}: {from_hf.format} {quant} n_ctx {from_hf.n_ctx}: HF plan {from_hf.memory.host_bytes / 2**20:.1f}"
           f" MiB, artifact plan {from_file.memory.host_bytes / 2**20:.1f} MiB, {error:+.2%}")
@@ -124,7 +124,7 @@ def test_the_estimate_follows_the_kernel_path_the_load_will_take(tmp_path: Path)
     safe = estimate(facts, option, 512, "x86_64", safe_types=("Q4_K",))
     assert default.term("weights_repacked") > 0 and safe.term("weights_repacked") == 0
     assert default.host_bytes - safe.host_bytes == default.term("weights_repacked")
-    p = plan(folder, device=replace(host, llama_safe_types=("Q4_K",)), context=512)
+    p = plan(folder, device=replace(host, llama_safe_types=("Q4_K",)), n_ctx=512)
     assert p.memory.term("weights_repacked") == 0
 
 

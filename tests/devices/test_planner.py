@@ -62,7 +62,7 @@ def test_budgets_quality_and_speed():
 
 def test_model_that_cannot_fit_is_refused_naming_required_and_available():
     with pytest.raises(InsufficientMemoryError) as exc:
-        plan_model(llama_facts(), cpu_device(memory=2 * GiB), Budgets(context=2048), model_name="7b")
+        plan_model(llama_facts(), cpu_device(memory=2 * GiB), Budgets(n_ctx=2048), model_name="7b")
     msg = str(exc.value)
     assert "needs" in msg and "2.00 GiB is available" in msg and "Q2_K" in msg
 
@@ -70,18 +70,18 @@ def test_model_that_cannot_fit_is_refused_naming_required_and_available():
 def test_full_gpu_offload_simulated():
     device = resolve_device("cuda", cuda=simulated_cuda(free_gib=12), bandwidth_gbs=40.0)
     assert device.kind == "cuda" and device.gpu.name == "NVIDIA RTX A2000"
-    p = plan_model(llama_facts(), device, Budgets(context=4096))
+    p = plan_model(llama_facts(), device, Budgets(n_ctx=4096))
     assert p.provider == "CUDA" and p.n_gpu_layers == 33 and p.quant in ("Q8_0", "Q6_K")
     assert p.memory.device_bytes <= 12 * GiB * 0.9 and any("all 32 layers offloaded" in r for r in p.reasons)
 
 
 def test_partial_gpu_offload_simulated():
     device = resolve_device("cuda:0", cuda=simulated_cuda(free_gib=3), bandwidth_gbs=40.0)
-    p = plan_model(llama_facts(), device, Budgets(context=4096, max_quality_loss=0.01))
+    p = plan_model(llama_facts(), device, Budgets(n_ctx=4096, max_quality_loss=0.01))
     assert p.provider == "CUDA" and 0 < p.n_gpu_layers < 32
     assert p.memory.device_bytes <= 3 * GiB * 0.9 and p.memory.term("weights", "host") > 0
     assert any("partial offload" in r for r in p.reasons)
-    cpu_only = plan_model(llama_facts(), resolve_device("cpu", bandwidth_gbs=40.0), Budgets(context=4096, max_quality_loss=0.01))
+    cpu_only = plan_model(llama_facts(), resolve_device("cpu", bandwidth_gbs=40.0), Budgets(n_ctx=4096, max_quality_loss=0.01))
     assert p.predicted_decode_tps > cpu_only.predicted_decode_tps
 
 
@@ -107,7 +107,7 @@ def test_gpu_without_runtime_support_falls_back_simulated():
 def test_real_gguf_refused_on_profile_before_loading(smol_gguf):
     path = smol_gguf("Q8_0")
     with pytest.raises(InsufficientMemoryError) as exc:
-        plan(path, device="profile:raspberry-pi-4-4gb", max_memory="200MiB", context=8192)
+        plan(path, device="profile:raspberry-pi-4-4gb", max_memory="200MiB", n_ctx=8192)
     assert "200.00 MiB is available" in str(exc.value) and "needs" in str(exc.value)
     ok = plan(path, device="profile:raspberry-pi-5", max_memory="2GiB")
     assert ok.quant == "Q8_0" and ok.threads == 4 and ok.memory.total_bytes < 2 * GiB

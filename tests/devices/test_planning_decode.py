@@ -22,7 +22,7 @@ def test_onnx_int4_decode_reads_its_matmul_weights_and_is_compared_with_a_measur
     host, gpu = decode_read_bytes(facts, int4)
     # tied int4 export: the LM head (which the embedding gathers from) and every block's MatMulNBits are read
     assert gpu == 0 and 0.9 * (facts.file_bytes or 0) <= host <= (facts.file_bytes or 0)
-    p = plan(smollm2_onnx_int4, device="cpu", context=512)
+    p = plan(smollm2_onnx_int4, device="cpu", n_ctx=512)
     assert p.predicted_decode_tps > 0 and not any(" 0 B read/token" in r for r in p.reasons)
     with edgellm.load(smollm2_onnx_int4, device="cpu", n_ctx=512, threads=p.threads) as model:
         model.generate("Warm up", max_tokens=4, temperature=0.0)

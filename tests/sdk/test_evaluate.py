@@ -56,6 +56,6 @@ def test_eval_cli_prints_table(smollm2_gguf, capsys) -> None:
     from edgellm.cli import main
 
     q4 = str(smollm2_gguf("Q4_0"))
-    assert main(["eval", q4, "--reference", q4, "--max-tokens", "64", "--ctx", "64", "--threads", "1", "--markdown"]) == 0
+    assert main(["eval", q4, "--reference", q4, "--max-tokens", "64", "--n-ctx", "64", "--threads", "1", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| artifact |" in out and "100.00 %" in out

@@ -126,8 +126,9 @@ class Calibrator:
         self.h: np.ndarray | None = None          # residual stream [B, S, D]
         self.delta: np.ndarray | None = None      # the last block's output, not yet added
 
-    def embed(self, table: np.ndarray, scale: float | None = None) -> None:
-        """Start from the embedding rows of the calibration ids (as the graph will see them)."""
+    def embed(self, table: Any, scale: float | None = None) -> None:
+        """Start from the embedding rows of the calibration ids (as the graph will see them). table: an array
+        [vocab, D] or anything indexable by an id array the same way (onnx_stream.Source reads rows by slices)."""
         h = np.asarray(table[self.calib.ids], dtype=np.float32)                 # [B, S, D]
         self.h = h if scale is None else (h * np.float32(scale)).astype(np.float32)
 

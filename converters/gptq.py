@@ -11,7 +11,7 @@ updated so far (with the per-block MSE clipping search of converters/quant.py wh
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -40,8 +40,27 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
                             "use more calibration text, or a non-calibrated recipe such as int4-mse")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What GPTQ derives from a Hessian alone (shared by every row slice of the weights it quantizes)."""
+    dead: np.ndarray      # bool [K]: inputs never seen in calibration
+    perm: np.ndarray      # int [K]: column visiting order
+    u: np.ndarray         # float32 [K, K]: upper Cholesky factor of the (permuted, damped) inverse Hessian
+
+
+def prepare(hessian: np.ndarray, act_order: bool = True) -> Prepared:
+    k = hessian.shape[0]
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    if act_order:
+        h = h[np.ix_(perm, perm)]
+    return Prepared(dead, perm, _inverse_cholesky(h).astype(np.float32))
+
+
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str = "tensor", *,
-                  act_order: bool = True) -> BlockQuant:
+                  act_order: bool = True, prepared: Prepared | None = None) -> BlockQuant:
     """Quantize a float [N, K] weight along K with `spec`, lowering the error on inputs whose X^T X is `hessian`.
 
     act_order: visit columns by decreasing Hessian diagonal (largest inputs first); block scales are then
@@ -54,22 +73,18 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str
         raise QuantizationError(f"GPTQ: {name} has {k} inputs but its Hessian is {hessian.shape}")
     bs = spec.block_size
     block_spec = replace(spec, method=BLOCK_SEARCH)
-    h = np.array(hessian, dtype=np.float64)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
+    p = prepared if prepared is not None else prepare(hessian, act_order)
+    dead, perm, u = p.dead, p.perm, p.u
     weights = np.array(w, dtype=np.float32)
     weights[:, dead] = 0.0
     qmax = (1 << spec.bits) - 1
     # the column loop works on transposed arrays, so every column it touches is a contiguous row
     s_t = np.zeros((k // bs, n), np.float32)                    # block scales and zero points, [blocks, N]
     z_t = np.zeros((k // bs, n), np.float32)
-    perm = np.arange(k)
     if act_order:
-        perm = np.argsort(-np.diag(h), kind="stable")
         static = quantize_blocks(weights, block_spec, name)
         s_t, z_t = np.ascontiguousarray(static.scales.T), np.ascontiguousarray(static.zero_points.T, np.float32)
-        weights, h = weights[:, perm], h[np.ix_(perm, perm)]
-    u = _inverse_cholesky(h).astype(np.float32)
+        weights = weights[:, perm]
     wt = np.ascontiguousarray(weights.T)                        # [K, N]
     codes_t = np.zeros((k, n), np.uint8)
     inv_t = np.divide(1.0, s_t, out=np.zeros_like(s_t), where=s_t != 0)

@@ -19,11 +19,12 @@ from ..errors import ModelFormatError
 from .calibration import CalibrationSet, Calibrator
 from .families.base import Family
 from .families.weights import Weights
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize, prepare
 from .hf import HFModel
 from .onnx_block_ops import OnnxOps
-from .onnx_ops import GraphWriter, linear, quantized_gather, store_nbits
-from .quant import BlockQuant, Recipe, quantize_blocks
+from .onnx_ops import GraphWriter, linear, quantized_gather
+from .onnx_stream import Source, quantize_parallel, store_float_streamed, store_nbits_streamed
+from .quant import BlockQuant, QuantSpec, Recipe, quantize_blocks
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,14 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
     ops = OnnxOps(g, recipe, fused, opts.accuracy_level, opts.max_positions)
     weights = Weights(model, family, a)
 
-    embed = weights.need("token_embd.weight")
+    embed = _source(model, weights, "token_embd.weight")
+    if embed is None:
+        raise ModelFormatError("the model has no token embedding table (token_embd.weight)")
     hidden = _embeddings(g, embed, recipe, a.tied, fused)
     scale = family.embed_scale(a)
     if scale is not None:
         hidden = ops.scale(hidden, scale)
-    calib = _calibrator(family, a, recipe, opts)
+    calib = _calibrator(family, a, recipe, opts, g)
     if calib is not None:
         calib.embed(embed, scale)
     h, delta = hidden, None
@@ -78,18 +81,26 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
         w = weights.layer(i)
         ops.quantized = calib.layer(i, w) if calib is not None else {}
         h, delta = family.block(ops, a, i, w, h, delta)
+        del w
+        ops.quantized = {}
+        for hf, _ in (weights.rules[gg] for gg in weights.rules if gg.startswith(f"blk.{i}.")):
+            model.release(hf)      # the layer's mapped pages leave the resident set (they stay in the page cache)
 
     norm_w = weights.need(family.final_norm)
     x, _ = ops.add_norm(h, delta, norm_w, a.eps, "norm")
-    head = weights.get("output.weight")
-    if a.tied or head is None:
+    head = None if a.tied else _source(model, weights, "output.weight", optional=True)
+    if head is None:
         head = embed
     head_spec = recipe.spec_for("lm_head")
-    head_bq = None
+    head_quantize = None
     if head_spec.method == "gptq":
         assert calib is not None
-        head_bq = gptq_quantize(head, calib.final_hessian(np.asarray(norm_w, np.float32)), head_spec, "lm_head")
-    logits = linear(g, x, head, head_spec, "lm_head", fused, opts.accuracy_level, bq=head_bq)
+        h_head = calib.final_hessian(np.asarray(norm_w, np.float32))
+        prepared = prepare(h_head)
+
+        def head_quantize(w: np.ndarray, spec: QuantSpec, name: str) -> BlockQuant:   # rows are independent
+            return gptq_quantize(w, h_head, spec, name, prepared=prepared)
+    logits = linear(g, x, head, head_spec, "lm_head", fused, opts.accuracy_level, quantize=head_quantize)
     factor = family.logit_scale(a)
     if factor is not None:
         logits = ops.scale(logits, factor)
@@ -99,7 +110,22 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
     g.output("Identity", [logits], "logits")
 
 
-def _embeddings(g: GraphWriter, embed: np.ndarray, recipe: Recipe, tied: bool, fused: bool) -> str:
+def _source(model: HFModel, weights: Weights, gguf_name: str, optional: bool = False) -> Source | None:
+    """A big 2-D tensor (embedding table, LM head) as row slices read from its memory map, never whole; a
+    tensor the family transforms on reading (to_canon) is read whole by Weights instead."""
+    if gguf_name not in weights.rules:
+        return None
+    hf, rule = weights.rules[gguf_name]
+    if not model.has_tensor(hf):
+        if optional or rule.optional:
+            return None
+        return Source.of(weights.need(gguf_name))     # raises the missing-tensor error
+    if rule.to_canon is not None:
+        return Source.of(weights.need(gguf_name))
+    return Source.mapped(model, hf, tuple(rule.shape(weights.args)))
+
+
+def _embeddings(g: GraphWriter, embed: Source, recipe: Recipe, tied: bool, fused: bool) -> str:
     """Hidden states [B, S, D] for input_ids: a float table, its own quantized table, or the LM head's."""
     spec = recipe.spec_for("embeddings")
     rows = embed.shape[0]
@@ -108,27 +134,31 @@ def _embeddings(g: GraphWriter, embed: np.ndarray, recipe: Recipe, tied: bool, f
             raise ModelFormatError("quantized embeddings need onnxruntime's GatherBlockQuantized (fused graph)")
         if not recipe.shares_embeddings(tied):   # its own table: rows are read directly, so weight error counts
             table_spec = replace(spec, method="mse") if spec.method == "gptq" else spec
-            store_nbits(g, "model.embed_tokens", spec, quantize_blocks(embed, table_spec, "model.embed_tokens"))
+            store_nbits_streamed(g, "model.embed_tokens", spec, embed,
+                                 lambda w, _s, name: quantize_blocks(w, table_spec, name))
             return quantized_gather(g, "input_ids", "model.embed_tokens", spec, rows)
         return quantized_gather(g, "input_ids", "lm_head", spec, rows)   # stored with the head, below
-    table = g.initializer("model.embed_tokens.weight",
-                          embed.astype(np.float16 if spec.kind == "fp16" else np.float32), spec.kind)
+    table = store_float_streamed(g, "model.embed_tokens.weight", embed,
+                                 np.float16 if spec.kind == "fp16" else np.float32, spec.kind)
     hidden = g.op("Gather", table, "input_ids", base="embed_tokens")
     return g.op("Cast", hidden, to=TensorProto.FLOAT) if spec.kind == "fp16" else hidden
 
 
-def _calibrator(family: Family, a: Any, recipe: Recipe, opts: GraphOptions) -> Calibrator | None:
+def _calibrator(family: Family, a: Any, recipe: Recipe, opts: GraphOptions, g: GraphWriter) -> Calibrator | None:
     if not recipe.calibrated:
         return None
     if opts.calibration is None:
         raise ModelFormatError(f"recipe {recipe.name} is calibrated (GPTQ) but no calibration tokens were given")
+    pool, threads = g.pool, g.threads
 
     def quantize(name: str, w: np.ndarray, hessian: np.ndarray) -> BlockQuant | None:
         wspec = recipe.spec_for_linear(name)
         if not wspec.bits:
             return None
-        if wspec.method == "gptq":
-            return gptq_quantize(w, hessian, wspec, name)
-        return quantize_blocks(w, wspec, name)
+        if wspec.method == "gptq":      # GPTQ works row by row against one Hessian: row slices in parallel
+            p = prepare(hessian)
+            return quantize_parallel(pool, w, wspec, name, threads=threads, whole=True,
+                                     quantize=lambda x, sp, nm: gptq_quantize(x, hessian, sp, nm, prepared=p))
+        return quantize_parallel(pool, w, wspec, name, quantize_blocks, threads)
 
     return Calibrator(family, a, opts.calibration, quantize)

@@ -7,9 +7,11 @@ The protobuf itself stays small, so files past protobuf's 2 GB limit are handled
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 import numpy as np
 import onnx
@@ -17,6 +19,9 @@ from onnx import TensorProto, helper
 
 from ..errors import ConversionError
 from .quant import BlockQuant, QuantSpec, pack_uint4, quantize_blocks
+
+if TYPE_CHECKING:
+    from .onnx_stream import QuantizeFn, Source
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,11 @@ _NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): Te
 class GraphWriter:
     """Collects nodes; appends initializer bytes to `data_path` as they come (refuses use after finish)."""
 
-    def __init__(self, data_path: Path, data_location: str) -> None:
+    def __init__(self, data_path: Path, data_location: str, threads: int = 1) -> None:
         self.data_location = data_location
+        self.threads = max(1, int(threads))
+        # quantization workers for streamed weights (onnx_stream.py); None: quantize in line
+        self.pool: ThreadPoolExecutor | None = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._data: BinaryIO | None = open(data_path, "wb")
         self._offset = 0
         self.nodes: list[onnx.NodeProto] = []
@@ -72,6 +80,38 @@ class GraphWriter:
         self.initializers.append(t)
         return name
 
+    def external_region(self, name: str, data_type: int, dims: Sequence[int], nbytes: int, label: str) -> int:
+        """Reserve `nbytes` (aligned) in the data file for an initializer whose bytes come later, in pieces,
+        through write_at (in any order); returns the region's offset. The file is extended with zeros."""
+        if self._data is None:
+            raise ConversionError("the ONNX writer is closed; no tensor may be added after finish()")
+        if nbytes <= INLINE_LIMIT:
+            raise ConversionError(f"{name}: a region of {nbytes} bytes would be inlined; use raw_initializer")
+        self._offset += (-self._offset) % ALIGN
+        start = self._offset
+        self._offset += nbytes
+        self._data.flush()
+        self._data.truncate(self._offset)
+        self._data.seek(self._offset)
+        t = TensorProto(name=name, data_type=data_type, dims=list(dims), data_location=TensorProto.EXTERNAL)
+        for k, v in (("location", self.data_location), ("offset", str(start)), ("length", str(nbytes))):
+            t.external_data.add(key=k, value=v)
+        self.tensor_types[label] += 1
+        self.initializers.append(t)
+        return start
+
+    def write_at(self, offset: int, data: bytes | np.ndarray) -> None:
+        """Write bytes of a reserved region (external_region) at absolute `offset` in the data file."""
+        if self._data is None:
+            raise ConversionError("the ONNX writer is closed; no tensor may be added after finish()")
+        self._data.flush()
+        buf: bytes | np.ndarray = data.tobytes() if isinstance(data, np.ndarray) and not data.flags.c_contiguous \
+            else data
+        view = memoryview(buf).cast("B")  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
+        while len(view):
+            n = os.pwrite(self._data.fileno(), view, offset)
+            view, offset = view[n:], offset + n
+
     def initializer(self, name: str, array: np.ndarray, label: str | None = None) -> str:
         a = np.asarray(array)
         a = a if a.flags.c_contiguous else np.ascontiguousarray(a)   # (ascontiguousarray makes scalars 1-D)
@@ -103,6 +143,9 @@ class GraphWriter:
         if self._data is not None:
             self._data.close()
             self._data = None
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
         return self._offset
 
     def model(self, graph_name: str, fused: bool) -> onnx.ModelProto:
@@ -131,17 +174,24 @@ def store_nbits(g: GraphWriter, name: str, spec: QuantSpec, bq: BlockQuant) -> t
     return qn, sn, zn
 
 
-def linear(g: GraphWriter, x: str, w: np.ndarray, spec: QuantSpec, name: str, fused: bool, accuracy_level: int,
-           bias: np.ndarray | None = None, bq: BlockQuant | None = None) -> str:
-    """y = x @ w.T (+ bias) for an HF weight w [N, K], stored as `spec` says (`bq`: already quantized)."""
-    n, k = w.shape
-    if spec.bits and bq is None:
-        bq = quantize_blocks(w, spec, name)
+def linear(g: GraphWriter, x: str, w: "np.ndarray | Source", spec: QuantSpec, name: str, fused: bool,
+           accuracy_level: int, bias: np.ndarray | None = None, bq: BlockQuant | None = None,
+           quantize: "QuantizeFn | None" = None) -> str:
+    """y = x @ w.T (+ bias) for an HF weight w [N, K] (an array or a row-slice Source), stored as `spec` says
+    (`bq`: already quantized; `quantize`: how to quantize a row slice, default quantize_blocks). The fused
+    int path and float weights stream slice by slice (onnx_stream.py)."""
+    from .onnx_stream import Source, store_float_streamed, store_nbits_streamed
+
+    src = Source.of(w)
+    n, k = src.shape
     if spec.bits and fused:
-        assert bq is not None
-        y = g.op("MatMulNBits", x, *store_nbits(g, name, spec, bq), domain=MS_DOMAIN, base=name + "/MatMulNBits", K=k, N=n, bits=spec.bits,
-                 block_size=spec.block_size, accuracy_level=accuracy_level)
+        qnames = store_nbits(g, name, spec, bq) if bq is not None else \
+            store_nbits_streamed(g, name, spec, src, quantize or quantize_blocks)
+        y = g.op("MatMulNBits", x, *qnames, domain=MS_DOMAIN, base=name + "/MatMulNBits", K=k, N=n,
+                 bits=spec.bits, block_size=spec.block_size, accuracy_level=accuracy_level)
     elif spec.bits:
+        if bq is None:
+            bq = (quantize or quantize_blocks)(src.full(), spec, name)
         # standard ops: blocked DequantizeLinear (opset 21) on w.T [K, N], blocks along K (axis 0)
         assert bq is not None
         q_t = bq.values.reshape(n, k).T.reshape(-1)
@@ -160,8 +210,8 @@ def linear(g: GraphWriter, x: str, w: np.ndarray, spec: QuantSpec, name: str, fu
         y = g.op("MatMul", x, wt, base=name + "/MatMul")
     else:
         half = spec.kind == "fp16"
-        wt = g.initializer(name + ".weight", np.asarray(w, dtype=np.float32).T.astype(np.float16 if half else np.float32),
-                           spec.kind)
+        wt = store_float_streamed(g, name + ".weight", src, np.float16 if half else np.float32, spec.kind,
+                                  transpose=True)
         if half:
             wt = g.op("Cast", wt, to=TensorProto.FLOAT)
         y = g.op("MatMul", x, wt, base=name + "/MatMul")

@@ -23,6 +23,8 @@ from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, calibration_set
 from .hf import HFModel, read_hf_model
 from .manifest import Manifest, sha256_file, write_manifest
 from .onnx_genai import write_genai_files
+from .onnx_memory import check_budget
+from .onnx_stream import default_threads
 from .quant import RECIPES, Recipe, check_blocks, get_recipe
 from .rope import rope_kind
 
@@ -58,6 +60,10 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                                     "`edgellm eval`'s default text) (ONNX)"}),
     ("--calibration-tokens", {"dest": "calibration_tokens", "type": int, "default": DEFAULT_TOKENS,
                               "help": "calibration tokens for GPTQ, cut into 512-token sequences (ONNX)"}),
+    ("--max-memory", {"dest": "max_memory", "default": None, "metavar": "SIZE",
+                      "help": "memory budget for the conversion, e.g. 4GiB: planned from the tensor sizes before "
+                              "anything is written (fewer quantization threads if that fits), refused with the "
+                              "numbers otherwise (ONNX)"}),
     ("--ort-format", {"dest": "ort_format", "action": "store_true", "default": False,
                       "help": "also write model.ort + required_operators.config for a reduced mobile build (ONNX)"}),
 )
@@ -163,12 +169,15 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
                     lm_head: str | None = None, embeddings: str | None = None, recipe: Recipe | None = None,
                     ort_format: bool = False, context_length: int | None = None, threads: int | None = None,
                     calibration_text: str | Path | None = None, calibration_tokens: int = DEFAULT_TOKENS,
-                    progress: ProgressArg | Reporter = False) -> ONNXResult:
+                    max_memory: int | str | None = None, progress: ProgressArg | Reporter = False) -> ONNXResult:
     """Convert an HF folder into an ONNX artifact folder `output/` (model.onnx + external data + genai files).
 
     quant names a recipe (ONNX_QUANTS) unless `recipe` is given; block_size/symmetric/lm_head/embeddings
     override it. fused=False writes only ai.onnx ops. GPTQ recipes calibrate on `calibration_tokens` of
     `calibration_text` (default: standard-library docstrings). Returns paths, the recipe name and tensor types.
+    threads: quantization workers (default: the cores this process may use). max_memory: a budget in bytes or
+    a string such as "4GiB"; the peak is planned from the tensor sizes first (onnx_memory.py), threads are
+    lowered to fit, and a budget even one thread cannot meet is a ConversionError with the numbers.
     progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent)."""
     try:
         from .onnx_graph import GraphOptions, build_decoder
@@ -201,15 +210,20 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
         rope_kind(family.parse(model.config).rope_scaling, family.rope_kinds)   # refuse before writing anything
         _check_recipe(model, rec)
         ctx = int(context_length or model.config.max_position_embeddings)
+        mem = check_budget(model.config, model.tensor_infos(), rec, threads or default_threads(),
+                           calibration_tokens if rec.calibrated else 0, max_memory)
+        log.info("ONNX %s: planned peak %.2f GiB with %d threads (%s)", rec.name, mem.total / 2**30, mem.threads,
+                 mem.describe())
         calib = None
         if rec.calibrated:
             with rep.stage("tokenizing calibration text", unit="tokens") as st:
                 calib = calibration_set(Path(model_dir), calibration_text, calibration_tokens,
                                         seq_len=min(DEFAULT_SEQ_LEN, ctx))
                 st.update(calib.tokens, f"{calib.tokens} tokens from {calib.source}")
+        n_threads = mem.threads
         stage = _stage_dir(out_dir)
         try:
-            writer = GraphWriter(stage / DATA_FILE, DATA_FILE)
+            writer = GraphWriter(stage / DATA_FILE, DATA_FILE, threads=n_threads)
             n_layers = family.parse(model.config).layers
             label = f"ONNX {rec.name} layers" + (" (GPTQ-calibrated)" if calib is not None else "")
             try:

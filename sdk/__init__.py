@@ -34,8 +34,8 @@ def __getattr__(name: str) -> Any:  # lazy: importing edgellm does no work and l
         from .evaluation import evaluate
         return evaluate
     if name == "bench":
-        from .benchmark import run_bench
-        return run_bench
+        from .benchmark import bench
+        return bench
     if name == "autoquant":
         from .quant_search import autoquant
         return autoquant

@@ -256,6 +256,54 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, bandwidth: float | Non
                        created=started.created)
 
 
+def int_list(name: str, value: int | str | Sequence[int]) -> tuple[int, ...]:
+    """One or more whole numbers, as the CLI writes them ("1,2") or as Python does (2, [1, 2]); OptionError else."""
+    from .errors import OptionError
+
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, str):
+            items = tuple(int(x) for x in value.split(",") if x.strip())
+        elif isinstance(value, int):
+            items = (value,)
+        else:
+            items = tuple(int(x) for x in value if not isinstance(x, bool) and int(x) == x)
+            if len(items) != len(value):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise OptionError(f"{name}={value!r} must be whole numbers: a list such as [1, 2] or a string such as "
+                          "'1,2'") from None
+    if not items or any(x < 0 for x in items):
+        raise OptionError(f"{name}={value!r} must name at least one number, none negative")
+    return items
+
+
+def bench(artifacts: str | Sequence[str] | BenchConfig, threads: int | str | Sequence[int] = 0,
+          prompt_tokens: int | str | Sequence[int] = 64, gen_tokens: int | str | Sequence[int] = 32,
+          depths: int | str | Sequence[int] = 0, repetitions: int = 3, reference: str | None = None,
+          speculative: str | None = None, num_pred_tokens: int | None = None, prompt_file: str | None = None,
+          label: str = "", *, progress: bool = False) -> BenchResult:
+    """`edgellm.bench`: the CLI's parameters, same names. The list parameters take what the CLI takes ("1,2")
+    or Python lists ([1, 2]); 0 threads is the runtime's default. reference: an artifact to measure each
+    one's KLD/PPL against; speculative="prompt-lookup" (llama.cpp) with num_pred_tokens; prompt_file: a text
+    used as a chat prompt instead of cut token ids. A `BenchConfig` as the first argument runs as given."""
+    if isinstance(artifacts, BenchConfig):
+        return run_bench(artifacts, progress=progress)
+    load_options: dict[str, Any] = {}
+    if speculative:
+        load_options["speculative"] = speculative
+        if num_pred_tokens:
+            load_options["num_pred_tokens"] = num_pred_tokens
+    cfg = BenchConfig(artifacts=(artifacts,) if isinstance(artifacts, str) else tuple(map(str, artifacts)),
+                      threads=int_list("threads", threads), prompt_tokens=int_list("prompt_tokens", prompt_tokens),
+                      gen_tokens=int_list("gen_tokens", gen_tokens), depths=int_list("depths", depths),
+                      repetitions=repetitions,
+                      prompt_text=Path(prompt_file).read_text(encoding="utf-8") if prompt_file else None,
+                      load_options=load_options, quality_reference=reference, label=label or (speculative or ""))
+    return run_bench(cfg, progress=progress)
+
+
 def _default_threads() -> int:
     from .runtimes.llama_cpp import default_threads
 

@@ -55,9 +55,12 @@ def target_variants(model: str | Path, targets: Sequence[str]) -> dict[str, tupl
     return out
 
 
-def bundle(model: str | Path, output: str | Path, targets: Sequence[str] = DEFAULT_TARGETS, *,
+def bundle(model: str | Path, output: str | Path, targets: str | Sequence[str] = DEFAULT_TARGETS, *,
            progress: bool = False, overwrite: bool = False) -> BundleResult:
-    """Convert `model` (an HF folder) once per distinct variant the `targets` prefer, into one bundle folder."""
+    """Convert `model` (an HF folder) once per distinct variant the `targets` prefer, into one bundle folder.
+    targets: profile names, as a list or as the CLI writes them ("raspberry-pi-5,laptop-8gb")."""
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
     if not targets:
         raise BundleError("a bundle needs at least one target profile", "e.g. targets=['raspberry-pi-5']")
     out = Path(output)

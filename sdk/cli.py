@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgellm.commands.unpack",
     "edgellm.commands.devices",
     "edgellm.commands.plan",
+    "edgellm.commands.autoquant",
+    "edgellm.commands.prune",
     "edgellm.commands.bundle",
     "edgellm.commands.bench",
     "edgellm.commands.eval",

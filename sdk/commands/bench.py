@@ -8,34 +8,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import EdgeLLMError
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise EdgeLLMError(f"{text!r} is not a comma-separated list of integers", "e.g. -t 1,2,4") from None
-
 
 def bench(artifacts: list[str], threads: str = "0", prompt_tokens: str = "64", gen_tokens: str = "32",
           depths: str = "0", repetitions: int = 3, reference: str | None = None, speculative: str | None = None,
           num_pred_tokens: int | None = None, prompt_file: str | None = None, label: str = "",
           output_format: str = "text", output: str | None = None, report: str | None = None,
           no_progress: bool = False) -> int:
-    from ..benchmark import BenchConfig, run_bench, to_csv, to_json, to_markdown, to_text
+    """The CLI over `edgellm.bench` (same parameter names); output_format, output, report, no_progress are
+    the CLI's own."""
+    from ..benchmark import bench as run, to_csv, to_json, to_markdown, to_text
 
-    load_options: dict[str, object] = {}
-    if speculative:
-        load_options["speculative"] = speculative
-        if num_pred_tokens:
-            load_options["num_pred_tokens"] = num_pred_tokens
-    cfg = BenchConfig(artifacts=tuple(artifacts), threads=_ints(threads), prompt_tokens=_ints(prompt_tokens),
-                      gen_tokens=_ints(gen_tokens), depths=_ints(depths), repetitions=repetitions,
-                      prompt_text=Path(prompt_file).read_text(encoding="utf-8") if prompt_file else None,
-                      load_options=load_options, quality_reference=reference,
-                      label=label or (speculative or ""))
-    result = run_bench(cfg, progress=not no_progress and sys.stderr.isatty())
+    result = run(artifacts, threads=threads, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, depths=depths,
+                 repetitions=repetitions, reference=reference, speculative=speculative,
+                 num_pred_tokens=num_pred_tokens, prompt_file=prompt_file, label=label,
+                 progress=not no_progress and sys.stderr.isatty())
     result.command = "edgellm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
         "bench"] else ""
     text = {"text": to_text, "markdown": to_markdown, "json": to_json, "csv": to_csv}[output_format](result)

@@ -8,7 +8,7 @@ import json
 def run_bundle(model: str, output: str, targets: str, overwrite: bool = False, json_output: bool = False) -> int:
     from ..bundling import bundle
 
-    r = bundle(model, output, [t.strip() for t in targets.split(",") if t.strip()], progress=not json_output,
+    r = bundle(model, output, targets, progress=not json_output,
                overwrite=overwrite)
     if json_output:
         print(json.dumps({"path": str(r.path), "targets": r.targets, "variants": r.variants}, indent=2))

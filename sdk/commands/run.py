@@ -10,7 +10,7 @@ from ..deprecation import add_n_ctx
 from ..runtimes.base import DEFAULT_SAMPLING as D
 
 
-def run_generate(artifact: str, prompt: str, max_tokens: int = D.max_tokens, temperature: float = D.temperature,
+def run_generate(path: str, prompt: str, max_tokens: int = D.max_tokens, temperature: float = D.temperature,
                  top_k: int = D.top_k, top_p: float = D.top_p, min_p: float = D.min_p,
                  repeat_penalty: float = D.repeat_penalty, seed: int | None = None,
                  stop: list[str] | None = None, chat: bool = False, device: str = "auto", threads: int | None = None,
@@ -20,7 +20,7 @@ def run_generate(artifact: str, prompt: str, max_tokens: int = D.max_tokens, tem
 
     sampling: dict[str, Any] = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop or ()))
-    with load(artifact, device=device, threads=threads, n_ctx=n_ctx) as model:
+    with load(path, device=device, threads=threads, n_ctx=n_ctx) as model:
         kwargs = {**(template_kwargs or {}), **({} if enable_thinking is None else {"enable_thinking": enable_thinking})}
         chunks = (model.chat_stream([{"role": "user", "content": prompt}], template_kwargs=kwargs, **sampling) if chat
                   else model.stream(prompt, **sampling))
@@ -54,7 +54,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate text from an artifact, with metrics")
-    p.add_argument("artifact", help="artifact folder, .gguf or .onnx file, or bundle folder")
+    p.add_argument("path", metavar="ARTIFACT", help="artifact folder, .gguf or .onnx file, or bundle folder")
     p.add_argument("prompt", help="the prompt text (with --chat: the user's message)")
     p.add_argument("-n", "--max-tokens", dest="max_tokens", type=int, default=D.max_tokens,
                    help="most tokens to generate (default %(default)s)")

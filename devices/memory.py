@@ -55,7 +55,8 @@ ORT_PREPACK_FACTOR = 1.43
 # 200/500/1000/2000/4000/8150 prompt tokens: 7.2/13.8/47.5/105/222/469 MiB; 7 vectors give
 # 11.3/28.2/56.4/113/226/460 MiB (the arena grows in chunks, so small prompts touch less than the line).
 ORT_ACTIVATION_VECTORS = 7
-# edgellm's onnxruntime runtime rounds the KV capacity (prompt + max_tokens) up to this many positions on CPU.
+# edgellm's onnxruntime runtime rounds the KV capacity (prompt + max_tokens) up to this many positions on CPU
+# (runtimes/onnxruntime.py imports this constant: one number for the runtime and its estimate).
 ORT_KV_ROUND = 64
 PAGE = 4096
 # llama.cpp rounds the context (and each KV cache) up to 256 cells
@@ -323,7 +324,8 @@ def estimate_llama_cpp(facts: ModelFacts, n_ctx: int, *, n_gpu_layers: int = 0, 
     return MemoryEstimate("llama.cpp", n_ctx, tuple(t for t in terms if t.bytes))
 
 
-# edgellm's onnxruntime backend prefills this many prompt tokens per graph run (LoadOptions extra `prefill_chunk`)
+# edgellm's onnxruntime backend prefills this many prompt tokens per graph run by default (OnnxOptions.prefill_chunk;
+# runtimes/onnxruntime.py imports this constant)
 ORT_PREFILL_CHUNK = 256
 
 

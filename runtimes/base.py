@@ -11,11 +11,13 @@ import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from ..errors import ArtifactError, GenerationError, OptionError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Capabilities:
     constrained_json: bool = False  # can hold its output to JSON / a JSON schema (SamplingParams.json_schema)
     logprobs: bool = False          # token_logprobs() right after each generated token
     cancellable: bool = False       # generate(..., cancel=CancelToken) stops inside prefill and native compute
+    speculative: bool = False       # speculative decoding (load option speculative=...)
 
 
 MAX_SEED = 2**32 - 1          # llama.cpp's seeds are u32; numpy's generator takes the same range
@@ -120,7 +123,8 @@ class LoadOptions:
     threads: int | None = None          # None: the runtime's default for the device
     n_gpu_layers: int = 0               # llama.cpp offload; -1 = all
     execution_provider: str = "cpu"     # "cpu" | "cuda"
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)   # untyped keys; `backend` wins when set
+    backend: Any = None                 # the runtime's typed options (runtimes.options: LlamaCppOptions, ...)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -135,6 +139,15 @@ class LoadOptions:
         if problems:
             raise OptionError("invalid load options: " + "; ".join(problems))
         _plain(self, ("n_ctx", "threads", "n_gpu_layers"), int)
+
+    def typed(self, cls: type[T]) -> T:
+        """This load's options for a runtime whose option class is `cls`: `backend` when it is one, else
+        `extra` parsed into it (OptionError for a key `cls` does not have)."""
+        if isinstance(self.backend, cls):
+            return self.backend
+        from .options import parse_as
+
+        return parse_as(cls, self.extra)
 
 
 @dataclass(frozen=True)
@@ -213,9 +226,20 @@ _REGISTRY: dict[str, RuntimeFactory] = {}
 _FORMATS: dict[str, str] = {}
 
 
-def register_runtime(name: str, factory: RuntimeFactory, formats: tuple[str, ...]) -> None:
-    """Register a backend. Built-ins and plugins use this same call."""
+_CAPABILITIES: dict[str, Capabilities] = {}
+
+
+def register_runtime(name: str, factory: RuntimeFactory, formats: tuple[str, ...], *,
+                     capabilities: Capabilities | None = None, options: type | None = None) -> None:
+    """Register a backend. Built-ins and plugins use this same call. capabilities: its flags, consulted before a
+    load asks for a feature; options: its typed load-option dataclass (runtimes.options), None if it takes none."""
+    from .options import OPTION_CLASSES
+
     _REGISTRY[name] = factory
+    if capabilities is not None:
+        _CAPABILITIES[name] = capabilities
+    if options is not None:
+        OPTION_CLASSES[name] = options
     for fmt in formats:
         _FORMATS.setdefault(fmt, name)
 
@@ -237,6 +261,12 @@ def _builtins() -> None:
 def available_runtimes() -> list[str]:
     _builtins()
     return sorted(_REGISTRY)
+
+
+def runtime_capabilities(name: str) -> Capabilities | None:
+    """The flags `name` registered (None for a plugin that registered none)."""
+    _builtins()
+    return _CAPABILITIES.get(name)
 
 
 def runtime_for_format(fmt: str) -> str:

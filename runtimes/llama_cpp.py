@@ -9,7 +9,7 @@ import ctypes
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, cast
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ..cancellation import CancelToken
 from ..errors import GenerationError
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
 from .llama_native import KernelPolicy, kernel_policy, llama_module, open_llama
+from .options import LlamaCppOptions
 from .sampling import token_logprobs
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,13 @@ class LlamaCppRuntime:
     name: ClassVar[str] = "llama.cpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         streaming=True, logits=True, gpu_offload=True, native_sampling=True, formats=("gguf",),
-        constrained_json=True, logprobs=True, cancellable=True)
+        constrained_json=True, logprobs=True, cancellable=True, speculative=True)
 
     def __init__(self, path: Path, options: LoadOptions, llama_module: Any) -> None:
         self._lc = llama_module
         self.path = path
         self.options = options
+        self.backend_options: LlamaCppOptions = options.typed(LlamaCppOptions)
         self.threads = options.threads or default_threads()
         self.kernel_policy: KernelPolicy = kernel_policy(path)
         self._handle: Any = self._open(logits_all=False)
@@ -41,12 +43,12 @@ class LlamaCppRuntime:
         self._eog: frozenset[int] | None = None
 
     def _open(self, logits_all: bool) -> Any:
-        extra = self.options.extra
-        kwargs: dict[str, Any] = {k: extra[k] for k in ("type_k", "type_v", "flash_attn", "n_batch") if k in extra}
-        if extra.get("speculative") == "prompt-lookup" and not logits_all:
+        opts = self.backend_options
+        kwargs: dict[str, Any] = opts.llama_kwargs()
+        if opts.speculative == "prompt-lookup" and not logits_all:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-            kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=int(cast(int, extra.get("num_pred_tokens", 10))))
+            kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=opts.num_pred_tokens)
         return open_llama(self.path, policy=self.kernel_policy, n_ctx=self.options.n_ctx, n_threads=self.threads,
                           n_threads_batch=self.threads, n_gpu_layers=self.options.n_gpu_layers,
                           logits_all=logits_all, seed=0, **kwargs)
@@ -115,7 +117,7 @@ class LlamaCppRuntime:
         llama_decode then returns 2 (its finished micro-batches stay in the KV cache, which llama-cpp-python's
         next eval trims to the tokens it counted), and this generator returns."""
         llm = self._llm
-        if not self.options.extra.get("cache_prompt", True):
+        if not self.backend_options.cache_prompt:
             llm.reset()  # forget the evaluated prefix: a fresh prefill (what benchmarks of prefill need)
         llm.set_seed(params.seed if params.seed is not None else 0xFFFFFFFF)
         self._abort.clear()   # a cancel that raced the end of the previous call must not stop this one
@@ -230,4 +232,5 @@ def open_llama_cpp(path: Path, options: LoadOptions) -> LlamaCppRuntime:
     return LlamaCppRuntime(path, options, llama_module())
 
 
-register_runtime(LlamaCppRuntime.name, open_llama_cpp, LlamaCppRuntime.capabilities.formats)
+register_runtime(LlamaCppRuntime.name, open_llama_cpp, LlamaCppRuntime.capabilities.formats,
+                 capabilities=LlamaCppRuntime.capabilities, options=LlamaCppOptions)

@@ -9,7 +9,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import ArtifactError, ConfigError, EdgeLLMError, ModelFormatError, TokenizerError, UnsafePathError
+from ..errors import ArtifactError, EdgeLLMError, ModelFormatError, TokenizerError, UnsafePathError
+from .options import OnnxOptions
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +137,16 @@ def select_providers(requested: str, available: Sequence[str]) -> ProviderChoice
 
 
 # -- session options -------------------------------------------------------------------------------
-def session_config(extra: dict[str, object]) -> dict[str, str]:
-    """onnxruntime session config entries from LoadOptions.extra.
+def session_config(options: OnnxOptions) -> dict[str, str]:
+    """onnxruntime session config entries from the typed options (runtimes.options.OnnxOptions).
 
     `allow_spinning` (bool): whether idle intra-op threads spin (onnxruntime's default, fastest on idle cores) or
     sleep (kinder to a machine shared with other busy processes). `session_config` (dict): raw
     `add_session_config_entry` pairs, e.g. {"session.dynamic_block_base": "4"}."""
     out: dict[str, str] = {}
-    if "allow_spinning" in extra:
-        out["session.intra_op.allow_spinning"] = "1" if extra["allow_spinning"] else "0"
-    raw = extra.get("session_config") or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"session_config must be a dict of onnxruntime config entries, not {type(raw).__name__}",
-                          "pass e.g. session_config={'session.dynamic_block_base': '4'}")
-    out.update({str(k): str(v) for k, v in raw.items()})
+    if options.allow_spinning is not None:
+        out["session.intra_op.allow_spinning"] = "1" if options.allow_spinning else "0"
+    out.update({str(k): str(v) for k, v in options.session_config.items()})
     return out
 
 

@@ -19,9 +19,11 @@ import numpy as np
 
 from ..cancellation import CancelToken
 from ..errors import ArtifactError, BackendUnavailableError, ContextOverflowError, ModelFormatError
+from ..devices.memory import ORT_KV_ROUND, ORT_PREFILL_CHUNK
 from .base import Capabilities, LoadOptions, SamplingParams, TokenizerInfo, default_threads, register_runtime
 from .onnx_support import (CUDA_EP, INSTALL_HINT, ArtifactTokenizer, ProviderChoice,  # noqa: F401 (re-exported)
                            check_external_data, check_side_files, fast_calls, select_providers, session_config)
+from .options import OnnxOptions
 from .sampling import Sampler, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,8 @@ class OnnxRuntime:
         self._vocab = self._logits_width(proto)
         del proto
         self.shared_kv = "GroupQueryAttention" in self._ops
-        self.prefill_chunk = int(options.extra.get("prefill_chunk", 256))  # type: ignore[call-overload]  # checked by LoadOptions
-        if self.prefill_chunk < 1:
-            raise ArtifactError(f"prefill_chunk={self.prefill_chunk} must be >= 1", "e.g. prefill_chunk=256")
+        self.backend_options: OnnxOptions = options.typed(OnnxOptions)
+        self.prefill_chunk = self.backend_options.prefill_chunk or ORT_PREFILL_CHUNK
         choice = select_providers(options.execution_provider, ort.get_available_providers())
         self.threads = options.threads or default_threads()
         so = ort.SessionOptions()
@@ -59,7 +60,7 @@ class OnnxRuntime:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        for key, value in session_config(options.extra).items():
+        for key, value in session_config(self.backend_options).items():
             so.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=list(choice.providers))
@@ -238,7 +239,7 @@ class OnnxRuntime:
             unhook()
             gen.close()
 
-    KV_ROUND = 64   # KV capacity grows in multiples of this many positions
+    KV_ROUND = ORT_KV_ROUND   # KV capacity grows in multiples of this many positions (the planner reads it too)
 
     def _kv_capacity(self, prompt_len: int, params: SamplingParams) -> int:
         """Positions to allocate: what prompt + max_tokens needs (rounded up), not the whole context. On CPU the
@@ -386,4 +387,5 @@ def open_onnxruntime(path: Path, options: LoadOptions) -> OnnxRuntime:
     return OnnxRuntime(p, options, onnxruntime, onnx)
 
 
-register_runtime(OnnxRuntime.name, open_onnxruntime, OnnxRuntime.capabilities.formats)
+register_runtime(OnnxRuntime.name, open_onnxruntime, OnnxRuntime.capabilities.formats,
+                 capabilities=OnnxRuntime.capabilities, options=OnnxOptions)

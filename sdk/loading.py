@@ -103,12 +103,19 @@ def _check_fit(art: ResolvedArtifact, device: Any, n_ctx: int) -> Any:
 
 
 def load(path: str | Path, device: str = "auto", *, backend: str | None = None, n_ctx: int | None = None,
-         threads: int | str | None = None, n_gpu_layers: int | None = None, **extra: Any) -> Model:
+         threads: int | str | None = None, n_gpu_layers: int | None = None, options: Any = None,
+         **extra: Any) -> Model:
     """Open an artifact (folder with edgellm.json, .gguf or .onnx file, or a bundle) and return a `Model`.
 
     device: "auto" | "cpu" | "cuda" | "cuda:N" | "profile:NAME" (runs here under the profile's thread and
     memory caps, refusing what would not fit there). threads: a number, None (the device's plan) or "auto"
     (a short measured sweep, cached per machine and model). n_gpu_layers: None lets the plan decide.
+
+    Backend options: `options=` the runtime's typed dataclass (edgellm.runtimes.options: LlamaCppOptions for
+    GGUF, OnnxOptions for ONNX), or the same fields as keywords (`speculative="prompt-lookup"`,
+    `prefill_chunk=128`, ...). A key the artifact's backend does not take (speculative= on an ONNX artifact) is
+    an OptionError listing the valid ones, raised before anything is opened; so is a feature the backend's
+    capabilities do not offer.
     """
     from .errors import OptionError
     from .planning import resolve_device, tune_threads
@@ -142,14 +149,38 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
         threads = min(threads, cap)
     if n_gpu_layers is None:
         n_gpu_layers = planned.n_gpu_layers if planned is not None and dev.kind == "cuda" else 0
-    options = LoadOptions(n_ctx=ctx, threads=threads if isinstance(threads, int) else None, n_gpu_layers=n_gpu_layers,
-                          execution_provider="cuda" if dev.kind == "cuda" else "cpu", extra=dict(extra))
     name = backend or runtime_for_format(art.format)
+    typed = _backend_options(name, options, extra)
+    load_options = LoadOptions(n_ctx=ctx, threads=threads if isinstance(threads, int) else None,
+                               n_gpu_layers=n_gpu_layers, execution_provider="cuda" if dev.kind == "cuda" else "cpu",
+                               extra=dict(extra) if typed is None else {}, backend=typed)
     t0 = time.perf_counter()
-    runtime = open_runtime(name, art.path, options)
+    runtime = open_runtime(name, art.path, load_options)
     load_s = time.perf_counter() - t0
     log.info("loaded %s with %s in %.2fs", art.path, name, load_s)
     return Model(runtime, device=dev.label, load_s=load_s, artifact=str(art.path), energy_meter=_energy_meter(dev.label))
+
+
+def _backend_options(name: str, options: Any, extra: dict[str, Any]) -> Any:
+    """The runtime's typed options from `options=` or keywords, checked against its capability flags."""
+    from .errors import OptionError
+    from .runtimes.base import runtime_capabilities
+    from .runtimes.options import OPTION_CLASSES, parse_options
+
+    cls = OPTION_CLASSES.get(name)
+    if options is not None:
+        if extra:
+            raise OptionError(f"pass backend options either as options= or as keywords, not both ({', '.join(extra)})")
+        if cls is None or not isinstance(options, cls):
+            raise OptionError(f"options={type(options).__name__}(...) does not apply to the {name} backend",
+                              f"pass {cls.__name__}(...) for this artifact" if cls else f"{name} takes no options")
+        typed = options
+    else:
+        typed = parse_options(name, extra)
+    caps = runtime_capabilities(name)
+    if getattr(typed, "speculative", None) and caps is not None and not caps.speculative:
+        raise OptionError(f"the {name} backend cannot do speculative decoding", "drop speculative=")
+    return typed
 
 
 def _energy_meter(device: str) -> Any:

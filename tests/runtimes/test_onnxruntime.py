@@ -8,9 +8,10 @@ import pytest
 
 import edgellm
 from edgellm.converters.onnx import convert_to_onnx
-from edgellm.errors import BackendUnavailableError, ConfigError
+from edgellm.errors import BackendUnavailableError, OptionError
 from edgellm.runtimes import onnxruntime as ort_rt
 from edgellm.runtimes.base import LoadOptions, SamplingParams
+from edgellm.runtimes.options import LlamaCppOptions, OnnxOptions
 from tests.fixtures.decoding import steps_vs_rerun
 
 
@@ -121,11 +122,12 @@ def test_prefill_of_one_token_and_a_context_of_exactly_prompt_plus_one(artifact)
 
 
 def test_session_config_from_load_extra(artifact):
-    assert ort_rt.session_config({}) == {}
-    assert ort_rt.session_config({"allow_spinning": False, "session_config": {"session.dynamic_block_base": 4}}) == {
+    assert ort_rt.session_config(OnnxOptions()) == {}
+    assert ort_rt.session_config(OnnxOptions(allow_spinning=False,
+                                             session_config={"session.dynamic_block_base": 4})) == {  # type: ignore[dict-item]  # a number is written as its string
         "session.intra_op.allow_spinning": "0", "session.dynamic_block_base": "4"}
-    with pytest.raises(ConfigError):
-        ort_rt.session_config({"session_config": ["session.dynamic_block_base"]})
+    with pytest.raises(OptionError):
+        OnnxOptions(session_config=["session.dynamic_block_base"])  # type: ignore[arg-type]  # the wrong type is the test
     rt = ort_rt.open_onnxruntime(artifact / "model.onnx", LoadOptions(threads=2, extra={"allow_spinning": False}))
     try:
         so = rt.session.get_session_options()
@@ -164,10 +166,19 @@ def test_chunked_prefill_matches_one_pass(artifact, monkeypatch, chunk):
 
 
 def test_bad_prefill_chunk_is_a_typed_error(artifact):
-    from edgellm.errors import ArtifactError
-
-    with pytest.raises(ArtifactError, match="prefill_chunk"):
+    with pytest.raises(OptionError, match="prefill_chunk"):
         edgellm.load(artifact, n_ctx=64, prefill_chunk=0)
+
+
+def test_llama_cpp_options_on_an_onnx_artifact_are_refused_with_the_valid_ones(artifact):
+    for key, value in (("speculative", "prompt-lookup"), ("n_batch", 64), ("no_such_option", 1)):
+        with pytest.raises(OptionError) as err:
+            edgellm.load(artifact, n_ctx=64, **{key: value})
+        assert key in err.value.message and "prefill_chunk" in err.value.hint
+    with pytest.raises(OptionError, match="does not apply to the onnxruntime backend"):
+        edgellm.load(artifact, n_ctx=64, options=LlamaCppOptions(n_batch=64))
+    with edgellm.load(artifact, n_ctx=64, options=OnnxOptions(prefill_chunk=5)) as m:   # the typed form
+        assert m.runtime.prefill_chunk == 5
 
 
 def test_graph_with_symbolic_kv_dims_reads_sizes_from_genai_config(artifact, tmp_path):

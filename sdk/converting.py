@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 import difflib
 import os
 import shutil
@@ -14,9 +15,37 @@ from .outputs import writing_to
 from .progress import ProgressArg, Reporter, reporter
 
 
+@dataclass(frozen=True)
+class ConvertResult:
+    """What `edgellm.convert` made, the same shape for every format (built from the converter's own result).
+
+    path: the model file (.gguf / model.onnx); manifest_path: its edgellm.json; tensor_types: tensor count per
+    stored type; fallbacks: tensors kept at another type than asked, each with the reason; files: every file of
+    the artifact (names in its folder); fused: ONNX only, whether attention is one fused operator (None for
+    GGUF); seconds: the converter's wall time when it reports one (0.0 otherwise)."""
+    path: Path
+    manifest_path: Path
+    format: str
+    quant: str
+    tensor_types: dict[str, int] = field(default_factory=dict)
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    fused: bool | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def from_converter(cls, fmt: str, r: Any) -> "ConvertResult":
+        path = Path(r.path)
+        return cls(path=path, manifest_path=Path(r.manifest_path), format=fmt, quant=str(r.quant),
+                   tensor_types=dict(getattr(r, "tensor_types", None) or {}),
+                   fallbacks=list(getattr(r, "fallbacks", None) or []),
+                   files=list(getattr(r, "files", None) or [path.name]), fused=getattr(r, "fused", None),
+                   seconds=float(getattr(r, "seconds", 0.0) or 0.0))
+
+
 def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: str = "Q8_0",  # noqa: A002
-            *, overwrite: bool = False, progress: ProgressArg | Reporter = None, **options: Any) -> Any:
-    """Convert an HF folder into an artifact folder. Returns the converter's result (path, manifest, types).
+            *, overwrite: bool = False, progress: ProgressArg | Reporter = None, **options: Any) -> ConvertResult:
+    """Convert an HF folder into an artifact folder. Returns a `ConvertResult` (path, manifest, types, ...).
 
     OUT may not be the model folder or inside it; files a killed run left in OUT are removed first; OS errors
     while writing (full disk, permissions) are OutputPathError (sdk/outputs.py). An OUT that exists and holds
@@ -54,25 +83,24 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
         return result
 
 
-def _run(fmt: str, model: str | Path, out: Path, quant: str, rep: Any, options: dict[str, Any]) -> Any:
+def _run(fmt: str, model: str | Path, out: Path, quant: str, rep: Any, options: dict[str, Any]) -> ConvertResult:
     if fmt == "gguf":
         from .converters.gguf import convert_to_gguf
-        return convert_to_gguf(model, out, quant, progress=rep, **options)
+        return ConvertResult.from_converter(fmt, convert_to_gguf(model, out, quant, progress=rep, **options))
     from .converters.onnx import convert_to_onnx
-    return convert_to_onnx(model, out, quant, progress=rep, **options)
+    return ConvertResult.from_converter(fmt, convert_to_onnx(model, out, quant, progress=rep, **options))
 
 
-def _swap_in(stage: Path, out: Path, result: Any) -> Any:
+def _swap_in(stage: Path, out: Path, result: ConvertResult) -> ConvertResult:
     """Replace OUT by the finished `stage` folder; the old OUT is removed (as a `.OUT.partial-*` name, which the
     next run cleans if this one is killed midway). The result's paths are moved to OUT."""
     old = out.parent / f".{out.name}.partial-old-{uuid.uuid4().hex[:8]}"
     os.replace(out, old)
     os.replace(stage, out)
     shutil.rmtree(old, ignore_errors=True)
-    moved = {f.name: out / Path(getattr(result, f.name)).relative_to(stage)
-             for f in dataclasses.fields(result) if isinstance(getattr(result, f.name), Path)
-             and stage in Path(getattr(result, f.name)).parents}
-    return dataclasses.replace(result, **moved)
+    def moved(p: Path) -> Path:
+        return out / p.relative_to(stage) if stage in p.parents else p
+    return dataclasses.replace(result, path=moved(result.path), manifest_path=moved(result.manifest_path))
 
 
 def _require_onnx() -> None:

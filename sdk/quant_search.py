@@ -145,7 +145,7 @@ def autoquant(model: str | Path, output: str | Path, max_kld: float | None = Non
         work = Path(tmp)
         ref_info: dict[str, Any]
         if reference is None:   # built here and removed with the work folder: the manifest names how, not where
-            ref_path = convert(model, work / f"ref-{reference_quant}", format="gguf", quant=reference_quant,
+            ref_path: str | Path = convert(model, work / f"ref-{reference_quant}", format="gguf", quant=reference_quant,
                                progress=rep.child("[reference] ")).path
             ref_info = {"artifact": None, "built_from": str(Path(model).resolve()), "format": "gguf",
                         "temporary": True}

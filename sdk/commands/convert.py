@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..converters.gguf_types import QUANT_TYPES
+from ..converting import ConvertResult
 
 
 def _onnx_cli() -> tuple[tuple[str, ...], tuple[tuple[str, dict[str, Any]], ...]]:
@@ -74,16 +75,16 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
         if quant.lower() == "auto":
             from ..quant_search import autoquant
 
-            result = autoquant(model, out, max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_tps=min_tps,
-                               formats=(format,), prefer=prefer, progress=rep, **options)
-            name = result.path.name
+            found = autoquant(model, out, max_kld=max_kld, max_ppl_increase=max_ppl_increase, min_tps=min_tps,
+                              formats=(format,), prefer=prefer, progress=rep, **options)
+            name = found.path.name
             code = _swap(out, final)
-            print(result.format_table() if not json_output else json.dumps(
+            print(found.format_table() if not json_output else json.dumps(
                 {"path": str(final / name), "manifest": str(final / "edgellm.json"),
-                 "chosen": f"{result.chosen.format}:{result.chosen.quant}",
-                 "table": [{k: v for k, v in asdict(c).items() if k != "path"} for c in result.table]}, indent=2))
+                 "chosen": f"{found.chosen.format}:{found.chosen.quant}",
+                 "table": [{k: v for k, v in asdict(c).items() if k != "path"} for c in found.table]}, indent=2))
             if not json_output:
-                print(f"kept {result.chosen.format}:{result.chosen.quant}: wrote {final / name}")
+                print(f"kept {found.chosen.format}:{found.chosen.quant}: wrote {final / name}")
             return code
         base = convert(model, Path(str(unpruned)) / "a", format=format, quant=quant, progress=rep.child("[unpruned] "),
                        **options)
@@ -109,10 +110,11 @@ def _swap(built: Path, final: Path) -> int:
     return 0
 
 
-def _report(result: Any, json_output: bool) -> int:
+def _report(result: ConvertResult, json_output: bool) -> int:
     fallbacks = getattr(result, "fallbacks", []) or []
     if json_output:
         print(json.dumps({"path": str(result.path), "manifest": str(result.manifest_path),
+                          "format": result.format, "quant": result.quant,
                           "tensor_types": getattr(result, "tensor_types", {}), "fallbacks": fallbacks}, indent=2))
         return 0
     print(f"wrote {result.path}")

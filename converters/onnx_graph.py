@@ -23,6 +23,7 @@ from .gptq import gptq_quantize, prepare
 from .hf import HFModel
 from .onnx_block_ops import OnnxOps
 from .onnx_ops import GraphWriter, linear, quantized_gather
+from . import onnx_stream
 from .onnx_stream import Source, quantize_parallel, store_float_streamed, store_nbits_streamed
 from .quant import BlockQuant, QuantSpec, Recipe, quantize_blocks
 
@@ -100,7 +101,8 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
 
         def head_quantize(w: np.ndarray, spec: QuantSpec, name: str) -> BlockQuant:   # rows are independent
             return gptq_quantize(w, h_head, spec, name, prepared=prepared)
-    logits = linear(g, x, head, head_spec, "lm_head", fused, opts.accuracy_level, quantize=head_quantize)
+    logits = linear(g, x, head, head_spec, "lm_head", fused, opts.accuracy_level, quantize=head_quantize,
+                    slice_elements=onnx_stream.GPTQ_ROWS * a.hidden if head_quantize is not None else None)
     factor = family.logit_scale(a)
     if factor is not None:
         logits = ops.scale(logits, factor)
@@ -157,7 +159,7 @@ def _calibrator(family: Family, a: Any, recipe: Recipe, opts: GraphOptions, g: G
             return None
         if wspec.method == "gptq":      # GPTQ works row by row against one Hessian: row slices in parallel
             p = prepare(hessian)
-            return quantize_parallel(pool, w, wspec, name, threads=threads, whole=True,
+            return quantize_parallel(pool, w, wspec, name, threads=threads, min_rows=onnx_stream.GPTQ_ROWS,
                                      quantize=lambda x, sp, nm: gptq_quantize(x, hessian, sp, nm, prepared=p))
         return quantize_parallel(pool, w, wspec, name, quantize_blocks, threads)
 

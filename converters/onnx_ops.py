@@ -176,7 +176,7 @@ def store_nbits(g: GraphWriter, name: str, spec: QuantSpec, bq: BlockQuant) -> t
 
 def linear(g: GraphWriter, x: str, w: "np.ndarray | Source", spec: QuantSpec, name: str, fused: bool,
            accuracy_level: int, bias: np.ndarray | None = None, bq: BlockQuant | None = None,
-           quantize: "QuantizeFn | None" = None) -> str:
+           quantize: "QuantizeFn | None" = None, slice_elements: int | None = None) -> str:
     """y = x @ w.T (+ bias) for an HF weight w [N, K] (an array or a row-slice Source), stored as `spec` says
     (`bq`: already quantized; `quantize`: how to quantize a row slice, default quantize_blocks). The fused
     int path and float weights stream slice by slice (onnx_stream.py)."""
@@ -186,7 +186,7 @@ def linear(g: GraphWriter, x: str, w: "np.ndarray | Source", spec: QuantSpec, na
     n, k = src.shape
     if spec.bits and fused:
         qnames = store_nbits(g, name, spec, bq) if bq is not None else \
-            store_nbits_streamed(g, name, spec, src, quantize or quantize_blocks)
+            store_nbits_streamed(g, name, spec, src, quantize or quantize_blocks, slice_elements)
         y = g.op("MatMulNBits", x, *qnames, domain=MS_DOMAIN, base=name + "/MatMulNBits", K=k, N=n,
                  bits=spec.bits, block_size=spec.block_size, accuracy_level=accuracy_level)
     elif spec.bits:

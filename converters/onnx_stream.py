@@ -26,6 +26,7 @@ from .safetensors_io import MappedFile
 
 CHUNK_ELEMENTS = 1 << 21          # float32 elements per slice given to a worker (8 MiB)
 TRANSPOSE_ROWS = 16384            # rows per slice of a transposed float table (each write >= 32 KiB)
+GPTQ_ROWS = 4096                  # fewest rows per GPTQ slice: its column loop costs the same per call at any N
 _ONNX_FLOAT = {np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.float32): TensorProto.FLOAT}
 
 T = TypeVar("T")
@@ -134,14 +135,16 @@ def quantize_rows(pool: ThreadPoolExecutor | None, src: Source, spec: QuantSpec,
 
 
 def quantize_parallel(pool: ThreadPoolExecutor | None, w: np.ndarray, spec: QuantSpec, name: str,
-                      quantize: QuantizeFn = quantize_blocks, threads: int = 1, whole: bool = False) -> BlockQuant:
-    """One BlockQuant of the whole weight [N, K], its row slices quantized in parallel (`whole`: one slice per
-    thread, for quantizers with a per-call cost such as GPTQ; no pool: the weight in one call)."""
+                      quantize: QuantizeFn = quantize_blocks, threads: int = 1, min_rows: int = 0) -> BlockQuant:
+    """One BlockQuant of the whole weight [N, K], its row slices quantized in parallel (min_rows > 0: at most
+    one slice per thread and none under min_rows rows, for quantizers with a per-call cost such as GPTQ's
+    column loop; no pool, or one slice: the weight in one call)."""
     src = Source.of(w)
     n, k = src.shape
-    if pool is None:
+    slices = max(1, min(threads, n // min_rows)) if min_rows else threads
+    if pool is None or (min_rows and slices == 1):
         return quantize(np.asarray(w, np.float32), spec, name)
-    elements = -(-n // threads) * k if whole else None
+    elements = -(-n // slices) * k if min_rows else None
     parts = [bq for _, _, bq in quantize_rows(pool, src, spec, name, quantize, threads, elements)]
     if len(parts) == 1:
         return parts[0]
@@ -152,7 +155,7 @@ def quantize_parallel(pool: ThreadPoolExecutor | None, w: np.ndarray, spec: Quan
 
 
 def store_nbits_streamed(g: GraphWriter, name: str, spec: QuantSpec, src: Source,
-                         quantize: QuantizeFn = quantize_blocks) -> tuple[str, str, str]:
+                         quantize: QuantizeFn = quantize_blocks, elements: int | None = None) -> tuple[str, str, str]:
     """store_nbits for a weight read slice by slice: the packed codes go straight to their region of the data
     file; scales and zero points (1/8 of the codes at most) are gathered and written after, as store_nbits does."""
     n, k = src.shape
@@ -165,7 +168,7 @@ def store_nbits_streamed(g: GraphWriter, name: str, spec: QuantSpec, src: Source
     offset = g.external_region(qn, TensorProto.UINT8, (n, nb, row_bytes // nb), n * row_bytes, spec.label)
     scales: list[np.ndarray] = []
     zeros: list[np.ndarray] = []
-    for lo, hi, bq in quantize_rows(g.pool, src, spec, name, quantize, g.threads):
+    for lo, hi, bq in quantize_rows(g.pool, src, spec, name, quantize, g.threads, elements):
         g.write_at(offset + lo * row_bytes, np.ascontiguousarray(bq.packed()))
         scales.append(bq.scales.reshape(hi - lo, nb))
         if zn:

@@ -38,6 +38,7 @@ def test_slices_and_threads_write_the_same_bytes(tied_model, tmp_path, monkeypat
     whole = convert_to_onnx(tied_model, tmp_path / "whole", quant, threads=1, **opts)
     monkeypatch.setattr(onnx_stream, "CHUNK_ELEMENTS", 256 * 5)
     monkeypatch.setattr(onnx_stream, "TRANSPOSE_ROWS", 7)
+    monkeypatch.setattr(onnx_stream, "GPTQ_ROWS", 100)     # GPTQ layers in 3 slices of rows, the head in 11
     sliced = convert_to_onnx(tied_model, tmp_path / "sliced", quant, threads=3, **opts)
     assert _digest(whole.path.parent) == _digest(sliced.path.parent)
     assert whole.tensor_types == sliced.tensor_types

@@ -9,7 +9,6 @@ import ctypes
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailableError, QuantizationError
+from ..native_lock import LLAMA_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _FALLBACK = re.compile(r"(?P<tensor>[\w.]+)\s+-\s+ncols\s+(?P<cols>\d+)\s+not di
                        r"\(required for type\s+(?P<wanted>\w+)\)\s*->\s*falling back to\s+(?P<got>\w+)")
 _IMATRIX_USED = re.compile(r"have importance matrix data with (\d+) entries")
 _IMATRIX_MISSING = re.compile(r"did not find weights for ([\w.]+)")
-_LOCK = threading.Lock()
+_LOCK = LLAMA_LOCK   # the loader's lock too: both swap llama.cpp process globals (sdk/native_lock.py)
 
 
 @dataclass

@@ -24,13 +24,13 @@ import json
 import logging
 import os
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Iterator
 
 from ..errors import BackendUnavailableError, ModelFormatError
+from ..native_lock import LLAMA_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def host_policy_summary() -> str:
 
 
 # -- opening a model -------------------------------------------------------------------------------------------
-_OPEN_LOCK = threading.RLock()
+_OPEN_LOCK = LLAMA_LOCK   # one lock with the quantizer (sdk/native_lock.py says why)
 
 
 @contextlib.contextmanager
@@ -374,3 +374,9 @@ def _warn_once(policy: KernelPolicy) -> None:
     if policy.reasons not in _WARNED:
         _WARNED.add(policy.reasons)
         log.warning("llama.cpp: %s", policy.describe())
+
+
+def set_threads(llm: Any, threads: int, threads_batch: int | None = None) -> None:
+    """Change an open model's decode (and batch) thread counts in place: llama.cpp's llama_set_n_threads, the one
+    ctypes call the thread sweep (sdk/planning.tune_threads) needs, kept here with the other native calls."""
+    llama_module().llama_set_n_threads(llm.ctx, int(threads), int(threads_batch or threads))

@@ -399,9 +399,8 @@ def tune_threads(gguf_path: str | Path, candidates: tuple[int, ...] | None = Non
                  refresh: bool = False) -> ThreadChoice:
     """Pick the decode thread count for a GGUF on this machine with a short llama.cpp sweep (cached)."""
     from .devices.threads import default_candidates
-    from .runtimes.llama_native import llama_module, open_llama
+    from .runtimes.llama_native import open_llama, set_threads
 
-    llama_cpp = llama_module()
     path = Path(gguf_path)
     cap = detect_cpu().usable_cores
     cands = candidates or default_candidates(max(cap, 1))
@@ -413,7 +412,7 @@ def tune_threads(gguf_path: str | Path, candidates: tuple[int, ...] | None = Non
         def measure(threads: int) -> float:
             import time
 
-            llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
+            set_threads(llm, threads)
             llm.reset()
             llm.eval(prompt)
             llm.eval([prompt[-1]])  # warm-up step

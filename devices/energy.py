@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from .types import Device, Profile
+
 log = logging.getLogger(__name__)
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
@@ -146,12 +148,22 @@ def _cpu_model_name(proc_root: Path = Path("/proc")) -> str:
     return m.group(1).strip() if m else ""
 
 
-def power_model_for(device: str, cpu_name: str | None = None, arch: str | None = None) -> PowerModel:
-    """The per-core power model: the device profile's when `device` is `profile:NAME`, else the TDP table."""
+def _profile_of(device: str | Device) -> Profile | None:
+    """A Device carries its profile (parsed once, by resolve_device); a bare spec string is parsed here."""
+    if isinstance(device, Device):
+        return device.profile
     if device.startswith("profile:"):
         from .profiles import get_profile
 
-        prof = get_profile(device.split(":", 1)[1])
+        return get_profile(device.split(":", 1)[1])
+    return None
+
+
+def power_model_for(device: str | Device, cpu_name: str | None = None, arch: str | None = None) -> PowerModel:
+    """The per-core power model: the device profile's when `device` has one (`profile:NAME`), else the TDP
+    table. Pass the `Device` you resolved: its profile is used as is, not parsed again."""
+    prof = _profile_of(device)
+    if prof is not None:
         return PowerModel(f"profile/{prof.name}", prof.power.active_w_per_big_core,
                           f"profile {prof.name}: {prof.power.active_w_per_big_core} W per busy big core")
     name = _cpu_model_name() if cpu_name is None else cpu_name
@@ -223,16 +235,18 @@ def _gpu_indices(device: str) -> list[int] | None:
     return None
 
 
-def build_chain(device: str, *, powercap_root: Path = POWERCAP_ROOT, nvml: Any = None,
+def build_chain(device: str | Device, *, powercap_root: Path = POWERCAP_ROOT, nvml: Any = None,
                 power_model: PowerModel | None = None) -> EnergyMeter:
-    """The first readable source for `device`; CUDA devices try NVML first, CPU devices never use it."""
+    """The first readable source for `device` (a resolved Device, or a spec string); CUDA devices try NVML
+    first, CPU devices never use it."""
     notes: list[str] = []
     factories: list[Any] = [lambda: RaplSource(powercap_root)]
-    if device.startswith("cuda"):
-        factories.insert(0, lambda: NvmlSource(_gpu_indices(device), nvml))
-    elif device.startswith("profile:"):
+    name = device.name if isinstance(device, Device) else device
+    if name.startswith("cuda"):
+        factories.insert(0, lambda: NvmlSource(_gpu_indices(name), nvml))
+    elif _profile_of(device) is not None:
         factories = []  # the host's counters say nothing about the profiled device
-        notes.append(f"{device} is a profile, so the host's counters do not apply")
+        notes.append(f"{name} is a profile, so the host's counters do not apply")
     for make in factories:
         try:
             source = make()
@@ -248,9 +262,11 @@ def build_chain(device: str, *, powercap_root: Path = POWERCAP_ROOT, nvml: Any =
 _DEFAULT: dict[str, EnergyMeter] = {}
 
 
-def default_meter(device: str) -> EnergyMeter:
-    """The meter `edgellm.load` attaches to a model; built once per device spec and process."""
-    if device not in _DEFAULT:
-        _DEFAULT[device] = build_chain(device)
-        log.info("energy for %s: %s (%s)", device, _DEFAULT[device].method, _DEFAULT[device].note)
-    return _DEFAULT[device]
+def default_meter(device: str | Device) -> EnergyMeter:
+    """The meter `edgellm.load` attaches to a model (it passes its resolved Device); built once per device
+    name and process."""
+    name = device.name if isinstance(device, Device) else device
+    if name not in _DEFAULT:
+        _DEFAULT[name] = build_chain(device)
+        log.info("energy for %s: %s (%s)", name, _DEFAULT[name].method, _DEFAULT[name].note)
+    return _DEFAULT[name]

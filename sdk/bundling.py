@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .converters.limits import load_json
+from .devices.types import Device
 from .converters.manifest import safe_child, sha256_file
 from .errors import BundleError, EdgeLLMError, InsufficientMemoryError
 from .outputs import writing_to
@@ -162,14 +163,16 @@ def _runtime_available(fmt: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def pick_variant(folder: str | Path, device_spec: str, device: Any, n_ctx: int | None = None) -> tuple[str, str]:
-    """(variant name, reason). A profile the bundle targets gets its variant; otherwise the largest variant
-    (the least quantized) whose runtime is installed and whose planned memory fits the device."""
+def pick_variant(folder: str | Path, device: Device, n_ctx: int | None = None) -> tuple[str, str]:
+    """(variant name, reason) for the resolved `device`. A profile the bundle targets gets its variant;
+    otherwise the largest variant (the least quantized) whose runtime is installed and whose planned memory fits
+    the device (planned on that Device as resolved by load, never on its spec string again)."""
     from .planning import plan
 
     doc = read_bundle(folder)
-    if device_spec.startswith("profile:"):
-        target = device_spec.split(":", 1)[1]
+    device_spec = device.name
+    if device.profile is not None:
+        target = device.profile.name
         if target in doc["targets"]:
             return doc["targets"][target], f"bundle target {target}"
     misses = []

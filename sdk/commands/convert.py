@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..converters.gguf_types import QUANT_TYPES
+from ..converters.manifest import MANIFEST_NAME
 from ..converting import ConvertResult
 
 
@@ -80,7 +81,7 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
             name = found.path.name
             code = _swap(out, final)
             print(found.format_table() if not json_output else json.dumps(
-                {"path": str(final / name), "manifest": str(final / "edgellm.json"),
+                {"path": str(final / name), "manifest": str(final / MANIFEST_NAME),
                  "chosen": f"{found.chosen.format}:{found.chosen.quant}",
                  "table": [{k: v for k, v in asdict(c).items() if k != "path"} for c in found.table]}, indent=2))
             if not json_output:

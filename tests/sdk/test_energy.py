@@ -163,3 +163,16 @@ def test_generation_reports_labelled_estimate_on_this_machine(smollm2_gguf) -> N
     assert m.energy_prefill_j is not None and m.energy_decode_j is not None
     assert m.energy_prefill_j + m.energy_decode_j == pytest.approx(m.energy_j, rel=0.05)
     assert "prefill" in m.summary() and m.energy_method in m.summary()
+
+
+def test_a_resolved_device_is_not_parsed_again() -> None:
+    """planning/bundling/energy take the Device resolve_device made; its profile is used as is (issue 12)."""
+    from dataclasses import replace
+
+    from edgellm.devices.profiles import get_profile
+    from edgellm.planning import resolve_device
+
+    dev = resolve_device("profile:raspberry-pi-5")
+    renamed = replace(dev, name="my-board", profile=get_profile("raspberry-pi-5"))   # no "profile:" spec to parse
+    assert power_model_for(renamed).name == power_model_for("profile:raspberry-pi-5").name == "profile/raspberry-pi-5"
+    assert build_chain(renamed).method.startswith("estimated")          # a profile: the host's counters never apply

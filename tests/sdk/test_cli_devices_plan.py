@@ -19,8 +19,8 @@ def test_devices_profiles_table(capsys):
 
 
 @pytest.mark.slow
-def test_plan_json_and_refusal(smol_gguf, capsys):
-    path = smol_gguf("Q4_K_M")
+def test_plan_json_and_refusal(smollm2_gguf, capsys):
+    path = smollm2_gguf("Q4_K_M")
     assert main(["plan", str(path), "--device", "profile:raspberry-pi-5", "--n-ctx", "2048", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["quant"] == "Q4_K_M" and data["threads"] == 4 and data["n_ctx"] == 2048 and data["reasons"]

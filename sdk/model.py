@@ -173,7 +173,8 @@ class Model:
             raise OptionError(f"the {self.runtime.name} backend cannot report log-probabilities")
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                stop=tuple(stop), json_schema=json_schema)
+                                stop=cast(tuple[str, ...], tuple(stop) if isinstance(stop, list) else stop),
+                                json_schema=json_schema)  # a bad stop= is SamplingParams' GenerationError
         if json_schema is not None and not self.runtime.capabilities.constrained_json:
             raise OptionError(f"JSON-constrained output needs a runtime with grammars (llama.cpp); "
                               f"{self.runtime.name} has none", "convert to GGUF, or drop json_schema")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -106,3 +108,16 @@ def test_edgellm_bench_takes_the_cli_names(smollm2_gguf: Callable[[str], Any]) -
     result = edgellm.bench(path, threads="1,2", prompt_tokens=[8], gen_tokens=4, repetitions=1)
     assert [(r.threads, r.prompt_tokens) for r in result.rows] == [(1, 8), (2, 8)]
     assert all(r.decode_tps > 0 for r in result.rows)
+
+
+@pytest.mark.slow
+def test_edgellm_prune_subcommand_writes_the_pruned_artifact(smollm2_gguf: Callable[[str], Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from edgellm.cli import main
+
+    out = tmp_path / "pruned"
+    assert main(["prune", str(smollm2_gguf("Q8_0")), str(out), "--layers", "27,28", "--max-tokens", "32",
+                 "--threads", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["dropped"] == [27, 28] and data["size_after"] < data["size_before"]
+    assert Path(data["path"]).is_file() and Path(data["path"]).parent == out

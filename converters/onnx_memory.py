@@ -73,7 +73,9 @@ def plan_memory(config: Any, infos: dict[str, Any], recipe: Recipe, threads: int
                        "slices": slice_bytes, "tables": table_meta + transpose}, threads)
     if recipe.calibrated:
         acts = calib_tokens * (8 * d + 4 * ffn) * 4                  # hidden states + one block's intermediates
-        hess = 3 * 8 * (max(d, ffn) ** 2)                           # float64 Hessian + its factor + inverse
+        # the widest Hessian (the MLP down projection's, float64) lives ~5 times over at the peak: X^T X in float32
+        # and float64, the caller's copy, the permuted copy, the Cholesky factor and its inverse (1B: 4.1 GB measured)
+        hess = 5 * 8 * (max(d, ffn) ** 2)
         gptq = 3 * fused_copy + 4 * max(d, ffn) ** 2                # weights, codes, updated copy per layer; U
         plan.parts.update(calibration=acts, hessians=hess, gptq=gptq)
     return plan

@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:   # numpy < 2
+    byte_bounds = np.byte_bounds
+
 from ..errors import EdgeLLMError, QuantizationError
 from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Calibrator, CalibrationSet, calibration_set
 from .families.numpy_ops import NumpyOps
@@ -66,7 +71,12 @@ class _RecordingOps(NumpyOps):
     def __init__(self, layer: int, weights: dict[str, np.ndarray], matrix: ImportanceMatrix) -> None:
         super().__init__(None)
         self.matrix = matrix
-        self.owner = {id(w): f"blk.{layer}.{role}" for role, w in weights.items() if np.ndim(w) == 2}
+        named = [(f"blk.{layer}.{role}", w) for role, w in weights.items() if np.ndim(w) == 2]
+        self.named = named
+        self.owner = {id(w): name for name, w in named}
+        # a slice of a weight that is itself a view (a memory-mapped shard) has the shard as its .base, so
+        # slices are also matched by the bytes they lie in
+        self.spans = [(*byte_bounds(np.asarray(w)), name) for name, w in named]
 
     def _name(self, w: np.ndarray) -> str | None:
         a: Any = w
@@ -74,7 +84,18 @@ class _RecordingOps(NumpyOps):
             if id(a) in self.owner:
                 return self.owner[id(a)]
             a = getattr(a, "base", None)
-        return None
+        lo, hi = byte_bounds(np.asarray(w))
+        inside = [name for start, end, name in self.spans if start <= lo and hi <= end]
+        if len(inside) == 1:
+            return inside[0]
+        # a copy the block made from a tensor's rows (Qwen3.5's query/gate rows de-interleaved per head): the
+        # tensor holding its first row (the input columns are the same, and so is the importance)
+        arr = np.asarray(w)
+        if arr.ndim != 2 or not arr.shape[0]:
+            return None
+        rows = [name for name, t in self.named if t.shape[1] == arr.shape[1]
+                and bool(np.any(np.all(np.asarray(t) == arr[0], axis=1)))]
+        return rows[0] if len(rows) == 1 else None
 
     def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
                biases: list[np.ndarray | None] | None = None) -> list[np.ndarray]:

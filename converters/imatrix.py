@@ -20,7 +20,7 @@ import numpy as np
 try:
     from numpy.lib.array_utils import byte_bounds
 except ImportError:   # numpy < 2
-    byte_bounds = np.byte_bounds
+    byte_bounds = np.byte_bounds  # type: ignore[attr-defined]  # numpy 1.x spelling, gone from 2.x stubs
 
 from ..errors import EdgeLLMError, QuantizationError
 from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Calibrator, CalibrationSet, calibration_set

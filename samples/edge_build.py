@@ -19,7 +19,7 @@ import edgellm
 def build_for_profile(model: str | Path, output: str | Path, profile: str, max_memory: str | None = None,
                       context: int | None = None) -> dict[str, object]:
     device = f"profile:{profile}"
-    plan = edgellm.plan(model, device=device, max_memory=max_memory, context=context)
+    plan = edgellm.plan(model, device=device, max_memory=max_memory, n_ctx=context)
     result = edgellm.convert(model, output, format=plan.format, quant=plan.quant,
                              **({"context_length": plan.n_ctx} if plan.format == "gguf" else {}))
     with edgellm.load(output, device=device, n_ctx=min(plan.n_ctx, 512)) as loaded:  # smoke test under the caps

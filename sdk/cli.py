@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgellm.commands.autoquant",
     "edgellm.commands.prune",
     "edgellm.commands.bundle",
+    "edgellm.commands.image",
     "edgellm.commands.bench",
     "edgellm.commands.eval",
     "edgellm.commands.serve",

@@ -9,13 +9,13 @@ from typing import Sequence
 
 def run_image(source: str, output: str, platform: str = "linux-aarch64", python: str = "3.11",
               onnxruntime: str | None = None, llama_lib: str | None = None, wheel_cache: str | None = None,
-              no_fetch: bool = False, no_verify: bool = False, overwrite: bool = False,
-              json_out: bool = False) -> int:
+              fetch: bool = True, verify: bool = True, overwrite: bool = False,
+              json_output: bool = False) -> int:
     from ..edge_image import edge_image
 
-    r = edge_image(source, output, platform=platform, python=python, onnxruntime=onnxruntime, llama_lib=llama_lib, wheel_cache=wheel_cache,
-                   fetch=not no_fetch, verify=not no_verify, overwrite=overwrite)
-    if json_out:
+    r = edge_image(source, output, platform=platform, python=python, onnxruntime=onnxruntime, llama_lib=llama_lib,
+                   wheel_cache=wheel_cache, fetch=fetch, verify=verify, overwrite=overwrite)
+    if json_output:
         print(json.dumps({"path": str(r.path), "platform": r.platform, "python": r.python, "runtimes": r.runtimes,
                           "variants": r.variants, "wheels": r.wheels}, indent=2))
         return 0
@@ -41,10 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llama-lib", default=None,
                    help="folder of llama.cpp built for the target (samples/edge_target/cross_build_llama.sh)")
     p.add_argument("--wheel-cache", default=None, help="folder where dependency wheels are downloaded and reused")
-    p.add_argument("--no-fetch", action="store_true", help="download nothing: the wheel cache must hold them")
-    p.add_argument("--no-verify", action="store_true", help="skip the offline resolve check")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", dest="json_out", action="store_true")
+    p.add_argument("--no-fetch", dest="fetch", action="store_false",
+                   help="download nothing: the wheel cache must hold them")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the offline resolve check")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.add_argument("--json", dest="json_output", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_image)
 
 

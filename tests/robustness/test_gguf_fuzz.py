@@ -51,7 +51,7 @@ def test_gguf_mutants_are_accepted_or_typed(seed_gguf: Path, fast_tmp: Path) -> 
             continue
         if i % 2 == 0:
             classify("gguf planner+info (accepted mutants)", f"mutant {i}",
-                     lambda: (plan(target, device="cpu", context=64), describe(str(target))))
+                     lambda: (plan(target, device="cpu", n_ctx=64), describe(str(target))))
         if i % 20 == 0:
             classify("gguf unpack (accepted mutants)", f"mutant {i}",
                      lambda: edgellm.unpack(target, fast_tmp / "hf", overwrite=True))

@@ -18,6 +18,7 @@ from edgellm.errors import OptionError
 from edgellm.model import Model
 
 onnx = pytest.importorskip("edgellm.converters.onnx")
+from edgellm.edge_image import edge_image  # noqa: E402
 
 # subcommand -> the public functions whose parameters its options are (convert's options go to a converter)
 PUBLIC: dict[str, tuple[Callable[..., Any], ...]] = {
@@ -32,6 +33,7 @@ PUBLIC: dict[str, tuple[Callable[..., Any], ...]] = {
     "bench": (edgellm.bench,),
     "eval": (edgellm.evaluate,),
     "serve": (edgellm.serve,),
+    "image": (edge_image,),
 }
 # options a terminal needs and a library call does not (output shape, files to read, sugar); and why
 CLI_ONLY: dict[str, set[str]] = {

@@ -61,6 +61,9 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
     if fmt not in ("gguf", "onnx"):
         raise ConversionError(f"unknown format {format!r}; choose gguf or onnx")
     _check_options(quant, options)
+    if fmt == "gguf" and options.get("max_memory") is not None:
+        raise ConversionError("max_memory applies to format='onnx' (GGUF conversion streams tensor by tensor)",
+                              "drop max_memory (--max-memory), or convert to ONNX")
     check_quant(fmt, quant)            # a bad argument is reported before anything touches the output
     rep = reporter(progress)
     if fmt == "onnx":
@@ -159,6 +162,10 @@ def _check_options(quant: Any, options: dict[str, Any]) -> None:
     for key in _STR_OPTIONS:
         if options.get(key) is not None and not isinstance(options[key], str):
             problems.append(f"{key}={options[key]!r} must be a string")
+    memory = options.get("max_memory")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, str))
+                               or (isinstance(memory, int) and memory <= 0)):
+        problems.append(f"max_memory={memory!r} must be a positive number of bytes or a size such as '4GiB'")
     imatrix = options.get("imatrix")
     if imatrix is not None and not isinstance(imatrix, (bool, str, os.PathLike)):
         problems.append(f"imatrix={imatrix!r} must be True, False, None (automatic) or a .imatrix file path")

@@ -45,8 +45,15 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
     _, onnx_options = _onnx_cli()
     onnx_dests = {kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in onnx_options}
     shared = {"calibration_text"}   # GGUF's importance matrix calibrates on the same text
-    options = {k: v for k, v in options.items()
-               if v is not None and (format == "onnx" or k not in onnx_dests - shared)}
+    onnx_only = onnx_dests - shared
+    defaults = {kw.get("dest", flag.lstrip("-").replace("-", "_")): kw.get("default") for flag, kw in onnx_options
+                if "action" in kw}   # store_true/false flags: given when not at their default
+    given = sorted(k for k, v in options.items() if k in onnx_only and v is not None and v != defaults.get(k))
+    if format != "onnx" and given:
+        flag_of = {kw.get("dest", flag.lstrip("-").replace("-", "_")): flag for flag, kw in onnx_options}
+        flags = ", ".join(flag_of.get(k, "--" + k.replace("_", "-")) for k in given)
+        raise ConversionError(f"{flags} apply to --format onnx", "drop them, or add --format onnx")
+    options = {k: v for k, v in options.items() if v is not None and (format == "onnx" or k not in onnx_only)}
     if "imatrix" in options:
         if format != "gguf":
             raise ConversionError("--imatrix applies to GGUF types quantized by llama.cpp", "use --format gguf")

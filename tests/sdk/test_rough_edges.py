@@ -159,3 +159,16 @@ def test_cli_imatrix_modes(tiny_models: Callable[..., Path], tmp_path: Path,
     manifest = json.loads((tmp_path / "file" / "edgellm.json").read_text())
     assert manifest["extra"]["imatrix"]["tensors"] > 0 and "IQ2_XXS" in manifest["tensor_types"]
     assert main(["convert", str(folder), str(tmp_path / "onnx"), "--format", "onnx", "--imatrix", "on"]) != 0
+
+
+def test_onnx_only_options_on_gguf_are_refused_not_dropped(tiny_models: Callable[..., Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tiny_models()
+    assert main(["convert", str(folder), str(tmp_path / "a"), "--max-memory", "1GiB"]) != 0
+    assert "--max-memory apply to --format onnx" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    from edgellm.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="max_memory"):
+        convert(folder, tmp_path / "b", format="gguf", quant="Q8_0", max_memory="1GiB")
+    with pytest.raises(ConversionError, match="max_memory"):
+        convert(folder, tmp_path / "c", format="onnx", quant="int8", max_memory=-5)

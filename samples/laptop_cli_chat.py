@@ -71,45 +71,46 @@ def stream_reply(model: "edgellm.Model", history: list[dict[str, str]], stdout: 
 
 def chat_loop(model: "edgellm.Model", stdin: TextIO, stdout: TextIO, max_tokens: int = 256,
               system: str | None = None, temperature: float = 0.7) -> int:
-    """Read lines, stream answers, keep the history within the context. Returns the number of turns."""
+    """Read lines, stream answers, keep the history within the context. Returns the number of turns.
+    A Ctrl-C during an answer stops it; one anywhere else (at the prompt, or between two statements around an
+    answer) leaves quietly."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    turns = 0
     stdout.write("edgellm chat — /reset, /stats, /quit; Ctrl-C stops an answer\n")
     stdout.flush()
-    while True:
-        try:
+    turns = 0
+    try:
+        while True:
             line = stdin.readline()
-        except KeyboardInterrupt:   # Ctrl-C at the prompt: leave quietly
-            stdout.write("\n")
-            break
-        if not line:                # end of input
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text == "/quit":
-            break
-        if text == "/reset":
-            history = history[:1] if system else []
-            stdout.write("(history cleared)\n")
-            continue
-        if text == "/stats":
-            stdout.write((model.last_metrics.summary() if model.last_metrics else "(no reply yet)") + "\n")
-            continue
-        history.append({"role": "user", "content": text})
-        while len(model.chat_prompt(history)) + max_tokens > model.n_ctx and len(history) > 2:
-            del history[1 if system else 0]  # forget the oldest turn rather than overflow the context
-        stdout.write("> ")
-        stdout.flush()
-        reply, finish = stream_reply(model, history, stdout, max_tokens=max_tokens, temperature=temperature,
-                                     top_p=0.9, repeat_penalty=1.1, seed=turns)
-        stdout.write((STOPPED if finish == "cancelled" else "") + "\n")
-        stdout.flush()
-        if finish == "cancelled" and not reply.strip():
-            history.pop()           # stopped before a word: forget the question too
-        else:                       # a stopped answer stays, as far as it went
-            history.append({"role": "assistant", "content": reply.strip()})
-        turns += 1
+            if not line:                # end of input
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text == "/quit":
+                break
+            if text == "/reset":
+                history = history[:1] if system else []
+                stdout.write("(history cleared)\n")
+                continue
+            if text == "/stats":
+                stdout.write((model.last_metrics.summary() if model.last_metrics else "(no reply yet)") + "\n")
+                continue
+            history.append({"role": "user", "content": text})
+            while len(model.chat_prompt(history)) + max_tokens > model.n_ctx and len(history) > 2:
+                del history[1 if system else 0]  # forget the oldest turn rather than overflow the context
+            stdout.write("> ")
+            stdout.flush()
+            reply, finish = stream_reply(model, history, stdout, max_tokens=max_tokens, temperature=temperature,
+                                         top_p=0.9, repeat_penalty=1.1, seed=turns)
+            stdout.write((STOPPED if finish == "cancelled" else "") + "\n")
+            stdout.flush()
+            if finish == "cancelled" and not reply.strip():
+                history.pop()           # stopped before a word: forget the question too
+            else:                       # a stopped answer stays, as far as it went
+                history.append({"role": "assistant", "content": reply.strip()})
+            turns += 1
+    except KeyboardInterrupt:
+        stdout.write("\n")
     return turns
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +20,7 @@ from .converters.limits import load_json
 from .devices.types import Device
 from .converters.manifest import safe_child, sha256_file
 from .errors import BundleError, EdgeLLMError, InsufficientMemoryError
-from .outputs import writing_to
+from .outputs import staged_folder, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +66,16 @@ def bundle(model: str | Path, output: str | Path, targets: str | Sequence[str] =
     if out.exists() and not overwrite:
         raise BundleError(f"{out} already exists", "pass overwrite=True (--overwrite) or choose another folder")
     wanted = target_variants(model, targets)   # unknown profiles, unsupported models fail here, before any work
-    tmp = out.with_name(out.name + ".partial")
     variants: dict[str, dict[str, Any]] = {}
     with writing_to(out, model):   # refuses OUT inside the model, removes a killed run's OUT.partial, types OSError
-        return _build(model, out, tmp, wanted, variants, progress)
+        return _build(model, out, wanted, variants, progress)
 
 
-def _build(model: str | Path, out: Path, tmp: Path, wanted: dict[str, tuple[str, str, str]],
+def _build(model: str | Path, out: Path, wanted: dict[str, tuple[str, str, str]],
            variants: dict[str, dict[str, Any]], progress: bool) -> BundleResult:
     from .converting import convert
 
-    try:
-        tmp.mkdir(parents=True)
+    with staged_folder(out) as tmp:
         for name, fmt, quant in dict.fromkeys(wanted.values()):
             folder = tmp / "variants" / name
             convert(model, folder, format=fmt, quant=quant, progress=progress)
@@ -89,12 +85,6 @@ def _build(model: str | Path, out: Path, tmp: Path, wanted: dict[str, tuple[str,
         doc = {"schema": BUNDLE_SCHEMA, "source": str(Path(model).resolve()), "variants": variants,
                "targets": {t: v[0] for t, v in wanted.items()}}
         (tmp / BUNDLE_NAME).write_text(json.dumps(doc, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return BundleResult(out, variants, doc["targets"])  # type: ignore[arg-type]  # validated above
 
 

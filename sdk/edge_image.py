@@ -31,7 +31,7 @@ from .edge_requirements import ArtifactRequirements, check_runtime, installed_ve
 from .edge_wheels import (Platform, assemble_llama_wheel, build_own_wheel, download_wheels, get_platform,
                           llama_python_sources, verify_wheelhouse, wheel_name_version)
 from .errors import BackendUnavailableError, BundleError
-from .outputs import writing_to
+from .outputs import staged_folder, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ def _write(src: Path, out: Path, plat: Platform, python: str, variants: dict[str
            reqs: dict[str, ArtifactRequirements], runtimes: dict[str, str], llama_lib: Path,
            wheel_cache: str | Path | None, fetch: bool, verify: bool, project: Path | None,
            pin_reason: str) -> EdgeImageResult:
-    tmp = out.with_name(out.name + ".partial")
-    try:
-        tmp.mkdir(parents=True)
+    with staged_folder(out) as tmp:
         house = tmp / "wheelhouse"
         house.mkdir()
         own = build_own_wheel(house, project)
@@ -157,12 +155,6 @@ def _write(src: Path, out: Path, plat: Platform, python: str, variants: dict[str
             doc["pins"] = {"onnxruntime": {"version": runtimes["onnxruntime"], "reason": pin_reason}}
         (tmp / IMAGE_NAME).write_text(json.dumps(doc, indent=2))
         _write_sums(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return EdgeImageResult(out, plat.name, python, doc["variants"], wheels, runtimes)
 
 

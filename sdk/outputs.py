@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,3 +89,20 @@ def writing_to(output: str | Path, source: str | Path | None = None) -> Iterator
                                    "check the model folder's permissions") from None
         raise OutputPathError(f"cannot write {output}: {exc.strerror or exc}"
                               + (f" ({exc.filename})" if exc.filename else "")) from None
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Build a folder at OUT.partial, then replace OUT by it whole once the body finishes; on any error the
+    partial folder is removed and OUT is left as it was. (Run inside `writing_to`, which removes a killed
+    run's OUT.partial and types OS errors.)"""
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

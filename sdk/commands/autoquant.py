@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from . import add_measurement, add_quality_budget
+
 
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
@@ -39,9 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("autoquant", help="convert at each candidate quant, measure, keep the best within a budget")
     p.add_argument("model", help="Hugging Face model folder")
     p.add_argument("output", help="artifact folder to create (must be new or empty)")
-    p.add_argument("--max-kld", dest="max_kld", type=float, default=None, help="largest mean KL divergence to accept")
-    p.add_argument("--max-ppl-increase", dest="max_ppl_increase", type=float, default=None,
-                   help="largest relative perplexity increase to accept (0.05 = 5%%)")
+    add_quality_budget(p)
     p.add_argument("--min-tps", dest="min_tps", type=float, default=None, help="slowest decode tokens/s to accept")
     p.add_argument("--formats", type=_names, default=None, metavar="gguf,onnx", help="formats to try (default gguf)")
     p.add_argument("--candidates", type=_names, default=None, metavar="Q4_K_M,Q8_0",
@@ -50,8 +50,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-quant", dest="reference_quant", default="F16", help="quant of the made reference")
     p.add_argument("--prefer", choices=("smallest", "fastest"), default="smallest",
                    help="which passing candidate to keep")
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=256, help="calibration tokens scored")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--text-file", dest="text_file", default=None, help="UTF-8 calibration text (default: built-in)")
-    p.add_argument("--json", dest="json_output", action="store_true", help="print the result as JSON")
+    add_measurement(p, max_tokens=256)
     p.set_defaults(func=run_autoquant)

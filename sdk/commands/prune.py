@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_measurement, add_quality_budget
+
 
 def layers_arg(text: str) -> int | list[int] | str:
     """--layers: "auto", a count ("3") or block indices ("4,7")."""
@@ -39,11 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="folder for the pruned artifact (must be new or empty)")
     p.add_argument("--layers", type=layers_arg, default="auto", metavar="N|auto|i,j",
                    help="blocks to drop: a count, indices, or auto (as many as the budget allows; default)")
-    p.add_argument("--max-kld", dest="max_kld", type=float, default=None, help="largest mean KL divergence to accept")
-    p.add_argument("--max-ppl-increase", dest="max_ppl_increase", type=float, default=None,
-                   help="largest relative perplexity increase to accept (0.05 = 5%%)")
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=128, help="calibration tokens scored")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--text-file", dest="text_file", default=None, help="UTF-8 calibration text (default: built-in)")
-    p.add_argument("--json", dest="json_output", action="store_true", help="print the result as JSON")
+    add_quality_budget(p)
+    add_measurement(p, max_tokens=128)
     p.set_defaults(func=run_prune)

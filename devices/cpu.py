@@ -9,6 +9,7 @@ import os
 import platform
 from pathlib import Path
 
+from .arm_parts import arm_cpu_name
 from .types import CacheInfo, CPUInfo
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,11 @@ def _read(path: Path) -> str | None:
 
 
 def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...], int, int]:
-    """(model, isa features, physical cores, logical cores) from /proc/cpuinfo text (x86 or Arm)."""
-    model = ""
+    """(model, isa features, physical cores, logical cores) from /proc/cpuinfo text (x86 or Arm).
+
+    Arm kernels print no model name: the name comes from the cores' `CPU implementer`/`CPU part` codes
+    (devices/arm_parts.py), with the board (`Model`, `Hardware`) after it when the kernel prints one."""
+    model = board = ""
     flags: set[str] = set()
     logical = 0
     cores: set[tuple[str, str]] = set()
@@ -43,11 +47,13 @@ def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...], int, int]:
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip().lower(), value.strip()
-        if key == "processor":
+        if key == "processor" and value.isdigit():   # old Arm kernels also print "Processor : AArch64 ..."
             logical += 1
             physical_id = core_id = ""
-        elif key in ("model name", "hardware", "cpu model") and not model:
+        elif key in ("model name", "cpu model") and not model:
             model = value
+        elif key in ("hardware", "model") and not board and value and not value.isdigit():  # x86's model is a number
+            board = value
         elif key in ("flags", "features"):
             flags.update(value.split())
         elif key == "physical id":
@@ -58,7 +64,10 @@ def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...], int, int]:
     table = {**X86_FEATURES, **ARM_FEATURES}
     isa = tuple(sorted({table[f] for f in flags if f in table}))
     physical = len(cores) if cores else logical
-    return model or platform.processor() or "unknown", isa, physical, logical
+    arm = None if model else arm_cpu_name(text)
+    if arm:
+        model = f"{arm} ({board})" if board else arm
+    return model or board or platform.processor() or "unknown", isa, physical, logical
 
 
 def read_caches(sys_root: Path = Path("/sys")) -> tuple[CacheInfo, ...]:

@@ -141,3 +141,31 @@ def test_int4_symmetric_and_block_sizes(tiny_models, tmp_path):
         assert kl_divergence(ref.logits(IDS), got).mean() < 1e-4
         has_zp = any(t.name.endswith(".qzeros") for t in onnx.load(str(res.path), load_external_data=False).graph.initializer)
         assert has_zp is (not sym)
+
+
+@pytest.mark.parametrize("max_pos,scaling", [(2048, None), (131072, {"rope_type": "llama3", "factor": 32.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+                         (4096, {"rope_type": "longrope", "attention_factor": 1.19, "original_max_position_embeddings": 1024,
+                                 "short_factor": [1.0 + i / 32 for i in range(32)],
+                                 "long_factor": [2.0 + i / 8 for i in range(32)]})])
+def test_rope_caches_are_float32_only_and_match_float64(tmp_path, max_pos, scaling):
+    """The cos/sin caches come out of onnxruntime within 3e-7 of numpy's float64 table at every position, with
+    no float64 tensor or op in the graph (older runtimes on edge targets have no float64 Cos/Sin)."""
+    from onnx import TensorProto, helper
+    from edgellm.converters.onnx_ops import GraphWriter, rope_caches
+    from edgellm.converters.rope import rope_inv_freq, rope_mscale
+
+    g = GraphWriter(tmp_path / "rope.data", "rope.data")
+    cos, sin = rope_caches(g, 64, 500000.0, max_pos, scaling)
+    g.outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in (cos, sin)]
+    g.finish()
+    model = g.model("rope", fused=False)
+    assert all(t.data_type != TensorProto.DOUBLE for t in model.graph.initializer)
+    path = tmp_path / "rope.onnx"
+    onnx.save(model, str(path))
+    got_cos, got_sin = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {})
+    angles = np.arange(max_pos, dtype=np.float64)[:, None] * rope_inv_freq(64, 500000.0, scaling, None)[None, :]
+    m = rope_mscale(scaling)
+    assert got_cos.shape == got_sin.shape == (max_pos, 32) and got_cos.dtype == np.float32
+    assert np.abs(got_cos - m * np.cos(angles)).max() < 3e-7 * max(m, 1.0)
+    assert np.abs(got_sin - m * np.sin(angles)).max() < 3e-7 * max(m, 1.0)

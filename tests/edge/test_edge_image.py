@@ -19,8 +19,8 @@ import pytest
 
 from edgellm import convert
 from edgellm.edge_image import IMAGE_NAME, PIN_REASONS, edge_image, install_script
-from edgellm.edge_requirements import (ArtifactRequirements, check_runtime, parse_version, require_runtime,
-                                       requirements_for)
+from edgellm.edge_requirements import (ArtifactRequirements, check_runtime, onnx_requirement, parse_version,
+                                       require_runtime, requirements_for)
 from edgellm.edge_wheels import get_platform, llama_python_sources, verify_wheelhouse
 from edgellm.errors import BackendUnavailableError, BundleError
 
@@ -56,21 +56,39 @@ def _sha(path: Path) -> str:
 def test_requirements_computed_from_the_graph(tiny_int4: Path) -> None:
     reqs = requirements_for(tiny_int4)
     (ort,) = reqs.requirements
-    assert ort.runtime == "onnxruntime" and ort.min_version == "1.29"
-    # the reasons at the top are the facts that set the minimum: the rope angles' Cos/Sin on float64
-    assert ort.reasons[0].startswith("Cos on double needs onnxruntime >= 1.29")
-    assert any("GatherBlockQuantized with attribute bits needs onnxruntime >= 1.23" in r for r in ort.reasons)
+    assert ort.runtime == "onnxruntime" and ort.min_version == "1.23"
+    # the reason at the top is the fact that sets the minimum: the embedding's GatherBlockQuantized `bits`
+    assert ort.reasons[0].startswith("com.microsoft GatherBlockQuantized with attribute bits needs onnxruntime >= 1.23")
     assert any("MatMulNBits" in r for r in ort.reasons) and any("opset" in r for r in ort.reasons)
-    assert check_runtime(reqs, {"onnxruntime": "1.29.0"}) == []
+    assert not any("double" in r for r in ort.reasons)      # rope tables are float32 only (converters/onnx_ops.py)
+    assert check_runtime(reqs, {"onnxruntime": "1.23.2"}) == []
     assert check_runtime(reqs, {"onnxruntime": "1.30.0.dev20260101"}) == []
-    (too_old,) = check_runtime(reqs, {"onnxruntime": "1.28.0"})
-    assert "1.28.0 < 1.29" in too_old and "Cos on double" in too_old and "bits" not in too_old
-    (much_older,) = check_runtime(reqs, {"onnxruntime": "1.22.0"})
-    assert "Cos on double" in much_older and "GatherBlockQuantized with attribute bits" in much_older
+    (too_old,) = check_runtime(reqs, {"onnxruntime": "1.22.0"})
+    assert "1.22.0 < 1.23" in too_old and "GatherBlockQuantized with attribute bits" in too_old
     assert "not installed" in check_runtime(reqs, {})[0]
     with pytest.raises(BackendUnavailableError, match="GatherBlockQuantized"):
         require_runtime(reqs, {"onnxruntime": "1.20.1"})
     assert ArtifactRequirements.from_dict(reqs.to_dict()) == reqs
+
+
+def test_kernel_rules_follow_element_types(tmp_path: Path) -> None:
+    """A graph that takes Cos of doubles needs the onnxruntime with that kernel (1.29); the same graph on floats
+    does not: the rule reads the element type from shape inference, not the op name alone."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    for elem, expect in ((TensorProto.DOUBLE, "1.29"), (TensorProto.FLOAT, None)):
+        graph = helper.make_graph([helper.make_node("Cos", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", elem, [4])],
+                                  [helper.make_tensor_value_info("y", elem, [4])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        path = tmp_path / f"cos{elem}.onnx"
+        onnx.save(model, str(path))
+        req = onnx_requirement(path)
+        assert any(r.startswith("Cos on double needs onnxruntime >= 1.29") for r in req.reasons) == bool(expect)
+        if expect:
+            assert req.min_version == expect
 
 
 def test_parse_version() -> None:
@@ -95,7 +113,7 @@ def test_image_manifest_checksums_and_requirements(image: Path) -> None:
     assert name == "onnx-int4" and variant["format"] == "onnx"
     assert (image / variant["folder"] / "model.onnx").is_file()
     (ort,) = variant["requirements"]["runtimes"]
-    assert ort["min_version"] == "1.29"
+    assert ort["min_version"] == "1.23"
     host_ort = importlib.metadata.version("onnxruntime")
     assert doc["runtimes"]["onnxruntime"] == host_ort
     assert doc["pins"]["onnxruntime"] == {"version": host_ort, "reason": PIN_REASONS["host"]}
@@ -149,7 +167,7 @@ def test_too_old_target_runtime_is_refused(tiny_int4: Path, host_llama_lib: Path
     with pytest.raises(BackendUnavailableError) as err:
         edge_image(tiny_int4, tmp_path / "img", platform="linux-x86_64", llama_lib=host_llama_lib,
                    onnxruntime="1.22.0", fetch=False, verify=False)
-    assert "onnx-int4" in err.value.message and "1.22.0 < 1.29" in err.value.message
+    assert "onnx-int4" in err.value.message and "1.22.0 < 1.23" in err.value.message
     assert "GatherBlockQuantized" in err.value.message and err.value.hint
     assert not (tmp_path / "img").exists() and not (tmp_path / "img.partial").exists()
 

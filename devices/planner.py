@@ -13,6 +13,7 @@ from edgellm.errors import BudgetError, InsufficientMemoryError, UnsupportedArch
 from .budgets import format_bytes
 from .memory import (MemoryEstimate, TensorFacts, estimate_llama_cpp, estimate_onnxruntime, kv_cache_bytes,
                      layer_of, tensor_bytes)
+from .threads import profile_threads
 from .types import Device, ModelFacts, Profile
 
 
@@ -233,6 +234,14 @@ def _format_reason(facts: ModelFacts, option: QuantOption, device: Device) -> st
     return f"profile {device.profile.name}'s preferred variants do not fit; the next smaller quant"
 
 
+def _threads_reason(device: Device, threads: int) -> str:
+    if device.profile is not None:
+        cap, why = profile_threads(device.profile)
+        if threads == cap:
+            return why
+    return f"thread cap of {device.name}"
+
+
 def _provider(option: QuantOption, device: Device) -> tuple[str, str]:
     if device.kind == "cuda" and device.gpu is not None:
         if option.format == "gguf" and device.llama_gpu_offload:
@@ -288,7 +297,7 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
                                             "highest quality that fits")
                 + f" ({option.bits_per_weight:.2f} bits/weight, ~{option.quality_loss:.2%} perplexity loss)",
                 f"provider {provider}: {provider_reason}",
-                f"threads {threads}: thread cap of {device.name}",
+                f"threads {threads}: {_threads_reason(device, threads)}",
                 f"n_ctx {n_ctx}: " + ("as requested" if budgets.n_ctx else
                                       f"largest of the model's {facts.max_context} up to {DEFAULT_CONTEXT} that fits"),
                 limit_reason, f"memory estimate {mem.describe()}",

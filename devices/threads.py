@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .bandwidth import cache_dir, machine_key
+from .types import Profile
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,23 @@ class ThreadChoice:
     measured: tuple[tuple[int, float], ...]  # (threads, tokens/s) in sweep order
     cached: bool
     reason: str
+
+
+def profile_threads(profile: Profile) -> tuple[int, str]:
+    """(threads, reason) a target profile runs a model with: its big cores only on a big.LITTLE SoC (a decode
+    step is split evenly across threads and waits for the slowest, so a LITTLE core slows every token), never
+    more than the profile's own thread cap."""
+    cap = profile.threads
+    if profile.cores_little and profile.cores_big:
+        threads = min(cap, profile.cores_big)
+        return threads, (f"the {threads} big cores of {profile.name} ({profile.cores_big} big + "
+                         f"{profile.cores_little} LITTLE: LITTLE cores left out, a decode step waits for its "
+                         "slowest thread)" if threads == profile.cores_big else
+                         f"{profile.name}'s thread cap, on {threads} of its {profile.cores_big} big cores "
+                         f"({profile.cores_little} LITTLE cores left out)")
+    cores = profile.cores_big + profile.cores_little
+    return cap, (f"all {cap} cores of {profile.name}" if cap == cores else
+                 f"{cap} of {profile.name}'s {cores} cores (its thread cap)")
 
 
 def default_candidates(max_threads: int) -> tuple[int, ...]:

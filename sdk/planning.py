@@ -16,7 +16,7 @@ from .devices.cuda import detect_cuda
 from .devices.onnx_facts import onnx_read_bytes, onnx_recipe
 from .devices.planner import Plan, plan_model
 from .devices.profiles import get_profile
-from .devices.threads import ThreadChoice, pick_threads
+from .devices.threads import ThreadChoice, pick_threads, profile_threads
 from .devices.types import CUDAInventory, Device, ModelFacts, TensorFacts
 from .errors import ArtifactError, DeviceError, ModelFormatError
 
@@ -258,7 +258,8 @@ def resolve_device(spec: str | Device = "auto", *, cuda: CUDAInventory | None = 
         profile = get_profile(spec.split(":", 1)[1].strip(), profiles_path)
         # On this host the caps are the profile's, never more than the host has; as a planning target the
         # profile's own numbers describe the device.
-        threads = profile.threads if target else min(profile.threads, cpu.usable_cores)
+        cap, _ = profile_threads(profile)   # big cores only on a big.LITTLE SoC
+        threads = cap if target else min(cap, cpu.usable_cores)
         memory = profile.app_memory_bytes if target else min(profile.app_memory_bytes, cpu.usable_memory_bytes)
         reasons.append(f"profile {profile.name}: {threads} threads (profile {profile.threads}, host "
                        f"{cpu.usable_cores}), memory cap {memory} bytes (profile {profile.app_memory_bytes})")

@@ -1,6 +1,10 @@
 import json
+from dataclasses import replace
 
-from edgellm.devices.threads import default_candidates, pick_threads
+from edgellm.devices.profiles import get_profile
+from edgellm.devices.threads import default_candidates, pick_threads, profile_threads
+from edgellm.planning import plan, resolve_device
+from tests.fixtures.tiny import make_tiny_model
 
 
 def curve(peak: int):
@@ -36,3 +40,24 @@ def test_default_candidates():
     assert default_candidates(1) == (1,)
     assert default_candidates(16) == (1, 2, 3, 4, 6, 9, 13, 16)[:0] or default_candidates(16)[-1] == 16
     assert default_candidates(8)[:4] == (1, 2, 3, 4) and default_candidates(8)[-1] == 8
+
+
+def test_profiles_run_on_their_big_cores_only(tmp_path):
+    """raspberry-pi-5 (4x Cortex-A76, uniform) uses all 4 cores; android-midrange (2x A78 + 6x A55) its 2 big
+    cores: plan, the target Device and the plan's reason agree; a profile whose cap counts LITTLE cores too is
+    held to its big cores."""
+    pi5, phone = get_profile("raspberry-pi-5"), get_profile("android-midrange")
+    assert (pi5.cores_big, pi5.cores_little) == (4, 0) and (phone.cores_big, phone.cores_little) == (2, 6)
+    assert profile_threads(pi5) == (4, "all 4 cores of raspberry-pi-5")
+    threads, why = profile_threads(phone)
+    assert threads == 2 and "2 big cores" in why and "LITTLE" in why
+    greedy = replace(phone, threads=8)   # a cap that counts the LITTLE cores
+    assert profile_threads(greedy)[0] == 2
+    assert profile_threads(replace(phone, threads=1))[0] == 1   # never above the profile's own cap
+    assert resolve_device("profile:android-midrange", target=True).threads == 2
+    assert resolve_device("profile:raspberry-pi-5", target=True).threads == 4
+    folder = make_tiny_model(tmp_path / "m", "LlamaForCausalLM")
+    for name, want in (("raspberry-pi-5", 4), ("android-midrange", 2)):
+        p = plan(folder, device=f"profile:{name}")
+        assert p.threads == want
+        assert any(r.startswith(f"threads {want}: ") and name in r for r in p.reasons), p.reasons

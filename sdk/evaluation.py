@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import EvaluationError
 from .model import Model
+from .progress import ProgressArg, Reporter, reporter
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +108,38 @@ class ReferenceScores:
     log_probs: list[np.ndarray]  # per window: (len(window) - 1, vocab) float32
 
 
+def _name(model: str | Path | Model) -> str:
+    return Path(str(getattr(model, "artifact", model))).name
+
+
 def reference_scores(reference: str | Path | Model, ids: Sequence[int] | None = None, *, text: str | None = None,
-                     max_tokens: int = 1024, n_ctx: int = 512, threads: int | None = None) -> ReferenceScores:
+                     max_tokens: int = 1024, n_ctx: int = 512, threads: int | None = None,
+                     progress: ProgressArg | Reporter = None) -> ReferenceScores:
+    """progress: see edgellm.progress (one stage, "reference NAME", counted in scored tokens)."""
+    rep = reporter(progress)
     with ExitStack() as stack:
         r = _open(reference, stack, n_ctx, threads)
         tokens = list(ids) if ids is not None else evaluation_ids(r, text, max_tokens)
         info = r.runtime.tokenizer_info
         bos = info.bos_id if info.add_bos else None
         size = min(n_ctx, r.n_ctx)
-        lps = [_log_softmax(r.logits(w)[:-1]).astype(np.float32) for w in windows(tokens, size, bos)]
+        wins = list(windows(tokens, size, bos))
+        lps: list[np.ndarray] = []
+        with rep.stage(f"reference {_name(reference)}", sum(len(w) - 1 for w in wins), "tokens") as st:
+            for w in wins:
+                lps.append(_log_softmax(r.logits(w)[:-1]).astype(np.float32))
+                st.advance(len(w) - 1)
         return ReferenceScores(str(getattr(r, "artifact", reference)), tokens, size, bos, lps)
 
 
 def evaluate(model: str | Path | Model, reference: str | Path | Model | ReferenceScores | None = None, *,
              text: str | None = None, ids: Sequence[int] | None = None, max_tokens: int = 1024, n_ctx: int = 512,
-             threads: int | None = None) -> EvalResult:
+             threads: int | None = None, progress: ProgressArg | Reporter = None) -> EvalResult:
     """Perplexity of `model` on `text` (or token `ids`); with `reference`, KLD and top-1 agreement too.
 
-    `reference` may be precomputed `ReferenceScores` (then its token ids and window size are used)."""
+    `reference` may be precomputed `ReferenceScores` (then its token ids and window size are used).
+    progress: see edgellm.progress (a stage per model scored, counted in tokens; None: shown on a terminal)."""
+    rep = reporter(progress)
     with ExitStack() as stack:
         ref: ReferenceScores | None = None
         if isinstance(reference, ReferenceScores):
@@ -133,7 +148,7 @@ def evaluate(model: str | Path | Model, reference: str | Path | Model | Referenc
         m = _open(model, stack, n_ctx, threads)
         if reference is not None and not isinstance(reference, ReferenceScores):
             ref = reference_scores(reference, ids, text=text, max_tokens=max_tokens, n_ctx=min(n_ctx, m.n_ctx),
-                                   threads=threads)
+                                   threads=threads, progress=rep)
         if ref is not None:
             tokens, size, bos = ref.tokens, ref.size, ref.bos
         else:
@@ -144,9 +159,10 @@ def evaluate(model: str | Path | Model, reference: str | Path | Model | Referenc
         ref_nll: list[np.ndarray] = []
         kld: list[np.ndarray] = []
         agree = 0
-        n_windows = 0
-        for i, win in enumerate(windows(tokens, size, bos)):
-            n_windows += 1
+        wins = list(windows(tokens, size, bos))
+        n_windows = len(wins)
+        stage = rep.stage(f"scoring {_name(model)}", sum(len(w) - 1 for w in wins), "tokens")
+        for i, win in enumerate(wins):
             target = np.asarray(win[1:])
             lp = _log_softmax(m.logits(win)[:-1])               # (len(win) - 1, vocab)
             nll.append(-lp[np.arange(len(target)), target])
@@ -158,8 +174,10 @@ def evaluate(model: str | Path | Model, reference: str | Path | Model | Referenc
                 ref_nll.append(-rlp[np.arange(len(target)), target])
                 kld.append((np.exp(rlp) * (rlp - lp)).sum(axis=-1))
                 agree += int((rlp.argmax(-1) == lp.argmax(-1)).sum())
+            stage.advance(len(win) - 1)
         all_nll = np.concatenate(nll)
         n = int(all_nll.size)
+        stage.close(f"PPL {math.exp(float(all_nll.mean())):.3f}")
         result: dict[str, Any] = {"artifact": str(getattr(m, "artifact", model)), "tokens": n,
                                   "nll": float(all_nll.mean()), "ppl": math.exp(float(all_nll.mean())),
                                   "windows": n_windows}

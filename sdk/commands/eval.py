@@ -11,10 +11,17 @@ from ..deprecation import add_n_ctx
 def eval_models(models: list[str], reference: str | None = None, text_file: str | None = None,
                 max_tokens: int = 1024, n_ctx: int = 512, threads: int | None = None, json_output: bool = False,
                 markdown: bool = False) -> int:
-    from ..evaluation import evaluate, format_table
+    from ..evaluation import ReferenceScores, evaluate, format_table, reference_scores
+    from ..progress import terminal
 
     text = Path(text_file).read_text(encoding="utf-8") if text_file else None
-    results = [evaluate(m, reference, text=text, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)
+    rep = terminal()          # progress on stderr, results on stdout
+    # the reference is scored once, not once per model
+    ref: ReferenceScores | None = None
+    if reference is not None:
+        ref = reference_scores(reference, text=text, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads,
+                               progress=rep)
+    results = [evaluate(m, ref, text=text, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, progress=rep)
                for m in models]
     if json_output:
         print(json.dumps([r.to_dict() for r in results], indent=2))

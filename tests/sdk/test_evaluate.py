@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,14 @@ def test_windows_cover_every_token_once_with_bos() -> None:
 @pytest.mark.slow
 def test_self_reference_has_zero_kld_and_full_agreement(smollm2_gguf) -> None:
     q8 = smollm2_gguf("Q8_0")
-    r = evaluate(q8, q8, max_tokens=100, n_ctx=64, threads=1)
+    events = []
+    r = evaluate(q8, q8, max_tokens=100, n_ctx=64, threads=1, progress=events.append)
+    # progress: the reference stage then the scoring stage, each counted in scored tokens up to its total
+    stages = [e.stage for e in events if e.finished]
+    assert stages == [f"reference {q8.name}", f"scoring {q8.name}"]
+    last = [e for e in events if e.finished][-1]
+    assert last.done == last.total == r.tokens and last.unit == "tokens" and "PPL" in last.message
+    assert [e.done for e in events if e.stage == stages[1]] == sorted(e.done for e in events if e.stage == stages[1])
     assert r.windows == 2 and r.tokens == 99 - 1  # BOS + 99 body tokens, two windows each lose one target
     assert r.kld_mean == pytest.approx(0.0, abs=1e-6) and r.top1 == 1.0
     assert r.ppl == pytest.approx(r.ref_ppl, rel=1e-6) and abs(r.ppl_increase) < 1e-6
@@ -57,5 +65,9 @@ def test_eval_cli_prints_table(smollm2_gguf, capsys) -> None:
 
     q4 = str(smollm2_gguf("Q4_0"))
     assert main(["eval", q4, "--reference", q4, "--max-tokens", "64", "--n-ctx", "64", "--threads", "1", "--markdown"]) == 0
-    out = capsys.readouterr().out
-    assert "| artifact |" in out and "100.00 %" in out
+    captured = capsys.readouterr()
+    assert "| artifact |" in captured.out and "100.00 %" in captured.out
+    # progress goes to stderr, the table alone to stdout; the reference is scored once
+    done = [line for line in captured.err.splitlines() if line.endswith(" done")]
+    assert [line.split(":")[0] for line in done] == [f"reference {Path(q4).name}", f"scoring {Path(q4).name}"]
+    assert "scoring " not in captured.out

@@ -61,10 +61,10 @@ ORT_KV_ROUND = 64
 PAGE = 4096
 # llama.cpp rounds the context (and each KV cache) up to 256 cells
 LLAMA_CTX_PAD = 256
-# llama.cpp's llama_context_default_params has swa_full=true and edgellm's llama.cpp runtime does not change it:
-# sliding-window layers then hold the whole context like the global ones (checked on a Gemma 3 GGUF: "using
-# full-size SWA cache"). With swa_full=False they would hold PAD(n_swa + n_ubatch, 256) cells.
-LLAMA_SWA_FULL = True
+# llama.cpp's library default is swa_full=true (sliding-window layers hold the whole context like the global ones);
+# edgellm's llama.cpp runtime passes swa_full=False unless speculative decoding is on (runtimes/options.py), as
+# llama.cpp's server does: the sliding layers hold PAD(n_swa + n_ubatch, 256) cells.
+LLAMA_SWA_FULL = False
 # --- uncalibrated (no GPU here): upstream figures --------------------------------------------------------
 CUDA_CONTEXT_DEVICE_BYTES = 300 * MiB  # CUDA context + cuBLAS workspace on the GPU
 CUDA_CONTEXT_HOST_BYTES = 250 * MiB  # libcudart/cublas pages and pinned staging buffers in the process

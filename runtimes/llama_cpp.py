@@ -37,6 +37,9 @@ class LlamaCppRuntime:
         self.threads = options.threads or default_threads()
         self.kernel_policy: KernelPolicy = kernel_policy(path)
         self._handle: Any = self._open(logits_all=False)
+        # sliding window of the model when its windowed layers keep only window + batch cells (0: not limited)
+        self._swa_window = 0 if self._handle.context_params.swa_full else \
+            int(llama_module.llama_model_n_swa(self._handle._model.model))
         self._abort = AbortFlag(llama_module, self._handle._ctx.ctx)
         self._eval_llm: Any = None
         self._tok_info: TokenizerInfo | None = None
@@ -117,7 +120,7 @@ class LlamaCppRuntime:
         llama_decode then returns 2 (its finished micro-batches stay in the KV cache, which llama-cpp-python's
         next eval trims to the tokens it counted), and this generator returns."""
         llm = self._llm
-        if not self.backend_options.cache_prompt:
+        if not self.backend_options.cache_prompt or not self._window_holds_prefix(prompt):
             llm.reset()  # forget the evaluated prefix: a fresh prefill (what benchmarks of prefill need)
         llm.set_seed(params.seed if params.seed is not None else 0xFFFFFFFF)
         self._abort.clear()   # a cancel that raced the end of the previous call must not stop this one
@@ -145,6 +148,27 @@ class LlamaCppRuntime:
             unhook()
             steps.close()
             self._abort.clear()
+
+    def _window_holds_prefix(self, prompt: list[int]) -> bool:
+        """Whether llama-cpp-python may continue from the cached prefix it would reuse for `prompt`: always with a
+        full cache; with windowed layers only if the cache still holds every position the window of the first
+        re-evaluated token reaches back to (as llama.cpp's server checks), else the prompt is evaluated afresh."""
+        llm = self._llm
+        if not self._swa_window or llm.n_tokens == 0:
+            return True
+        cached = llm.input_ids[: llm.n_tokens]
+        common = 0
+        for a, b in zip(cached, prompt):
+            if a != b:
+                break
+            common += 1
+        if common == len(prompt) == llm.n_tokens:
+            return True                     # nothing to roll back
+        reuse = common - 1 if common == len(prompt) else common
+        if reuse <= 0:
+            return True                     # llama-cpp-python starts afresh by itself
+        pos_min = int(self._lc.llama_memory_seq_pos_min(self._lc.llama_get_memory(llm._ctx.ctx), 0))
+        return pos_min <= max(0, reuse - self._swa_window)
 
     def _grammar(self, schema: Any) -> Any:
         """llama.cpp's grammar for JSON output: any object ({}), or the given JSON schema."""

@@ -20,7 +20,12 @@ T = TypeVar("T")
 class LlamaCppOptions:
     """llama.cpp (GGUF). type_k/type_v: KV cache element types (llama.cpp's ggml type ids or names such as
     "q8_0"); flash_attn: llama.cpp's flash attention; n_batch: prefill batch; speculative="prompt-lookup" with
-    num_pred_tokens drafted tokens; cache_prompt=False forgets the evaluated prefix before every call."""
+    num_pred_tokens drafted tokens; cache_prompt=False forgets the evaluated prefix before every call.
+    swa_full: whether sliding-window layers (Gemma 2/3, ...) keep KV cells for the whole context (llama.cpp's
+    library default) or only for their window plus one batch. edgellm's default (None) is False, as llama.cpp's
+    server does, except with speculative decoding (rejected drafts roll back, which a windowed cache cannot
+    always serve); when a prompt reuses less of the cached prefix than the window still covers, the prefix is
+    evaluated again rather than attended to with cells that are gone."""
     type_k: int | str | None = None
     type_v: int | str | None = None
     flash_attn: bool | None = None
@@ -28,6 +33,7 @@ class LlamaCppOptions:
     speculative: str | None = None
     num_pred_tokens: int = 10
     cache_prompt: bool = True
+    swa_full: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -37,7 +43,10 @@ class LlamaCppOptions:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 problems.append(f"{name}={v!r} must be a positive whole number")
-        for name in ("flash_attn", "cache_prompt"):
+        if self.speculative is not None and self.swa_full is False:
+            problems.append("swa_full=False cannot be combined with speculative decoding (rejected drafts are "
+                            "rolled back, which a windowed KV cache cannot always serve)")
+        for name in ("flash_attn", "cache_prompt", "swa_full"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 problems.append(f"{name}={v!r} must be True or False")
@@ -46,8 +55,10 @@ class LlamaCppOptions:
 
     def llama_kwargs(self) -> dict[str, Any]:
         """The keywords llama-cpp-python's `Llama` takes directly (those set)."""
-        return {k: getattr(self, k) for k in ("type_k", "type_v", "flash_attn", "n_batch")
-                if getattr(self, k) is not None}
+        kwargs = {k: getattr(self, k) for k in ("type_k", "type_v", "flash_attn", "n_batch")
+                  if getattr(self, k) is not None}
+        kwargs["swa_full"] = self.swa_full if self.swa_full is not None else self.speculative is not None
+        return kwargs
 
 
 @dataclass(frozen=True)

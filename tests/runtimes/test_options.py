@@ -16,7 +16,7 @@ from edgellm.runtimes.options import LlamaCppOptions, OnnxOptions, parse_options
 def test_keywords_become_the_runtimes_dataclass() -> None:
     opts = parse_options("llama.cpp", {"speculative": "prompt-lookup", "num_pred_tokens": 4, "n_batch": 64})
     assert opts == LlamaCppOptions(speculative="prompt-lookup", num_pred_tokens=4, n_batch=64)
-    assert opts.llama_kwargs() == {"n_batch": 64}
+    assert opts.llama_kwargs() == {"n_batch": 64, "swa_full": True}    # speculative keeps the full SWA cache
     assert parse_options("onnxruntime", {"prefill_chunk": 32}) == OnnxOptions(prefill_chunk=32)
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Mapping
 
-from edgellm.errors import BudgetError, InsufficientMemoryError, UnsupportedArchitectureError
+from edgellm.errors import (BackendUnavailableError, BudgetError, InsufficientMemoryError,
+                            UnsupportedArchitectureError)
 
 from .budgets import format_bytes
 from .memory import (MemoryEstimate, TensorFacts, estimate_llama_cpp, estimate_onnxruntime, kv_cache_bytes,
@@ -44,15 +46,20 @@ QUANT_LADDER: tuple[QuantOption, ...] = (
 CONTEXT_STEPS = (32768, 16384, 8192, 4096, 2048, 1024, 512)
 DEFAULT_CONTEXT = 4096
 BANDWIDTH_EFFICIENCY = 0.7  # share of the probed read bandwidth a decode step sustains
-# Effective matvec throughput per core (GFLOP/s) when weights are cached; decode of small models is compute
-# bound. Rough roofs: the test machine (avx512, 2 threads) runs SmolLM2 Q8_0 at 95 tok/s, which the bandwidth
-# roof predicts within 15%; the per-ISA numbers are scaled guesses, not measurements.
-GFLOPS_PER_CORE: tuple[tuple[str, float], ...] = (("avx512f", 25.0), ("avx2", 16.0), ("i8mm", 12.0),
+# FITTED. Effective matvec throughput per core (GFLOP/s) of llama.cpp's decode on large matrices, and a cost per
+# layer per token that does not shrink with the matrices (ops, synchronisation, small-matrix inefficiency): part of
+# it serial, part spread over the threads. Fitted on the test machine (AMD EPYC, AVX-512; llama-cpp-python 0.3.36)
+# from tokens per CPU-second at 1 thread (contention-free on shared cores): SmolLM2-135M Q4_K_M 61 (raw llama.cpp)
+# / 55.6 (edgellm, quiet machine), the 1B Llama-shaped Q4_K_M 19.8-21; and SmolLM2 Q4_K_M at 2 threads on a quiet
+# machine, 88.8 tokens/s. The AVX2 and Arm figures are the same per-ISA ratios as before scaled to the AVX-512 fit:
+# guesses, not measurements (the Arm profiles are bandwidth-bound at 1B anyway).
+GFLOPS_PER_CORE: tuple[tuple[str, float], ...] = (("avx512f", 55.0), ("avx2", 35.0), ("i8mm", 12.0),
                                                   ("dotprod", 8.0), ("neon", 4.0))
-# FITTED. onnxruntime's decode step (MatMulNBits int4 + per-step session overhead) per core, relative to the
-# GFLOPS_PER_CORE roof: SmolLM2 int4 on the test machine (AVX-512, 2 threads) decoded 64 tokens in 1.19 s of
-# process CPU time, ~107 tokens/s of CPU-normalized speed, against 153 predicted at 1.0. One point measured.
-ORT_COMPUTE_SHARE = 0.7
+LAYER_OVERHEAD_S = (0.15e-3, 0.29e-3)   # (serial, divided by threads) seconds per layer per token
+# FITTED. onnxruntime's decode step (MatMulNBits int4/int8) per core, relative to GFLOPS_PER_CORE: tokens per
+# CPU-second at 1 thread, SmolLM2 int4 63 and the 1B int4-rtn (int8 head) 13.3, give 35 GFLOP/s against
+# llama.cpp's 55 with the same per-layer cost.
+ORT_COMPUTE_SHARE = 0.65
 GPU_MEMORY_MARGIN = 0.9  # plan to use at most 90% of free VRAM
 log = logging.getLogger(__name__)
 
@@ -148,12 +155,29 @@ def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, t
     if option.format == "onnx":
         gflops *= ORT_COMPUTE_SHARE
     host_share = host_bytes / max(1, host_bytes + gpu_bytes)
-    t_compute = 2 * facts.param_count * host_share / (gflops * 1e9 * max(1, threads))
+    n = max(1, threads)
+    flops = 2 * matmul_params(facts) * host_share
+    host_layers = facts.num_layers - min(n_gpu_layers, facts.num_layers)
+    t_compute = flops / (gflops * 1e9 * n) + host_layers * (LAYER_OVERHEAD_S[0] + LAYER_OVERHEAD_S[1] / n)
     if t_compute > t_mem:
-        return 1.0 / t_compute, (f"compute-bound: {2 * facts.param_count * host_share / 1e9:.2f} GFLOP/token on "
-                                 f"{threads} threads x {gflops:.1f} GFLOP/s")
+        return 1.0 / t_compute, (f"compute-bound: {flops / 1e9:.2f} GFLOP/token on {threads} threads x "
+                                 f"{gflops:.1f} GFLOP/s + {host_layers} layers x per-layer cost")
     return 1.0 / t_mem, (f"bandwidth-bound: {format_bytes(host_bytes + gpu_bytes)} read/token at "
                          f"{BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbs or 10.0:.1f} GB/s")
+
+
+def matmul_params(facts: ModelFacts) -> int:
+    """Weights a decode step multiplies by: all of them but an untied embedding table (gathered, one row)."""
+    total = facts.param_count
+    if facts.tie_word_embeddings:
+        return total
+    embed = next((t for t in facts.tensors if "token_embd" in t.name or "embed_tokens" in t.name), None)
+    if embed is not None:
+        n = 1
+        for d in embed.shape:
+            n *= d
+        return total - n
+    return total - facts.vocab_size * facts.hidden_size   # the llama-like estimate counted the table twice
 
 
 def _gpu_layers(facts: ModelFacts, option: QuantOption, n_ctx: int, device: Device) -> tuple[int, str]:
@@ -253,8 +277,15 @@ def _provider(option: QuantOption, device: Device) -> tuple[str, str]:
     return ("CPU" if option.format == "gguf" else "CPUExecutionProvider"), f"device {device.name} is CPU-only"
 
 
-def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), model_name: str = "model") -> Plan:
-    """The best-quality plan that fits memory and meets the speed and quality budgets."""
+def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), model_name: str = "model",
+               runtime_refusals: Mapping[tuple[str, str], str] | None = None) -> Plan:
+    """The best-quality plan that fits memory and meets the speed and quality budgets.
+
+    runtime_refusals: (format, QUANT) -> why the target's runtime cannot run that variant (the caller computes it
+    from the artifact's or the recipe's runtime requirements and the profile's `runtimes`); such a variant is
+    skipped with its reason, and BackendUnavailableError names every reason when no variant is left."""
+    refusals = {(f, q.upper()): why for (f, q), why in (runtime_refusals or {}).items()}
+    runtime_rejected: list[str] = []
     limit = device.memory_bytes if budgets.max_memory is None else min(device.memory_bytes, budgets.max_memory)
     limit_reason = (f"memory limit {format_bytes(limit)}: " + (
         f"--max-memory {format_bytes(budgets.max_memory)}" if budgets.max_memory and budgets.max_memory <= device.memory_bytes
@@ -272,6 +303,11 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
             if budgets.max_quality_loss is not None and option.quality_loss > budgets.max_quality_loss:
                 rejected.append(f"{option.name}: quality loss {option.quality_loss:.2%} > budget "
                                 f"{budgets.max_quality_loss:.2%}")
+                continue
+            why_not = refusals.get((option.format, option.name.upper()))
+            if why_not is not None:
+                if not any(r.startswith(f"{option.format} {option.name}:") for r in runtime_rejected):
+                    runtime_rejected.append(f"{option.format} {option.name}: {why_not}")
                 continue
             provider, provider_reason = _provider(option, device)
             gpu_layers, gpu_reason = (0, "")
@@ -306,10 +342,15 @@ def plan_model(facts: ModelFacts, device: Device, budgets: Budgets = Budgets(), 
             if gpu_reason:
                 reasons.insert(3, f"n_gpu_layers {gpu_layers}: {gpu_reason}")
             reasons += [f"no {fmt}: {why}" for fmt, why in facts.refused_formats]
+            reasons += [f"refused {r} (the target's runtime cannot run it)" for r in runtime_rejected]
             reasons += [f"rejected {r}" for r in rejected[:8]]
             reasons += [f"note: {r}" for r in device.reasons]
             return Plan(model_name, device, option.format, option.name, option.runtime, provider, threads,
                         gpu_layers, n_ctx, mem, limit, tps, option.quality_loss, facts.source == "hf", tuple(reasons))
+    if smallest is None and runtime_rejected:
+        raise BackendUnavailableError(
+            f"{device.name}'s runtimes cannot run any variant of {model_name}: " + "; ".join(runtime_rejected),
+            "update the target's runtime (the profile's `runtimes`), or convert to a format/recipe it runs")
     if smallest is not None and smallest[0] > limit:
         raise InsufficientMemoryError(
             f"{model_name} does not fit {device.name}: the smallest plan ({smallest[1]}) needs "

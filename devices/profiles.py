@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 
 PROFILES_FILE = Path(__file__).with_name("profiles.json")
 _FORMATS = ("gguf", "onnx")
+# the runtime distributions a profile's `runtimes` field may pin (their versions gate the variants it can run)
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "llama-cpp-python")
+_VERSION = re.compile(r"\d+(\.\d+){0,3}")
 
 
 def _field(data: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...],
@@ -85,6 +89,15 @@ def _parse_profile(name: str, data: Any) -> Profile:
     app_memory = _size(data, "app_memory", where)
     if app_memory > ram:
         raise ProfileError(f"profile file: {where}: field 'app_memory' exceeds field 'ram'")
+    runtimes = data.get("runtimes", {})
+    if not isinstance(runtimes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and _VERSION.fullmatch(v) for k, v in runtimes.items()):
+        raise ProfileError(f"profile file: {where}: field 'runtimes' must map a runtime (onnxruntime, "
+                           f"llama-cpp-python) to a version such as '1.23.2', got {runtimes!r}")
+    unknown = sorted(set(runtimes) - set(RUNTIME_DISTRIBUTIONS))
+    if unknown:
+        raise ProfileError(f"profile file: {where}: field 'runtimes' names unknown runtime {unknown[0]!r}; known: "
+                           + ", ".join(RUNTIME_DISTRIBUTIONS))
     return Profile(
         name=name, description=_field(data, "description", where, str),
         arch=_field(data, "arch", where, str, lambda v: v in ("aarch64", "x86_64"), "'aarch64' or 'x86_64'"),
@@ -93,7 +106,7 @@ def _parse_profile(name: str, data: Any) -> Profile:
         isa=tuple(_field(data, "isa", where, list, _strings, "a list of feature names")),
         power=PowerEnvelope(**{k: float(_field(power, k, pw, num, lambda v: v >= 0, "a number >= 0"))
                                for k in ("idle_w", "active_w_per_big_core", "active_w_per_little_core", "max_w")}),
-        preferred=tuple(preferred), gpu=gpu)
+        preferred=tuple(preferred), gpu=gpu, runtimes=tuple(sorted(runtimes.items())))
 
 
 def load_profiles(path: Path | None = None) -> dict[str, Profile]:

@@ -108,6 +108,14 @@ class Profile:
     power: PowerEnvelope
     preferred: tuple[PreferredArtifact, ...]
     gpu: ProfileGPU | None = None
+    # runtime distribution -> the version the target has ("onnxruntime": "1.22.0", "llama-cpp-python": "0.3.36"),
+    # for targets whose runtime is fixed (a system package, an app's bundled library); empty: the edge image
+    # installs what each variant needs. A variant needing more is refused by the planner with the reason.
+    runtimes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def runtime_versions(self) -> dict[str, str]:
+        return dict(self.runtimes)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from .converters.limits import load_json
 from .devices.types import Device
 from .converters.manifest import safe_child, sha256_file
-from .errors import BundleError, EdgeLLMError, InsufficientMemoryError
+from .errors import BackendUnavailableError, BundleError, EdgeLLMError, InsufficientMemoryError
 from .outputs import staged_folder, writing_to
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,31 @@ def _build(model: str | Path, out: Path, wanted: dict[str, tuple[str, str, str]]
             files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
             variants[name] = {"format": fmt, "quant": quant, "folder": f"variants/{name}", "files": files,
                               "size_bytes": sum((folder / f).stat().st_size for f in files)}
+        _check_target_runtimes(tmp, wanted)
         doc = {"schema": BUNDLE_SCHEMA, "source": str(Path(model).resolve()), "variants": variants,
                "targets": {t: v[0] for t, v in wanted.items()}}
         (tmp / BUNDLE_NAME).write_text(json.dumps(doc, indent=2))
     return BundleResult(out, variants, doc["targets"])  # type: ignore[arg-type]  # validated above
+
+
+def runtime_problems(variant_folder: Path, pins: dict[str, str]) -> list[str]:
+    """Why a target whose runtimes are `pins` cannot run the artifact in `variant_folder` (empty: it can)."""
+    from .edge_requirements import check_runtime, requirements_for
+
+    return check_runtime(requirements_for(variant_folder), pins) if pins else []
+
+
+def _check_target_runtimes(tmp: Path, wanted: dict[str, tuple[str, str, str]]) -> None:
+    """The built variants checked against each target profile's pinned runtimes (the plan predicted them; a
+    family with ops of its own could still need more): BackendUnavailableError naming target and reason."""
+    from .devices.profiles import get_profile
+
+    for target, (name, _, _) in wanted.items():
+        pins = get_profile(target).runtime_versions
+        problems = runtime_problems(tmp / "variants" / name, pins)
+        if problems:
+            raise BackendUnavailableError(f"target {target} cannot run its variant {name}: " + "; ".join(problems),
+                                          f"update {target}'s runtimes, or bundle another format for it")
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -161,15 +182,25 @@ def pick_variant(folder: str | Path, device: Device, n_ctx: int | None = None) -
 
     doc = read_bundle(folder)
     device_spec = device.name
+    pins = device.profile.runtime_versions if device.profile is not None else {}
+    misses = []
     if device.profile is not None:
         target = device.profile.name
         if target in doc["targets"]:
-            return doc["targets"][target], f"bundle target {target}"
-    misses = []
+            name = doc["targets"][target]
+            problems = runtime_problems(Path(folder) / doc["variants"][name]["folder"], pins)
+            if not problems:
+                return name, f"bundle target {target}"
+            misses.append(f"{name}: the target's runtimes cannot run it ({'; '.join(problems)})")
     by_size = sorted(doc["variants"].items(), key=lambda kv: -int(kv[1].get("size_bytes", 0)))
     for name, v in by_size:
         if not _runtime_available(v["format"]):
             misses.append(f"{name}: runtime for {v['format']} not installed")
+            continue
+        problems = runtime_problems(Path(folder) / v["folder"], pins)
+        if problems:
+            if not any(m.startswith(f"{name}:") for m in misses):
+                misses.append(f"{name}: the target's runtimes cannot run it ({'; '.join(problems)})")
             continue
         try:
             plan(Path(folder) / v["folder"], device=device, n_ctx=n_ctx)
@@ -179,4 +210,8 @@ def pick_variant(folder: str | Path, device: Device, n_ctx: int | None = None) -
         except EdgeLLMError as exc:  # cannot plan it: still a candidate, the load checks again
             log.info("bundle variant %s could not be planned (%s)", name, exc.message)
         return name, f"largest variant that fits {device_spec}" + (f" (skipped: {'; '.join(misses)})" if misses else "")
+    if any("runtimes cannot run" in m for m in misses) and all("runtimes cannot run" in m or "not installed" in m
+                                                                for m in misses):
+        raise BackendUnavailableError(f"no variant of bundle {folder} runs on {device_spec}: " + "; ".join(misses),
+                                      "update the target's runtimes, or add a variant in a format they run")
     raise InsufficientMemoryError(f"no variant of bundle {folder} fits {device_spec}: " + "; ".join(misses))

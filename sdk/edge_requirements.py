@@ -16,9 +16,11 @@ import importlib.metadata
 import logging
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .devices.types import Device, ModelFacts
 from .errors import ArtifactError, BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,13 @@ def gguf_requirement(gguf_path: Path, *, fallback_version: str | None = None) ->
     """The llama-cpp-python (llama.cpp) a GGUF needs: its tensor types; plus the Arm features it will meet."""
     from .runtimes.llama_native import gguf_tensor_types
 
-    types = sorted(gguf_tensor_types(gguf_path))
+    return gguf_types_requirement(gguf_tensor_types(gguf_path), fallback_version=fallback_version)
+
+
+def gguf_types_requirement(tensor_types: Iterable[str], *, fallback_version: str | None = None) -> Requirement:
+    """The llama-cpp-python a GGUF holding these GGML tensor types needs (a converted file's, or the types the
+    planner predicts for a quant before converting)."""
+    types = sorted(set(tensor_types))
     fallback = fallback_version or installed_version("llama-cpp-python") or "0.3.0"
     found: dict[str, str] = {}
     for t in types:
@@ -246,6 +254,30 @@ def requirements_for(artifact: str | Path) -> ArtifactRequirements:
     if resolved.format == "onnx":
         return ArtifactRequirements("onnx", (onnx_requirement(path),))
     return ArtifactRequirements("gguf", (gguf_requirement(path),))
+
+
+@lru_cache(maxsize=None)
+def recipe_requirements(quant: str) -> ArtifactRequirements:
+    """What an ONNX artifact of edgellm's converter with this recipe needs, before the model is converted: the
+    recipe's graph built on a one-layer random Llama (converters/synthetic.py; ~1 s, once per recipe and
+    process) and read like any artifact. The ops are the recipe's (quantized matmuls and tables, attention,
+    norms); a family with ops of its own is checked again on its converted artifact (bundle does)."""
+    import tempfile
+    from dataclasses import replace
+
+    from .converters.onnx import convert_to_onnx
+    from .converters.quant import QuantSpec, get_recipe
+    from .converters.synthetic import write_tiny_llama
+
+    def rtn(spec: QuantSpec) -> QuantSpec:   # GPTQ changes the values, not the graph: skip its calibration
+        return replace(spec, method="rtn") if spec.method == "gptq" else spec
+
+    r = get_recipe(quant)
+    same_graph = replace(r, weight=rtn(r.weight), lm_head=rtn(r.lm_head), embeddings=rtn(r.embeddings),
+                         overrides=tuple((suffix, rtn(spec)) for suffix, spec in r.overrides))
+    with tempfile.TemporaryDirectory(prefix="edgellm-recipe-") as tmp:
+        folder = write_tiny_llama(Path(tmp) / "hf", hidden=128, ffn=256)
+        return requirements_for(convert_to_onnx(folder, Path(tmp) / "onnx", recipe=same_graph).path)
 
 
 def check_runtime(reqs: ArtifactRequirements, target: Mapping[str, str | None]) -> list[str]:
@@ -275,3 +307,51 @@ def require_runtime(reqs: ArtifactRequirements, target: Mapping[str, str | None]
         need = ", ".join(f"{r.runtime}>={r.min_version}" for r in reqs.requirements)
         raise BackendUnavailableError(f"the target runtime cannot run {what}: " + "; ".join(problems),
                                       f"install {need} on the target, or pick a variant in another format/quant")
+
+
+# -- planning: which variants a profile's pinned runtimes refuse --------------------------------------------------
+def runtime_refusals(model: Path, facts: ModelFacts, dev: Device) -> tuple[dict[tuple[str, str], str], str]:
+    """((format, QUANT) -> why the target's runtimes cannot run it, a reason line) for a profile that pins its
+    runtimes (`runtimes` in profiles.json); nothing for other devices. A ready artifact is checked from its own
+    graph or tensor types (edge_requirements); an HF folder's variants from the GGUF types the planner predicts
+    per quant, and for ONNX from the recipe's graph (recipe_requirements). A runtime the profile does not list
+    is one the target does not have."""
+    from .devices.planner import profile_options
+    from .planning import _gguf_file
+
+    target = dev.profile.runtime_versions if dev.profile is not None else {}
+    if not target or dev.profile is None:
+        return {}, ""
+    pins = ", ".join(f"{k} {v}" for k, v in sorted(target.items()))
+    wanted: dict[tuple[str, str], ArtifactRequirements] = {}
+    if facts.source != "hf":
+        fmt = "onnx" if facts.source == "onnx" else "gguf"
+        gguf = _gguf_file(model)
+        if gguf is not None:
+            wanted[(fmt, (facts.quant or "").upper())] = ArtifactRequirements("gguf", (gguf_requirement(gguf),))
+        else:
+            wanted[(fmt, (facts.quant or "").upper())] = ArtifactRequirements(
+                "onnx", (onnx_requirement(_onnx_file(model)),))
+    else:
+        for option in profile_options(dev.profile):
+            if option.format == "gguf":
+                layout = facts.layout(option.name)
+                types = [t.dtype for t in layout] if layout else [option.main_type]
+                wanted[("gguf", option.name.upper())] = ArtifactRequirements("gguf", (gguf_types_requirement(types),))
+            else:
+                wanted[("onnx", option.name.upper())] = recipe_requirements(option.name)
+    refused = {key: "; ".join(problems) for key, reqs in wanted.items() if (problems := check_runtime(reqs, target))}
+    return refused, f"target runtimes ({dev.profile.name}): {pins}; the chosen variant runs on them"
+
+
+def _onnx_file(p: Path) -> Path:
+    from .converters.manifest import MANIFEST_NAME
+    from .planning import _json_or_empty, genai_decoder
+
+    if p.is_file():
+        return p
+    if (p / MANIFEST_NAME).is_file():
+        file = _json_or_empty(p / MANIFEST_NAME).get("file")
+        if isinstance(file, str) and (p / file).resolve().is_relative_to(p.resolve()):
+            return p / file
+    return genai_decoder(p)

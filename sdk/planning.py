@@ -342,7 +342,14 @@ def plan(model: str | Path, device: str | Device = "auto", max_memory: str | int
                       max_quality_loss=parse_quality_loss(max_quality_loss), n_ctx=_context(n_ctx))
     facts = read_model_facts(model)
     dev = resolve_device(device, cuda=cuda, target=True)
-    result = plan_model(facts, dev, budgets, model_name=Path(model).name)
+    from .edge_requirements import runtime_refusals
+
+    refusals, checked = runtime_refusals(Path(model), facts, dev)
+    result = plan_model(facts, dev, budgets, model_name=Path(model).name, runtime_refusals=refusals)
+    if checked:
+        from dataclasses import replace
+
+        result = replace(result, reasons=result.reasons + (checked,))
     if result.runtime == "llama.cpp" and dev.profile is None:  # this host's llama.cpp build will run it
         from dataclasses import replace
 

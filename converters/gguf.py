@@ -15,18 +15,19 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from ..errors import ConversionError, OutputPathError
+from ..errors import ConversionError, OutputPathError, QuantizationError
 from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
+from .gguf_gptq import Encoded, GPTQResult, calibrate_gptq
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
 from .hf import HFModel, read_hf_model
-from .imatrix import prepare_imatrix, require_imatrix, resolve_imatrix
+from .imatrix import ImportanceMatrix, prepare_imatrix, require_imatrix, resolve_imatrix
 from .llama_quantize import quantize_gguf
 from .rope import llama_cpp_freq_factors, rope_kind
 from .manifest import Manifest, sha256_file, write_manifest
@@ -106,8 +107,13 @@ def _check_finite(name: str, w: np.ndarray) -> None:
 
 
 def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant: GGUFQuant, out_file: Path,
-                  names: dict[str, str | None], vocab: Any, context_length: int | None, rep: Reporter) -> Counter[str]:
+                  names: dict[str, str | None], vocab: Any, context_length: int | None, rep: Reporter,
+                  encoded: Mapping[str, Encoded] | None = None) -> Counter[str]:
+    """Write the GGUF with every tensor in `quant`'s native type, except those in `encoded` (GGUF name -> a
+    tensor already in its final block type, e.g. GPTQ-rounded), written as they are."""
     import gguf
+
+    encoded = encoded or {}
 
     writer = gguf.GGUFWriter(None, family.gguf_arch)
     write_metadata(writer, model, args, vocab, names, quant.file_type, context_length)
@@ -120,7 +126,7 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
     extra += [(name, np.asarray(data, np.float32)) for name, data in family.gguf_tensors(args)]
     types: list[str] = []
     for _hf, gg, shape, rule in plan:
-        t = "F32" if rule.keep_f32 else native_type_for(quant, gg, shape)
+        t = encoded[gg].type if gg in encoded else "F32" if rule.keep_f32 else native_type_for(quant, gg, shape)
         types.append(t)
         writer.add_tensor_info(gg, shape, np.dtype(np.float32), tensor_nbytes(t, shape),
                                raw_dtype=gguf.GGMLQuantizationType[t])
@@ -132,8 +138,9 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
     writer.write_ti_data_to_file()
     try:
         with rep.stage(f"writing {quant.name}", total=len(plan), unit="tensors") as bar:
-            for (hf, _gg, shape, rule), t in zip(plan, types):
-                writer.write_tensor_data(_encode_tensor(model, args, hf, rule, shape, t))
+            for (hf, gg, shape, rule), t in zip(plan, types):
+                writer.write_tensor_data(encoded[gg].raw if gg in encoded else
+                                         _encode_tensor(model, args, hf, rule, shape, t))
                 model.release(hf)
                 bar.advance()
         for _, data in extra:
@@ -210,19 +217,65 @@ def _vocab(model: HFModel, pre_tokenizer: str | None) -> Any:
                           "GGUF embeds the tokenizer; copy the model's tokenizer files into the folder")
 
 
+Rounding = Literal["gptq", "llama"]
+
+
+def resolve_rounding(q: GGUFQuant, imatrix: bool | str | Path | None, rounding: str | None) -> str:
+    """"gptq" or "llama" for quant `q` (native types are edgellm's own round-to-nearest: "native")."""
+    if rounding not in (None, "gptq", "llama"):
+        raise QuantizationError(f"unknown rounding {rounding!r}", "use 'gptq', 'llama' or None (automatic)")
+    if q.native:
+        return "native"
+    if rounding is None:
+        return "gptq" if imatrix is True else "llama"
+    if rounding == "gptq" and (imatrix is False or imatrix is None):
+        raise QuantizationError("rounding='gptq' needs the calibration pass, and imatrix is disabled",
+                                "pass imatrix=True (--imatrix on) or rounding='llama'")
+    return rounding
+
+
+def _calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path | None) -> GPTQResult:
+    from .quant_plan import gguf_layout
+
+    types = {t.name: t.type for t in gguf_layout(model_dir).types(q.name, imatrix=True)}
+    return calibrate_gptq(model_dir, types, calibration_text)
+
+
+def _gptq_imatrix(gptq: GPTQResult, imatrix: bool | str | Path, save_to: Path) -> ImportanceMatrix:
+    """The importance matrix llama.cpp quantizes the other tensors with: the GPTQ pass's own, or a given file."""
+    from .imatrix_file import read_imatrix, write_imatrix
+
+    matrix = gptq.matrix if imatrix is True else read_imatrix(imatrix)
+    write_imatrix(matrix, save_to)
+    return matrix
+
+
+def _rounding_record(method: str, gptq: GPTQResult | None) -> dict[str, Any]:
+    if gptq is None:
+        return {"method": method}
+    return {"method": method, "tensors": dict(Counter(e.type for e in gptq.tensors.values())),
+            "seconds": round(gptq.seconds, 1)}
+
+
 def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_0", *,
                     pre_tokenizer: str | None = None, context_length: int | None = None,
                     threads: int | None = None, progress: ProgressArg | Reporter = False,
-                    imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None) -> GGUFResult:
+                    imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None,
+                    rounding: Rounding | None = None) -> GGUFResult:
     """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
     progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent).
     imatrix: for the types llama.cpp's quantizer writes, True computes an importance matrix from the calibration
     text (converters/imatrix.py; saved next to the GGUF as `<file>.imatrix`), a path reads a `.imatrix` file,
     False quantizes without one (then IQ1/IQ2/IQ3_XXS/Q2_K_S are refused before any work); None (default) is True
-    except for a folder unpacked from a GGUF (its weights already lie on a quantized grid)."""
+    except for a folder unpacked from a GGUF (its weights already lie on a quantized grid).
+    rounding: for the types llama.cpp's quantizer writes, "gptq" keeps llama.cpp's block headers and chooses the
+    codes of every tensor whose type edgellm has a block layout for (converters/gguf_blocks.py) with GPTQ over the
+    calibration text (converters/gguf_gptq.py; same types, size and kernels); "llama" leaves all rounding to
+    llama.cpp; None (default) is "gptq" when an importance matrix is computed (imatrix True), else "llama"."""
     q = get_quant(quant)
     imatrix = resolve_imatrix(model_dir, imatrix)
     require_imatrix(q, imatrix)
+    method = resolve_rounding(q, imatrix, rounding)
     rep = reporter(progress)
     out_dir = Path(output)
     created = not out_dir.exists()
@@ -245,6 +298,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
             final = out_dir / str(names["file"])
             fallbacks: list[dict[str, str]] = []
             matrix = None
+            gptq: GPTQResult | None = None
             if q.native:
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
@@ -256,13 +310,18 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                     (model.config.torch_dtype or "").lower(), "F16")
                 base = stage_in = out_dir / (final.name + f".{source_type}.partial")
                 tmp_files.append(stage_in)
+                if method == "gptq":
+                    with rep.stage("GPTQ rounding into llama.cpp blocks (calibration)"):
+                        gptq = _calibrate(model_dir, q, calibration_text)
+                    matrix = _gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
-                              rep)
+                              rep, gptq.tensors if gptq else None)
                 stage = final.with_name(final.name + ".partial")
                 tmp_files.append(stage)
-                with rep.stage("importance matrix (calibration)"):
-                    matrix = prepare_imatrix(model_dir, q, imatrix, out_dir / (final.stem + ".imatrix"),
-                                             calibration_text=calibration_text)
+                if gptq is None:
+                    with rep.stage("importance matrix (calibration)"):
+                        matrix = prepare_imatrix(model_dir, q, imatrix, out_dir / (final.stem + ".imatrix"),
+                                                 calibration_text=calibration_text)
                 fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep,
                                               matrix.means() if matrix else None).fallbacks
             counts = _read_types(stage)
@@ -279,7 +338,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 extra={"gguf_arch": family.gguf_arch, "family": family.name, "file_type": q.file_type,
                        **({"imatrix": {"file": final.stem + ".imatrix", "tensors": len(matrix.sums),
                                        "tokens": matrix.chunk_count * matrix.chunk_size,
-                                       "datasets": matrix.datasets}} if matrix else {})},
+                                       "datasets": matrix.datasets}} if matrix else {}),
+                       "rounding": _rounding_record(method, gptq)},
             )
             if fallbacks:
                 kinds = Counter(f["type"] for f in fallbacks)

@@ -99,6 +99,11 @@ class _RecordingOps(NumpyOps):
 
     def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
                biases: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        self.record(x, name, weights)
+        return super().linear(x, name, weights, biases)
+
+    def record(self, x: np.ndarray, name: str, weights: list[np.ndarray]) -> None:
+        """Add x's squared columns to every GGUF tensor among `weights` (once per tensor)."""
         seen: set[str] = set()
         for w in weights:
             gg = self._name(w)
@@ -108,7 +113,6 @@ class _RecordingOps(NumpyOps):
             if gg not in seen:
                 seen.add(gg)
                 self.matrix.add(gg, x)
-        return super().linear(x, name, weights, biases)
 
 
 def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None = None,

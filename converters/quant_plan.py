@@ -82,9 +82,9 @@ class _Rules:
     """llama_tensor_get_type_impl for one file: the counters walk the tensors in the loader's order."""
 
     def __init__(self, quant: str, arch: str, n_gqa: int, n_layer: int, n_attn_v: int, tied: bool,
-                 is_70b: bool) -> None:
+                 is_70b: bool, imatrix: bool = False) -> None:
         self.q, self.arch, self.gqa, self.n_layer, self.n_attn_v = quant, arch, n_gqa, n_layer, n_attn_v
-        self.tied, self.is_70b = tied, is_70b
+        self.tied, self.is_70b, self.imatrix = tied, is_70b, imatrix
         self.i_attn_v = self.i_down = 0
 
     def pick(self, name: str, ncols: int, new: str) -> str:
@@ -138,7 +138,7 @@ class _Rules:
         elif q == "Q2_K_S" and g >= 4:
             new = "Q4_K"
         elif q == "IQ3_XXS":
-            new = "Q4_K" if g >= 4 else "IQ3_S"
+            new = "Q4_K" if g >= 4 else "IQ3_XXS" if self.imatrix else "IQ3_S"
         elif q in ("IQ3_XS", "IQ3_S") and g >= 4:
             new = "Q4_K"
         elif q == "IQ3_M":
@@ -165,7 +165,7 @@ class _Rules:
             new = "Q3_K"
         elif q == "Q2_K_S":
             new = "Q4_K" if i < n // 8 else new
-        elif q == "IQ3_XXS":
+        elif q == "IQ3_XXS" and not self.imatrix:
             new = "Q4_K" if i < n // 8 else "Q3_K"
         elif q == "Q3_K_M":
             new = "Q5_K" if i < n // 16 else ("Q4_K" if not falcon or _more_bits(i, n) else "Q3_K")
@@ -178,12 +178,14 @@ class _Rules:
                 new = "Q6_K" if i < n // 16 else ("Q5_K" if _more_bits(i, n) else "Q4_K")
             elif _more_bits(i, n):
                 new = "Q6_K"
-        elif i < n // 8 and q in ("IQ4_NL", "IQ4_XS"):
+        elif i < n // 8 and q in ("IQ4_NL", "IQ4_XS") and not self.imatrix:
             new = "Q5_K"
         elif q == "Q5_K_M" and _more_bits(i, n):
             new = "Q6_K"
         elif q == "Q4_K_S" and not falcon and i < n // 8:
             new = "Q5_K"
+        elif q in ("Q4_0", "Q5_0") and self.imatrix and i < n // 8:   # guard against early ffn_down outliers
+            new = "Q4_1" if q == "Q4_0" else "Q5_1"
         self.i_down += 1
         return new
 
@@ -193,15 +195,17 @@ def _allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
 
 
 def llama_quantize_types(tensors: Sequence[PlannedTensor], quant: str, *, arch: str, n_head: int,
-                         n_head_kv: int | Sequence[int], n_layer: int) -> list[PlannedTensor]:
+                         n_head_kv: int | Sequence[int], n_layer: int, imatrix: bool = False) -> list[PlannedTensor]:
     """The types llama.cpp's quantizer gives each tensor of an input GGUF (`tensors` hold the input types) at
-    `quant` (a recipe name such as "Q4_K_M"), without running it. Returned in the input's order."""
+    `quant` (a recipe name such as "Q4_K_M"), without running it. Returned in the input's order.
+    imatrix: whether the quantizer gets an importance matrix (some rules differ: Q4_0's first ffn_down, IQ3_XXS,
+    IQ4_NL/IQ4_XS)."""
     q = get_quant(quant)
     kv0 = int(n_head_kv[0]) if isinstance(n_head_kv, Sequence) and not isinstance(n_head_kv, str) else int(n_head_kv)
     n_gqa = n_head // kv0 if kv0 else 0
     names = {t.name for t in tensors}
     rules = _Rules(q.name, arch, n_gqa, n_layer, sum(_category(n) in ("attn_v", "attn_qkv") for n in names),
-                   tied="output.weight" not in names, is_70b=arch == "llama" and n_layer == 80)
+                   tied="output.weight" not in names, is_70b=arch == "llama" and n_layer == 80, imatrix=imatrix)
     out: dict[str, PlannedTensor] = {}
     for t in sorted(tensors, key=lambda t: _loader_order(t.name)):
         if not _allows_quantization(t.name, t.shape):
@@ -223,8 +227,9 @@ class GGUFLayout:
     tensors: tuple[tuple[str, tuple[int, ...], bool], ...]   # (GGUF name, ne shape, keep_f32)
     refusals: tuple[tuple[str, str], ...] = ()   # (format, why the converter refuses it for this model)
 
-    def types(self, quant: str) -> list[PlannedTensor]:
-        """Every tensor of the artifact at `quant`, with its predicted GGML type."""
+    def types(self, quant: str, imatrix: bool = False) -> list[PlannedTensor]:
+        """Every tensor of the artifact at `quant`, with its predicted GGML type (imatrix: quantized with an
+        importance matrix)."""
         q = get_quant(quant)
         base = get_quant(self.source_type) if not q.native else q
 
@@ -236,7 +241,7 @@ class GGUFLayout:
             return first
         a = self.args
         return llama_quantize_types(first, q.name, arch=self.arch, n_head=a.heads, n_head_kv=a.gguf_kv_heads,
-                                    n_layer=a.layers)
+                                    n_layer=a.layers, imatrix=imatrix)
 
 
 def gguf_layout(model_dir: str | Path) -> GGUFLayout:

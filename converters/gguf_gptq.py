@@ -1,0 +1,198 @@
+"""GPTQ rounding written into llama.cpp's own block layouts.
+
+llama.cpp's quantizer picks each block's header (d, dmin, sub-block scales) with its importance-weighted search
+and then rounds every weight to the nearest level. Here the headers are kept exactly as llama.cpp picks them
+(`ggml_quantize_chunk` with the importance vector = the diagonal of the layer input's Hessian), and only the
+codes are chosen again, column by column, with GPTQ's error feedback (Frantar et al., 2022; act order by
+Hessian diagonal, "static groups"): the output error ||X W^T - X Q^T|| drops while the file keeps the block
+type, the size and the kernels of llama.cpp's own file.
+
+The Hessians come from a sequential calibration pass (converters/calibration.Calibrator running the family's
+block in numpy): layer i's inputs come from layers < i as quantized. Each linear input is credited to its GGUF
+tensor by array identity (imatrix._RecordingOps), so q/k/v share one Hessian and gate/up another. llama.cpp's
+Q/K row permutation moves whole rows, so the rows are permuted before encoding and GPTQ per row is unaffected.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import QuantizationError
+from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Calibrator, calibration_set
+from .families.numpy_ops import NumpyOps, hessian
+from .ggml_quantize import ggml_quantize
+from .gguf_blocks import LAYOUTS, Blocks, nearest_codes, pack, parse
+from .gptq import Prepared, prepare
+from .imatrix import ImportanceMatrix, _RecordingOps
+
+log = logging.getLogger(__name__)
+
+LAZY = 128                      # columns updated together before the rest of the matrix is touched
+SUPPORTED: tuple[str, ...] = tuple(LAYOUTS)
+
+
+@dataclass
+class Encoded:
+    """One tensor in its final block type: raw bytes [rows, row_bytes] in GGUF row order."""
+    type: str
+    raw: np.ndarray
+    error_rtn: float = 0.0      # relative output error tr(E H E^T) / tr(W H W^T) with llama.cpp's own codes
+    error_gptq: float = 0.0     # the same with GPTQ's codes
+
+
+def grid_gptq(w: np.ndarray, blocks: Blocks, prepared: Prepared, lazy: int = LAZY) -> np.ndarray:
+    """Codes [N, K] for float weights w [N, K] on the fixed grid of `blocks` (headers kept), chosen column by
+    column in `prepared`'s order with GPTQ error feedback through its inverse-Hessian factor."""
+    lay = blocks.layout
+    n, k = w.shape
+    nearest = nearest_codes(lay)
+    levels = lay.levels
+    dead, perm, u = prepared.dead, prepared.perm, prepared.u
+    weights = np.array(w, dtype=np.float32)
+    weights[:, dead] = 0.0
+    wt = np.ascontiguousarray(weights[:, perm].T)                    # [K, N], visiting order
+    s_t = np.ascontiguousarray(blocks.scale.T)                       # [groups, N]
+    o_t = np.ascontiguousarray(blocks.offset.T)
+    inv_t = np.divide(1.0, s_t, out=np.zeros_like(s_t), where=s_t != 0)
+    codes_t = np.zeros((k, n), np.uint8)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = wt[i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = int(perm[i1 + i])
+            g = j // lay.group
+            x = w1[i]
+            c = nearest((x - o_t[g]) * inv_t[g])
+            codes_t[j] = c
+            e = (x - (s_t[g] * levels[c] + o_t[g])) / u1[i, i]
+            w1[i:] -= np.outer(u1[i, i:], e)
+            err1[i] = e
+        wt[i2:] -= u[i1:i2, i2:].T @ err1
+    return np.ascontiguousarray(codes_t.T)
+
+
+def _output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
+    e = (q - w).astype(np.float64)
+    ref = float(np.einsum("ij,jk,ik->", w, h, w, optimize=True)) or 1.0
+    return float(np.einsum("ij,jk,ik->", e, h, e, optimize=True)) / ref
+
+
+def encode_gptq(w: np.ndarray, ggml_type: str, h: np.ndarray, *, prepared: Prepared | None = None,
+                importance: np.ndarray | None = None, measure: bool = False) -> tuple[Encoded, np.ndarray]:
+    """Float weights w [N, K] (GGUF row order) -> (the `ggml_type` tensor with llama.cpp's headers and GPTQ's
+    codes, its dequantized values float32 [N, K]). h: the input's Hessian X^T X / tokens [K, K]."""
+    imp = np.diag(h).astype(np.float32) if importance is None else importance
+    blocks = parse(ggml_type, ggml_quantize(w, ggml_type, np.maximum(imp, 1e-12)))
+    p = prepared if prepared is not None else prepare(h, True)
+    codes = grid_gptq(w, blocks, p)
+    values = blocks.values(codes)
+    enc = Encoded(ggml_type, pack(blocks, codes))
+    if measure:
+        enc.error_rtn, enc.error_gptq = _output_error(w, blocks.values(), h), _output_error(w, values, h)
+    return enc, values
+
+
+class _GPTQOps(_RecordingOps):
+    """Records the importance matrix (as imatrix does) and encodes every whole weight whose planned type has a
+    layout with GPTQ against its input's Hessian; the block then computes with the encoded values."""
+
+    def __init__(self, layer: int, weights: dict[str, np.ndarray], matrix: ImportanceMatrix,
+                 targets: Mapping[str, str], row_perm: Mapping[str, np.ndarray], out: dict[str, Encoded],
+                 measure: bool) -> None:
+        super().__init__(layer, weights, matrix)
+        self.targets, self.row_perm, self.out, self.measure = targets, row_perm, out, measure
+
+    def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
+               biases: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        h: np.ndarray | None = None
+        prepared: Prepared | None = None
+        used: list[np.ndarray] = []
+        for w in weights:
+            gg = self._name(w)
+            full = next((t for n, t in self.named if n == gg), None)
+            if gg is None or gg not in self.targets or full is None or full.shape != w.shape or gg in self.out:
+                used.append(w)
+                continue
+            if h is None:
+                h = hessian(x)
+                prepared = prepare(h, True)
+            rows = self.row_perm.get(gg)
+            wf = np.asarray(w, np.float32)
+            wg = wf if rows is None else wf[rows]
+            enc, values = encode_gptq(wg, self.targets[gg], h, prepared=prepared, measure=self.measure)
+            self.out[gg] = enc
+            if rows is not None:
+                back = np.empty_like(values)
+                back[rows] = values
+                values = back
+            used.append(values)
+        self.record(x, name, weights)           # the importance of every tensor (identity match)
+        return NumpyOps.linear(self, x, name, used, biases)
+
+
+@dataclass
+class GPTQResult:
+    tensors: dict[str, Encoded] = field(default_factory=dict)   # GGUF name (with ".weight") -> encoded tensor
+    matrix: ImportanceMatrix = field(default_factory=ImportanceMatrix)
+    seconds: float = 0.0
+
+
+def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
+    from .families.base import permute_qk
+
+    out = {}
+    for gg, (_hf, rule) in weights.rules.items():
+        if rule.permute is not None:
+            heads = args.heads if rule.permute == "q" else args.kv_heads
+            out[gg] = permute_qk(np.arange(tuple(rule.shape(args))[0]), heads)
+    return out
+
+
+def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_text: str | Path | None = None,
+                   tokens: int = DEFAULT_TOKENS, seq_len: int = DEFAULT_SEQ_LEN, *, progress: bool = False,
+                   measure: bool = False) -> GPTQResult:
+    """One sequential calibration pass over an HF folder: GPTQ-encode every tensor whose planned GGML type
+    (`types`: GGUF name -> type, e.g. from quant_plan) has a block layout, and collect the importance matrix of
+    all of them (llama.cpp quantizes the rest with it)."""
+    from tqdm import tqdm
+
+    from .architectures import get_family
+    from .families.weights import Weights
+    from .hf import read_hf_model
+
+    start = time.perf_counter()
+    result = GPTQResult()
+    with read_hf_model(model_dir) as model:
+        family = get_family(model.config.architecture)
+        args = family.parse(model.config)
+        seq = min(seq_len, int(args.max_positions or seq_len))
+        calib = calibration_set(Path(model_dir), calibration_text, tokens, seq_len=seq)
+        weights = Weights(model, family, args)
+        result.matrix = ImportanceMatrix(datasets=[calib.source], chunk_count=int(calib.ids.shape[0]),
+                                         chunk_size=int(calib.ids.shape[1]))
+        perms = _row_perms(weights, args)
+        run = Calibrator(family, args, calib, quantize=lambda *_: None)
+        run.embed(weights.need("token_embd.weight"), family.embed_scale(args))
+        out: dict[str, Encoded] = {}
+        for i in tqdm(range(args.layers), desc="GPTQ (GGUF blocks)", unit="layer", disable=not progress,
+                      leave=False):
+            w = weights.layer(i)
+            targets = {f"blk.{i}.{role}": types[f"blk.{i}.{role}"] for role in w
+                       if types.get(f"blk.{i}.{role}") in LAYOUTS}
+            run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure))
+        head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
+        result.matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
+    result.tensors = out
+    if not out:
+        raise QuantizationError("GPTQ found no tensor it can encode for this type",
+                                f"block layouts exist for {', '.join(SUPPORTED)}; use rounding='llama'")
+    result.seconds = time.perf_counter() - start
+    log.info("GPTQ (GGUF blocks): %d tensors in %.1f s", len(out), result.seconds)
+    return result

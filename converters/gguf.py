@@ -245,7 +245,7 @@ def _gptq_imatrix(gptq: GPTQResult, imatrix: bool | str | Path, save_to: Path) -
     """The importance matrix llama.cpp quantizes the other tensors with: the GPTQ pass's own, or a given file."""
     from .imatrix_file import read_imatrix, write_imatrix
 
-    matrix = gptq.matrix if imatrix is True else read_imatrix(imatrix)
+    matrix = gptq.matrix if isinstance(imatrix, bool) else read_imatrix(imatrix)
     write_imatrix(matrix, save_to)
     return matrix
 

@@ -32,3 +32,21 @@ def test_onnx_int4_decode_reads_its_matmul_weights_and_is_compared_with_a_measur
     print(f"\nSmolLM2 int4 decode: predicted {p.predicted_decode_tps:.1f} tok/s, measured {m.decode_tps:.1f} tok/s "
           f"(ratio {p.predicted_decode_tps / m.decode_tps:.2f}), CPU-time normalized {cpu_normalized:.1f} tok/s "
           f"(ratio {p.predicted_decode_tps / cpu_normalized:.2f}); {host / 2**20:.1f} MiB read/token")
+
+
+@pytest.mark.slow
+def test_decode_compute_counts_each_weight_once_whatever_the_format(smollm2_onnx_int4: Path,
+                                                                    smollm2_artifact) -> None:  # noqa: ANN001
+    """Issue 17: an ONNX artifact (no config.json: tie unknown) was planned with its embedding counted as a
+    matmul twice, 3.00 instead of 2.47 GFLOP/token at 1B. The work of a decode step is the same model's whatever
+    its format: the ONNX plan's GFLOP/token equals the GGUF plan's, and both name the per-layer cost."""
+    from edgellm.devices.planner import matmul_params
+
+    onnx_facts = read_model_facts(smollm2_onnx_int4)
+    gguf_facts = read_model_facts(smollm2_artifact("Q8_0"))
+    assert matmul_params(onnx_facts) == pytest.approx(matmul_params(gguf_facts), rel=0.01)
+    assert matmul_params(onnx_facts) < onnx_facts.param_count   # the gathered table is not multiplied by
+    for artifact in (smollm2_onnx_int4, smollm2_artifact("Q8_0")):
+        p = plan(artifact, device="cpu", n_ctx=512)
+        decode = next(r for r in p.reasons if r.startswith("decode ~"))
+        assert ("0.27 GFLOP/token" in decode and "30 layers x per-layer cost" in decode) or "bandwidth-bound" in decode

@@ -375,7 +375,7 @@ def estimate_onnxruntime(facts: ModelFacts, n_ctx: int, *, weights_bytes: int, p
     chunk = max(1, min(tokens, prefill_chunk))  # the runtime prefills `prefill_chunk` tokens per graph run
     logits = (chunk + 1) * facts.vocab_size * 4
     acts = chunk * ORT_ACTIVATION_VECTORS * (facts.hidden_size + facts.intermediate_size) * 4
-    tokenizer = ORT_TOKENIZER_BYTES_PER_VOCAB_ENTRY * facts.vocab_size
+    tokenizer = ORT_TOKENIZER_BYTES_PER_VOCAB_ENTRY * (facts.tokenizer_entries or facts.vocab_size)
     terms = [MemoryTerm("interpreter", baseline_bytes, "host",
                         "python + numpy + onnxruntime + onnx + tokenizers imports (calibrated)"),
              MemoryTerm("tokenizer", tokenizer, "host", "BPE tables + parsed tokenizer.json (calibrated)"),

@@ -193,6 +193,9 @@ class ModelFacts:
     # read one row per token); None: derived from `tensors`
     decode_read_bytes: int | None = None
     refused_formats: tuple[tuple[str, str], ...] = ()   # (format, why the converter refuses it for this model)
+    # entries of the tokenizer the runtime loads (tokenizer.json's vocabulary + added tokens); None: vocab_size.
+    # They differ when the embedding is padded past the tokenizer (a random checkpoint's byte-level tokenizer)
+    tokenizer_entries: int | None = None
 
     def kv_heads_of(self, layer: int) -> int:
         return self.layer_kv_heads[layer] if layer < len(self.layer_kv_heads) else self.num_kv_heads

@@ -97,7 +97,8 @@ def facts_from_hf(path: str | Path) -> ModelFacts:
                       tie_word_embeddings=a.tied, tensors=tensors, source="hf",
                       layer_kv_heads=mem.layer_kv_heads, sliding_window=mem.sliding_window, swa_layers=mem.swa_layers,
                       recurrent_state_bytes=mem.recurrent_state_bytes, layouts=layouts,
-                      header_bytes=gguf_header_bytes(path, len(layout.tensors)), refused_formats=layout.refusals)
+                      header_bytes=gguf_header_bytes(path, len(layout.tensors)), refused_formats=layout.refusals,
+                      tokenizer_entries=_tokenizer_entries(Path(path) / "tokenizer.json"))
 
 
 def _profile_gguf_quants() -> list[str]:
@@ -144,7 +145,21 @@ def facts_from_onnx(path: str | Path, quant: str = "int4", context_length: int |
         max_context=int(context_length or config.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), source="onnx", quant=quant,
         file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
-        embedding_bytes=0 if quantized_table else None, decode_read_bytes=onnx_read_bytes(model))
+        embedding_bytes=0 if quantized_table else None, decode_read_bytes=onnx_read_bytes(model),
+        tokenizer_entries=_tokenizer_entries(p.parent / "tokenizer.json"))
+
+
+def _tokenizer_entries(path: Path) -> int | None:
+    """Vocabulary + added tokens of a tokenizer.json (what the runtime's tokenizer holds), None if unreadable."""
+    doc = _json_or_empty(path)
+    model = doc.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, (dict, list)) or not vocab:
+        return None
+    added = doc.get("added_tokens")
+    extra = [t for t in added if isinstance(t, dict) and t.get("content") not in vocab] \
+        if isinstance(added, list) and isinstance(vocab, dict) else []
+    return len(vocab) + len(extra)
 
 
 def genai_decoder(folder: Path) -> Path:

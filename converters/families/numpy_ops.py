@@ -17,8 +17,11 @@ Quantizer = Callable[[str, np.ndarray, np.ndarray], "BlockQuant | None"]
 
 
 def hessian(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
-    return (flat.T @ flat).astype(np.float64) / flat.shape[0]
+    """X^T X / tokens [K, K] float32 of the activations x [..., K] (one symmetric BLAS product, no copy of x)."""
+    flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+    h = flat.T @ flat
+    h /= np.float32(flat.shape[0])
+    return h
 
 
 def rms(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

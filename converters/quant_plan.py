@@ -345,12 +345,18 @@ def gguf_header_bytes(model_dir: str | Path, n_tensors: int) -> int:
     return total
 
 
-def gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int) -> dict[str, Any]:
-    """See _gguf_memory_facts; a malformed key is a ModelFormatError naming it."""
-    from ..errors import ModelFormatError
+def gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int, arch: str = "") -> dict[str, Any]:
+    """See _gguf_memory_facts; a malformed key is a ModelFormatError naming it. arch: the GGUF architecture, whose
+    family may carry llama.cpp's built-in sliding-window period (files without a pattern key: Gemma 2/3)."""
+    from ..errors import EdgeLLMError, ModelFormatError
+    from .architectures import family_for_gguf
 
     try:
-        facts = _gguf_memory_facts(key, layers, hidden)
+        period = family_for_gguf(arch).swa_period if arch else 0
+    except EdgeLLMError:
+        period = 0
+    try:
+        facts = _gguf_memory_facts(key, layers, hidden, period)
     except (TypeError, ValueError, IndexError) as exc:
         raise ModelFormatError(f"GGUF memory keys (head_count_kv, sliding_window, ssm.*) are malformed: {exc}",
                                "the file is damaged or was written by a broken converter") from None
@@ -359,7 +365,7 @@ def gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int) 
     return facts
 
 
-def _gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int) -> dict[str, Any]:
+def _gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int, period: int = 0) -> dict[str, Any]:
     """Per-layer KV heads, sliding-window layers and recurrent state from the GGUF keys llama.cpp reads
     (`attention.head_count_kv` per layer, `attention.sliding_window[_pattern]`, `attention.recurrent_layers`,
     `shortconv.l_cache`, `ssm.*`), sized with llama.cpp's n_embd_r/n_embd_s formulas (F32, one sequence)."""
@@ -382,5 +388,7 @@ def _gguf_memory_facts(key: Callable[[str, Any], Any], layers: int, hidden: int)
     window = int(key("attention.sliding_window", 0) or 0)
     pattern = key("attention.sliding_window_pattern", None)
     swa = tuple(bool(x) for x in pattern) if window and pattern is not None and hasattr(pattern, "__len__") else ()
+    if window and pattern is None and period > 1:      # llama.cpp's set_swa_pattern(period): il % period < period - 1
+        swa = tuple(i % period < period - 1 for i in range(layers))
     return {"layer_kv_heads": tuple(per_layer), "sliding_window": window if any(swa) else 0, "swa_layers": swa,
             "recurrent_state_bytes": 4 * state * stateful}

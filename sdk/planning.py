@@ -51,7 +51,7 @@ def facts_from_gguf(path: str | Path) -> ModelFacts:
         vocab_size=int(vocab), max_context=int(key("context_length", 2048)),
         tie_word_embeddings=not any(t.name == "output.weight" for t in tensors),
         tensors=tensors, source="gguf", quant=_gguf_quant_name(file_type, tensors), file_bytes=p.stat().st_size,
-        **gguf_memory_facts(key, int(key("block_count")), hidden))
+        **gguf_memory_facts(key, int(key("block_count")), hidden, arch))
 
 
 def _max_int(value: Any) -> int:

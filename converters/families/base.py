@@ -186,6 +186,9 @@ class Family:
     onnx_refusal: str | None = None   # why this family has no ONNX export (None: it has one)
     final_norm: str = "output_norm.weight"    # GGUF name of the norm before the LM head
     skipped: tuple[str, ...] = ()     # HF name prefixes deliberately not converted (a vision tower, an MTP head)
+    # llama.cpp's built-in sliding-window period for this architecture, used when a GGUF has a sliding window
+    # but no `attention.sliding_window_pattern` (every period-th layer global; 0: no built-in pattern)
+    swa_period: int = 0
 
     def rules(self, args: Any) -> tuple[TensorRule, ...]:
         return self.tensors(args)

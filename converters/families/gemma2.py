@@ -36,6 +36,9 @@ class GemmaArgs(Args):
         return (self.query_pre_attn_scalar ** -0.5) / self.llama_scale
 
 
+SWA_PERIOD = 2     # llama.cpp's gemma2: every other layer global
+
+
 def layer_pattern(c: ModelConfig, default_period: int) -> tuple[bool, ...]:
     """Sliding (True) or global per layer, from `layer_types` or a period (every period-th layer is global)."""
     raw = text_config(c)
@@ -68,7 +71,7 @@ def parse(c: ModelConfig) -> GemmaArgs:
     act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu"):
         raise ConfigError(f"Gemma activation {act!r} is not supported (gelu_pytorch_tanh expected)")
-    return gemma_args(c, default_period=2, big_layers=46, theta=c.rope_theta, local_theta=c.rope_theta,
+    return gemma_args(c, default_period=SWA_PERIOD, big_layers=46, theta=c.rope_theta, local_theta=c.rope_theta,
                       scaling=c.rope_scaling)
 
 
@@ -165,5 +168,5 @@ def hf_config(key: Any, cfg: dict[str, Any], local_theta: float | None = None) -
 
 GEMMA2 = Family("gemma2", ("Gemma2ForCausalLM",), "gemma2", "gemma2", parse, lambda a: gemma_rules(True), block,
                 gguf_metadata=gguf_metadata, hf_config=hf_config, embed_scale=lambda a: math.sqrt(a.hidden),
-                final_softcap=lambda a: a.final_softcap)
+                final_softcap=lambda a: a.final_softcap, swa_period=SWA_PERIOD)
 FAMILIES = (GEMMA2,)

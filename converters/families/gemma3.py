@@ -14,6 +14,8 @@ from ..hf import ModelConfig
 from .base import Family, TensorRule, minus_one, plus_one, text_config
 from .gemma2 import GemmaArgs, block, gemma_args, gemma_rules, gguf_metadata, hf_config
 
+SWA_PERIOD = 6     # llama.cpp's gemma3: five sliding layers, then a global one
+
 _A = "model.layers.{i}.self_attn."
 
 
@@ -28,7 +30,7 @@ def parse(c: ModelConfig) -> GemmaArgs:
         local = float(slide.get("rope_theta", local))
     elif "rope_theta" not in raw:
         theta = 1_000_000.0
-    return gemma_args(c, default_period=6, big_layers=62, theta=theta, local_theta=local, scaling=scaling)
+    return gemma_args(c, default_period=SWA_PERIOD, big_layers=62, theta=theta, local_theta=local, scaling=scaling)
 
 
 def _q_norm_in(w: np.ndarray, a: GemmaArgs) -> np.ndarray:
@@ -57,5 +59,5 @@ def _hf_config(key: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
 GEMMA3 = Family("gemma3", ("Gemma3ForCausalLM",), "gemma3", "gemma3_text", parse, rules, block,
                 gguf_metadata=gguf_metadata, hf_config=_hf_config, embed_scale=lambda a: a.hidden ** 0.5,
-                final_softcap=lambda a: a.final_softcap)
+                final_softcap=lambda a: a.final_softcap, swa_period=SWA_PERIOD)
 FAMILIES = (GEMMA3,)

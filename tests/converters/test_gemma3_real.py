@@ -115,3 +115,18 @@ def test_requantized_q4_k_m_reproduces_the_original(hf: Path, original: Path, id
           f"K-quant super-blocks with other values: {differ} of {blocks}")
     assert differ == 0
     assert agree >= 0.995
+
+
+def test_planner_reads_llama_cpps_window_pattern_from_the_real_file(original: Path) -> None:
+    """The released GGUF has a sliding window but no pattern key (llama.cpp hard-codes Gemma 3's: five sliding
+    layers, then a global one); the planner's KV cache at the full 32k context equals what llama.cpp allocates
+    there with edgellm's windowed cache: 96 MiB for the 3 global layers + 15 MiB for 15 sliding ones (its log)."""
+    from edgellm.devices.memory import llama_kv_bytes
+    from edgellm.planning import facts_from_gguf
+
+    facts = facts_from_gguf(original)
+    assert facts.sliding_window == 512
+    assert [i for i in range(facts.num_layers) if not facts.is_swa(i)] == [5, 11, 17]
+    layers = range(facts.num_layers)
+    assert llama_kv_bytes(facts, 32768, layers, swa_full=False) == (96 + 15) * 2**20
+    assert llama_kv_bytes(facts, 32768, layers, swa_full=True) == 576 * 2**20

@@ -90,8 +90,8 @@ def test_hf_folder_and_its_gguf_have_the_same_memory_facts(name: str, tmp_path: 
 @pytest.mark.slow
 @pytest.mark.parametrize("n_ctx", [2048, 8192])
 def test_gemma3_270m_estimate_within_15_percent_of_peak_rss(n_ctx: int) -> None:
-    """A real sliding-window model (15 of 18 layers slide over 512 tokens; llama.cpp's default full-size SWA
-    cache holds the whole context in all of them), 1 KV head of 256 dims, tied 262k-entry embeddings."""
+    """A real sliding-window model (15 of 18 layers slide over 512 tokens and, with edgellm's swa_full=False,
+    hold window + batch cells), 1 KV head of 256 dims, tied 262k-entry embeddings."""
     from tests.devices.test_memory_real import PROMPT_TOKENS, measure_peak_rss
     from tests.fixtures.gemma3 import gemma3_gguf
 

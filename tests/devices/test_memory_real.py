@@ -14,8 +14,9 @@ PROMPT_TOKENS = 200
 CHILD = r"""
 import json, sys
 from edgellm.runtimes.llama_native import open_llama  # this host's kernel policy, as edgellm.load applies it
+from edgellm.runtimes.options import LlamaCppOptions   # and the runtime's default options (swa_full=False)
 path, n_ctx, n_prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-llm = open_llama(path, n_ctx=n_ctx, n_threads=2)
+llm = open_llama(path, n_ctx=n_ctx, n_threads=2, **LlamaCppOptions().llama_kwargs())
 tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 200)[:n_prompt]
 llm.eval(tokens)
 llm.eval([tokens[-1]])

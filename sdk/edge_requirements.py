@@ -67,8 +67,9 @@ class KernelRule:
     source: str = ""
 
 
-# Checked by loading edgellm's int4 graph (rope angles computed in float64) in each onnxruntime release (x86-64):
-# 1.23.2 ... 1.28.0 fail with "Could not find an implementation for Cos(7)", 1.29.0, 1.30.0, 1.31.1, 1.32.0 load.
+# Checked by loading an int4 graph whose rope angles were computed in float64 (edgellm's before its rope tables went
+# float32-only) in each onnxruntime release (x86-64): 1.23.2 ... 1.28.0 fail with "Could not find an implementation
+# for Cos(7)", 1.29.0, 1.30.0, 1.31.1, 1.32.0 load. Kept for any graph that takes Cos/Sin of doubles.
 KERNEL_RULES: tuple[KernelRule, ...] = (
     KernelRule("Cos", "DOUBLE", "1.29", "no float64 CPU kernel before 1.29 (1.28.0 refuses the graph)"),
     KernelRule("Sin", "DOUBLE", "1.29", "no float64 CPU kernel before 1.29 (1.28.0 refuses the graph)"),

@@ -23,6 +23,7 @@ from ..errors import ConversionError, OutputPathError, QuantizationError
 from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
+from .calibration import DEFAULT_TOKENS
 from .gguf_gptq import Encoded, GPTQResult, calibrate_gptq
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
@@ -234,11 +235,12 @@ def resolve_rounding(q: GGUFQuant, imatrix: bool | str | Path | None, rounding: 
     return rounding
 
 
-def _calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path | None) -> GPTQResult:
+def _calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path | None,
+               tokens: int | None) -> GPTQResult:
     from .quant_plan import gguf_layout
 
     types = {t.name: t.type for t in gguf_layout(model_dir).types(q.name, imatrix=True)}
-    return calibrate_gptq(model_dir, types, calibration_text)
+    return calibrate_gptq(model_dir, types, calibration_text, tokens)
 
 
 def _gptq_imatrix(gptq: GPTQResult, imatrix: bool | str | Path, save_to: Path) -> ImportanceMatrix:
@@ -261,7 +263,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                     pre_tokenizer: str | None = None, context_length: int | None = None,
                     threads: int | None = None, progress: ProgressArg | Reporter = False,
                     imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None,
-                    rounding: Rounding | None = None) -> GGUFResult:
+                    rounding: Rounding | None = None, calibration_tokens: int | None = None) -> GGUFResult:
     """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
     progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent).
     imatrix: for the types llama.cpp's quantizer writes, True computes an importance matrix from the calibration
@@ -271,7 +273,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     rounding: for the types llama.cpp's quantizer writes, "gptq" keeps llama.cpp's block headers and chooses the
     codes of every tensor whose type edgellm has a block layout for (converters/gguf_blocks.py) with GPTQ over the
     calibration text (converters/gguf_gptq.py; same types, size and kernels); "llama" leaves all rounding to
-    llama.cpp; None (default) is "gptq" when an importance matrix is computed (imatrix True), else "llama"."""
+    llama.cpp; None (default) is "gptq" when an importance matrix is computed (imatrix True), else "llama".
+    calibration_tokens: tokens of calibration text for the importance matrix and GPTQ (default 2048)."""
     q = get_quant(quant)
     imatrix = resolve_imatrix(model_dir, imatrix)
     require_imatrix(q, imatrix)
@@ -312,7 +315,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 tmp_files.append(stage_in)
                 if method == "gptq":
                     with rep.stage("GPTQ rounding into llama.cpp blocks (calibration)"):
-                        gptq = _calibrate(model_dir, q, calibration_text)
+                        gptq = _calibrate(model_dir, q, calibration_text, calibration_tokens)
                     matrix = _gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
                               rep, gptq.tensors if gptq else None)
@@ -321,7 +324,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 if gptq is None:
                     with rep.stage("importance matrix (calibration)"):
                         matrix = prepare_imatrix(model_dir, q, imatrix, out_dir / (final.stem + ".imatrix"),
-                                                 calibration_text=calibration_text)
+                                                 calibration_text=calibration_text,
+                                                 tokens=calibration_tokens or DEFAULT_TOKENS)
                 fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep,
                                               matrix.means() if matrix else None).fallbacks
             counts = _read_types(stage)

@@ -33,6 +33,7 @@ from .imatrix import ImportanceMatrix, _RecordingOps
 log = logging.getLogger(__name__)
 
 LAZY = 128                      # columns updated together before the rest of the matrix is touched
+REFIT_ROUNDS = 0                # default rounds of scale refit + GPTQ again (REFIT_TYPES; see encode_gptq)
 SUPPORTED: tuple[str, ...] = tuple(LAYOUTS)
 
 
@@ -78,6 +79,38 @@ def grid_gptq(w: np.ndarray, blocks: Blocks, prepared: Prepared, lazy: int = LAZ
     return np.ascontiguousarray(codes_t.T)
 
 
+REFIT_TYPES = ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL")   # one float16 scale at byte 0 of a 32-element block, no offset
+REFIT_DAMP = 0.01          # fraction of the mean Hessian diagonal added before the scale fit
+_REFIT_ROWS = 256          # rows fitted together (temporaries: rows x K x blocks floats)
+
+
+def refit_scales(w: np.ndarray, blocks: Blocks, codes: np.ndarray, h: np.ndarray) -> Blocks:
+    """The same codes with new block scales: per row, the scales d minimising (w - A d)^T H (w - A d), A holding
+    each block's levels in its columns (a small least-squares solve per row). Types with one float16 scale at
+    the start of each block only (REFIT_TYPES); a block whose fit is singular keeps its scale."""
+    lay = blocks.layout
+    if lay.name not in REFIT_TYPES:
+        raise QuantizationError(f"scale refit is not implemented for {lay.name}")
+    n, k = w.shape
+    g, size = k // lay.group, lay.group
+    hd = np.array(h, np.float64)
+    hd[np.diag_indices(k)] += REFIT_DAMP * (float(np.mean(np.diag(hd))) or 1.0)
+    hg = hd.reshape(k, g, size)
+    raw = blocks.raw.reshape(n, g, lay.nbytes).copy()
+    for r0 in range(0, n, _REFIT_ROWS):
+        r1 = min(r0 + _REFIT_ROWS, n)
+        lev = lay.levels[codes[r0:r1]].reshape(r1 - r0, g, size).astype(np.float64)
+        m = np.einsum("kgj,ngj->nkg", hg, lev).reshape(r1 - r0, g, size, g)         # H[:, block] @ levels
+        ata = np.einsum("ngi,ngih->ngh", lev, m)                                     # [rows, g, g]
+        atw = np.einsum("ngi,ngi->ng", lev, (w[r0:r1].astype(np.float64) @ hd).reshape(r1 - r0, g, size))
+        ridge = 1e-9 * (np.abs(np.diagonal(ata, axis1=1, axis2=2)).max(axis=1) + 1e-30)
+        d = np.linalg.solve(ata + ridge[:, None, None] * np.eye(g), atw[..., None])[..., 0]
+        ok = np.isfinite(d) & (np.abs(d) < 65000) & (np.diagonal(ata, axis1=1, axis2=2) > 0)
+        old = blocks.scale[r0:r1]
+        raw[r0:r1, :, 0:2] = np.where(ok, d, old).astype(np.float16).view(np.uint8).reshape(r1 - r0, g, 2)
+    return parse(lay.name, raw.reshape(n, -1))
+
+
 def _output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
     e = (q - w).astype(np.float64)
     ref = float(np.einsum("ij,jk,ik->", w, h, w, optimize=True)) or 1.0
@@ -85,17 +118,22 @@ def _output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
 
 
 def encode_gptq(w: np.ndarray, ggml_type: str, h: np.ndarray, *, prepared: Prepared | None = None,
-                importance: np.ndarray | None = None, measure: bool = False) -> tuple[Encoded, np.ndarray]:
+                importance: np.ndarray | None = None, measure: bool = False,
+                refit: int = 0) -> tuple[Encoded, np.ndarray]:
     """Float weights w [N, K] (GGUF row order) -> (the `ggml_type` tensor with llama.cpp's headers and GPTQ's
-    codes, its dequantized values float32 [N, K]). h: the input's Hessian X^T X / tokens [K, K]."""
+    codes, its dequantized values float32 [N, K]). h: the input's Hessian X^T X / tokens [K, K].
+    refit: rounds of (fit the block scales to GPTQ's codes, GPTQ again on the new scales), for REFIT_TYPES."""
     imp = np.diag(h).astype(np.float32) if importance is None else importance
-    blocks = parse(ggml_type, ggml_quantize(w, ggml_type, np.maximum(imp, 1e-12)))
+    rtn = blocks = parse(ggml_type, ggml_quantize(w, ggml_type, np.maximum(imp, 1e-12)))
     p = prepared if prepared is not None else prepare(h, True)
     codes = grid_gptq(w, blocks, p)
+    for _ in range(refit if ggml_type in REFIT_TYPES else 0):
+        blocks = refit_scales(w, blocks, codes, h)
+        codes = grid_gptq(w, blocks, p)
     values = blocks.values(codes)
     enc = Encoded(ggml_type, pack(blocks, codes))
     if measure:
-        enc.error_rtn, enc.error_gptq = _output_error(w, blocks.values(), h), _output_error(w, values, h)
+        enc.error_rtn, enc.error_gptq = _output_error(w, rtn.values(), h), _output_error(w, values, h)
     return enc, values
 
 
@@ -105,9 +143,9 @@ class _GPTQOps(_RecordingOps):
 
     def __init__(self, layer: int, weights: dict[str, np.ndarray], matrix: ImportanceMatrix,
                  targets: Mapping[str, str], row_perm: Mapping[str, np.ndarray], out: dict[str, Encoded],
-                 measure: bool) -> None:
+                 measure: bool, refit: int) -> None:
         super().__init__(layer, weights, matrix)
-        self.targets, self.row_perm, self.out, self.measure = targets, row_perm, out, measure
+        self.targets, self.row_perm, self.out, self.measure, self.refit = targets, row_perm, out, measure, refit
 
     def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
                biases: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
@@ -126,7 +164,8 @@ class _GPTQOps(_RecordingOps):
             rows = self.row_perm.get(gg)
             wf = np.asarray(w, np.float32)
             wg = wf if rows is None else wf[rows]
-            enc, values = encode_gptq(wg, self.targets[gg], h, prepared=prepared, measure=self.measure)
+            enc, values = encode_gptq(wg, self.targets[gg], h, prepared=prepared, measure=self.measure,
+                                      refit=self.refit)
             self.out[gg] = enc
             if rows is not None:
                 back = np.empty_like(values)
@@ -156,8 +195,8 @@ def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
 
 
 def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_text: str | Path | None = None,
-                   tokens: int = DEFAULT_TOKENS, seq_len: int = DEFAULT_SEQ_LEN, *, progress: bool = False,
-                   measure: bool = False) -> GPTQResult:
+                   tokens: int | None = None, seq_len: int = DEFAULT_SEQ_LEN, *, progress: bool = False,
+                   measure: bool = False, refit: int | None = None) -> GPTQResult:
     """One sequential calibration pass over an HF folder: GPTQ-encode every tensor whose planned GGML type
     (`types`: GGUF name -> type, e.g. from quant_plan) has a block layout, and collect the importance matrix of
     all of them (llama.cpp quantizes the rest with it)."""
@@ -173,7 +212,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
         family = get_family(model.config.architecture)
         args = family.parse(model.config)
         seq = min(seq_len, int(args.max_positions or seq_len))
-        calib = calibration_set(Path(model_dir), calibration_text, tokens, seq_len=seq)
+        calib = calibration_set(Path(model_dir), calibration_text, tokens or DEFAULT_TOKENS, seq_len=seq)
         weights = Weights(model, family, args)
         result.matrix = ImportanceMatrix(datasets=[calib.source], chunk_count=int(calib.ids.shape[0]),
                                          chunk_size=int(calib.ids.shape[1]))
@@ -186,7 +225,8 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
             w = weights.layer(i)
             targets = {f"blk.{i}.{role}": types[f"blk.{i}.{role}"] for role in w
                        if types.get(f"blk.{i}.{role}") in LAYOUTS}
-            run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure))
+            run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure,
+                                         REFIT_ROUNDS if refit is None else refit))
         head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
         result.matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
     result.tensors = out

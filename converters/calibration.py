@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +36,8 @@ CALIBRATION_MODULES: tuple[str, ...] = (
     "html", "gzip", "bz2", "lzma", "selectors", "signal", "traceback", "warnings", "weakref", "operator",
     "numbers", "cmath", "codecs", "locale", "getpass", "platform", "mimetypes", "ipaddress", "smtplib",
 )
+log = logging.getLogger(__name__)
+
 DEFAULT_TOKENS = 2048
 DEFAULT_SEQ_LEN = 512
 
@@ -81,10 +86,89 @@ def default_calibration_text(min_chars: int) -> str:
     return "\n\n".join(out)
 
 
+def _openblas() -> Any:
+    """numpy's OpenBLAS as a ctypes library (the one mapped into this process), or None (another BLAS, or
+    not Linux)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            get = getattr(lib, prefix + "get_num_threads64_", None) or getattr(lib, prefix + "get_num_threads", None)
+            put = getattr(lib, prefix + "set_num_threads64_", None) or getattr(lib, prefix + "set_num_threads", None)
+            if get is not None and put is not None:
+                return get, put
+    return None
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """numpy's BLAS limited to `n` threads inside the block (OpenBLAS; a no-op for any other BLAS).
+
+    The calibration pass runs its own threads (GPTQ row slices, the Hessian factor's halves): BLAS threads on
+    top of them oversubscribe the cores, and on a loaded machine each small BLAS/LAPACK call then waits for a
+    scheduler slice (a 128 x 128 inverse took 200 ms instead of 0.2 ms here). Process-wide while it lasts."""
+    calls = _openblas()
+    if calls is None:
+        yield
+        return
+    get, put = calls
+    before = int(get())
+    put(n)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+@dataclass
+class LayerCost:
+    """One calibrated layer: the tokens it ran on, its wall seconds, and the part spent quantizing (GPTQ:
+    factoring Hessians, the column loop), which does not depend on the token count."""
+    layer: int
+    tokens: int
+    seconds: float
+    quantize_s: float
+    weights: int                      # elements of the weights quantized in the layer
+
+
+@dataclass
+class CalibrationLog:
+    """What the pass did, filled in as it runs (read for progress lines and the manifest)."""
+    layers: list[LayerCost] = field(default_factory=list)
+    started: float | None = None      # time.perf_counter() at embed()
+    projected_s: float | None = None  # the whole pass (layers + LM head) at the pace measured so far
+    over_budget: bool = False         # the budget cannot be met even with one sequence (GPTQ's fixed cost)
+
+    @property
+    def tokens_min(self) -> int:
+        return min((c.tokens for c in self.layers), default=0)
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(c.seconds for c in self.layers))
+
+    def summary(self) -> dict[str, Any]:
+        return {"tokens_min": self.tokens_min, "layers_s": round(self.seconds, 1),
+                "quantize_s": round(sum(c.quantize_s for c in self.layers), 1), "over_budget": self.over_budget}
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     ids: np.ndarray      # int64 [sequences, seq_len]
     source: str          # where the text came from, for the manifest
+    # calibration_time: a budget in seconds for the whole pass (see Calibrator.fit_budget), None: no budget
+    time_budget_s: float | None = None
+    head_weights: int = 0           # elements of a GPTQ LM head quantized after the layers (for the projection)
+    log: CalibrationLog = field(default_factory=CalibrationLog, compare=False)
 
     @property
     def tokens(self) -> int:
@@ -119,18 +203,36 @@ def calibration_set(model_dir: Path, text_file: str | Path | None = None, tokens
 
 class Calibrator:
     """Runs the calibration tokens through the family's block one layer at a time (numpy ops), quantizing
-    each linear against its input's Hessian as it goes."""
+    each linear against its input's Hessian as it goes.
+
+    With a time budget (`CalibrationSet.time_budget_s`), the token count is an upper bound: after each layer
+    the pass projects the rest from what it measured (a per-token part: the forward pass and the Hessians; a
+    fixed part: GPTQ's factoring and column loop, which no token count changes, also for the LM head) and keeps
+    the largest number of whole sequences that fits, dropping the others from the residual stream for the
+    layers left (the first layer always runs on every token). When even one sequence does not fit, GPTQ
+    still runs on every layer with one sequence and a warning gives the projected overrun: the budget never
+    changes the recipe or the layout, only the tokens the Hessians see."""
 
     def __init__(self, family: Family, args: Any, calib: CalibrationSet, quantize: Quantizer) -> None:
         self.family, self.args, self.calib, self.quantize = family, args, calib, quantize
         self.h: np.ndarray | None = None          # residual stream [B, S, D]
         self.delta: np.ndarray | None = None      # the last block's output, not yet added
+        self._quantize_s = 0.0
+        self._weights = 0
 
     def embed(self, table: Any, scale: float | None = None) -> None:
         """Start from the embedding rows of the calibration ids (as the graph will see them). table: an array
         [vocab, D] or anything indexable by an id array the same way (onnx_stream.Source reads rows by slices)."""
+        self.calib.log.started = time.perf_counter()
         h = np.asarray(table[self.calib.ids], dtype=np.float32)                 # [B, S, D]
         self.h = h if scale is None else (h * np.float32(scale)).astype(np.float32)
+
+    def _timed(self, name: str, w: np.ndarray, h: np.ndarray) -> BlockQuant | None:
+        t0 = time.perf_counter()
+        out = self.quantize(name, w, h)
+        self._quantize_s += time.perf_counter() - t0
+        self._weights += int(w.size) if out is not None else 0
+        return out
 
     def layer(self, i: int, weights: dict[str, np.ndarray], ops: NumpyOps | None = None) -> dict[str, BlockQuant]:
         """Quantize layer i's linears against their calibration inputs; advance the hidden states.
@@ -138,9 +240,47 @@ class Calibrator:
         ops: the numpy ops to run the block with (the importance-matrix pass passes recording ones)."""
         if self.h is None:
             raise QuantizationError("Calibrator.layer called before embed()")
-        ops = NumpyOps(self.quantize) if ops is None else ops
+        ops = NumpyOps(self._timed) if ops is None else ops
+        self._quantize_s, self._weights = 0.0, 0
+        tokens = int(self.h.shape[0] * self.h.shape[1])
+        t0 = time.perf_counter()
         self.h, self.delta = self.family.block(ops, self.args, i, weights, self.h, self.delta)
+        self.calib.log.layers.append(LayerCost(i, tokens, time.perf_counter() - t0, self._quantize_s,
+                                               self._weights))
+        self.fit_budget(i)
         return ops.quantized
+
+    def fit_budget(self, i: int) -> None:
+        """After layer i: project the pass and, under a time budget, keep the sequences that fit (see the class)."""
+        log_ = self.calib.log
+        done = log_.layers
+        left = int(self.args.layers) - i - 1
+        if not done or self.h is None or log_.started is None:
+            return
+        elapsed = time.perf_counter() - log_.started
+        fixed = sum(c.quantize_s for c in done) / len(done)                    # seconds per layer
+        per_token = sum((c.seconds - c.quantize_s) / max(1, c.tokens) for c in done) / len(done)
+        per_weight = sum(c.quantize_s for c in done) / max(1, sum(c.weights for c in done))
+        head = per_weight * self.calib.head_weights
+        n_seq, seq = int(self.h.shape[0]), int(self.h.shape[1])
+        log_.projected_s = elapsed + left * (fixed + per_token * n_seq * seq) + head
+        budget = self.calib.time_budget_s
+        if budget is None or left == 0:
+            return
+        spare = budget - elapsed - head - left * fixed                        # for the per-token work
+        fit = int(spare // (left * per_token * seq)) if spare > 0 and per_token > 0 else 0
+        keep = max(1, min(n_seq, fit))
+        if fit < 1 and not log_.over_budget:
+            log_.over_budget = True
+            log.warning("calibration budget %.0f s cannot be met: GPTQ's own arithmetic needs about %.0f s per "
+                        "layer (%.0f s for the rest and the LM head); continuing with one %d-token sequence",
+                        budget, fixed, left * fixed + head, seq)
+        if keep < n_seq:
+            self.h = np.ascontiguousarray(self.h[:keep])
+            self.delta = None if self.delta is None else np.ascontiguousarray(self.delta[:keep])
+            log_.projected_s = elapsed + left * (fixed + per_token * keep * seq) + head
+            log.info("calibration budget %.0f s: %d of %d sequences kept after layer %d (projected %.0f s)",
+                     budget, keep, n_seq, i, log_.projected_s)
 
     def final_input(self, norm: np.ndarray) -> np.ndarray:
         """The LM head's input [B, S, D]: the final norm of the last hidden states."""

@@ -18,8 +18,11 @@ agrees with the float64 one to ~1e-6 relative (tests/converters/test_gptq.py).
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -34,11 +37,33 @@ CHOL_BLOCK = 512  # diagonal block of the blocked Cholesky (a few BLAS products 
 TRI_BASE = 128    # the triangular inverse recurses down to blocks this wide
 
 
+_pool: ThreadPoolExecutor | None = None
+PARALLEL_MIN = 1024   # matrices at least this wide factor on every core (the halves and block columns are independent)
+
+
+def _run(tasks: list[Callable[[], object]], parallel: bool) -> None:
+    """Run independent tasks, on a small shared pool (one thread per core) when `parallel`."""
+    global _pool
+    if not parallel or len(tasks) < 2:
+        for t in tasks:
+            t()
+        return
+    if _pool is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:        # not Linux
+            cores = os.cpu_count() or 1
+        _pool = ThreadPoolExecutor(max(1, cores), thread_name_prefix="edgellm-gptq")
+    for fut in [_pool.submit(t) for t in tasks]:
+        fut.result()
+
+
 def cholesky_lower(a: np.ndarray, block: int = CHOL_BLOCK) -> np.ndarray:
     """The lower Cholesky factor of a symmetric positive definite float32 matrix, computed in place (the upper
     triangle is zeroed) by blocks: each step factors one diagonal block and updates the lower trailing matrix
-    with matrix products. LinAlgError when `a` is not positive definite."""
+    with matrix products (one task per block column). LinAlgError when `a` is not positive definite."""
     n = a.shape[0]
+    parallel = n >= PARALLEL_MIN
     for j in range(0, n, block):
         e = min(j + block, n)
         d = np.linalg.cholesky(a[j:e, j:e])
@@ -46,25 +71,38 @@ def cholesky_lower(a: np.ndarray, block: int = CHOL_BLOCK) -> np.ndarray:
         a[j:e, e:] = 0.0
         if e == n:
             break
-        panel = a[e:, j:e] @ np.linalg.inv(d).T                 # L21 = A21 L11^-T, [n-e, block]
+        panel = a[e:, j:e] @ invert_lower(d).T                   # L21 = A21 L11^-T, [n-e, block]
         a[e:, j:e] = panel
-        for c in range(e, n, block):                            # the lower part of A22 -= L21 L21^T only
+
+        def update(c: int, panel: np.ndarray = panel, e: int = e) -> None:   # A22 -= L21 L21^T, lower part
             ce = min(c + block, n)
             a[c:, c:ce] -= panel[c - e:] @ panel[c - e:ce - e].T
+        _run([partial(update, c) for c in range(e, n, block)], parallel)
     return a
 
 
-def invert_lower(a: np.ndarray, base: int = TRI_BASE) -> np.ndarray:
+def invert_lower(a: np.ndarray, base: int = TRI_BASE, parallel: bool | None = None) -> np.ndarray:
     """The inverse of a lower-triangular matrix, in place: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]
-    by recursion on halves (matrix products), small diagonal blocks by np.linalg.inv."""
+    by recursion on halves (matrix products; the halves and the rows of the products in parallel at the top),
+    small diagonal blocks by np.linalg.inv."""
     n = a.shape[0]
     if n <= base:
         a[...] = np.tril(np.linalg.inv(a))
         return a
+    par = n >= PARALLEL_MIN if parallel is None else parallel
     h = -(-(n // 2) // base) * base
-    invert_lower(a[:h, :h], base)
-    invert_lower(a[h:, h:], base)
-    a[h:, :h] = -(a[h:, h:] @ (a[h:, :h] @ a[:h, :h]))
+    _run([lambda: invert_lower(a[:h, :h], base, False), lambda: invert_lower(a[h:, h:], base, False)], par)
+    m = n - h
+    rows = [(r, min(r + max(1, m // 2), m)) for r in range(0, m, max(1, m // 2))] if par else [(0, m)]
+    t = np.empty((m, h), np.float32)
+
+    def first(r0: int, r1: int) -> None:          # T = B A^-1, by rows of B
+        t[r0:r1] = a[h + r0:h + r1, :h] @ a[:h, :h]
+
+    def second(r0: int, r1: int) -> None:         # -C^-1 T, by rows of C^-1 (C^-1 is lower: T rows < r1 only)
+        a[h + r0:h + r1, :h] = -(a[h + r0:h + r1, h:h + r1] @ t[:r1])
+    _run([partial(first, *r) for r in rows], par)
+    _run([partial(second, *r) for r in rows], par)
     return a
 
 

@@ -6,6 +6,7 @@ output and moved into place when complete, manifest last, so a failure leaves no
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from ..errors import ConversionError, OutputPathError, TokenizerError, missing_extra
 from ..progress import ProgressArg, Reporter, Stage, reporter
 from .architectures import get_family
-from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, calibration_set
+from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, CalibrationSet, blas_threads, calibration_set
 from .hf import HFModel, read_hf_model
 from .manifest import Manifest, sha256_file, write_manifest
 from .onnx_genai import write_genai_files
@@ -59,7 +60,13 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                             "help": "text for GPTQ calibration (default: stdlib docstrings, disjoint from "
                                     "`edgellm eval`'s default text) (ONNX)"}),
     ("--calibration-tokens", {"dest": "calibration_tokens", "type": int, "default": DEFAULT_TOKENS,
-                              "help": "calibration tokens for GPTQ, cut into 512-token sequences (ONNX)"}),
+                              "help": "calibration tokens for GPTQ, cut into 512-token sequences (default "
+                                      f"{DEFAULT_TOKENS}; with --calibration-time, the most it uses) (ONNX)"}),
+    ("--calibration-time", {"dest": "calibration_time", "type": float, "default": None, "metavar": "SECONDS",
+                            "help": "time budget for the GPTQ calibration pass: after each layer the pass projects "
+                                    "the rest from its measured pace and drops whole calibration sequences until "
+                                    "it fits (the first layer uses all of them; GPTQ's own arithmetic is not cut, "
+                                    "so a budget below it is exceeded with a warning) (ONNX)"}),
     ("--max-memory", {"dest": "max_memory", "default": None, "metavar": "SIZE",
                       "help": "memory budget for the conversion, e.g. 4GiB: planned from the tensor sizes before "
                               "anything is written (fewer quantization threads if that fits), refused with the "
@@ -113,7 +120,7 @@ def _umask() -> int:
     return mask
 
 
-def _layer_progress(family: Any, stage: Stage, calibrated: bool) -> Any:
+def _layer_progress(family: Any, stage: Stage, calib: CalibrationSet | None) -> Any:
     """The family with its block function wrapped to report each finished graph layer (build_decoder calls it
     with graph ops once per layer, after the layer's GPTQ calibration when the recipe is calibrated, which calls
     it with numpy ops first)."""
@@ -124,7 +131,11 @@ def _layer_progress(family: Any, stage: Stage, calibrated: bool) -> Any:
     def reporting_block(ops: Any, args: Any, i: int, *rest: Any) -> Any:
         out = block(ops, args, i, *rest)
         if isinstance(ops, OnnxOps):
-            stage.advance(message=f"layer {i}" + (" calibrated" if calibrated else ""))
+            message = f"layer {i}" + (" calibrated" if calib is not None else "")
+            if calib is not None and calib.time_budget_s is not None and calib.log.layers:
+                message += f" on {calib.log.layers[-1].tokens} tokens, pass projected " \
+                           f"{calib.log.projected_s or 0:.0f}s of {calib.time_budget_s:.0f}s"
+            stage.advance(message=message)
         return out
     return dataclasses.replace(family, block=reporting_block)
 
@@ -169,12 +180,15 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
                     lm_head: str | None = None, embeddings: str | None = None, recipe: Recipe | None = None,
                     ort_format: bool = False, context_length: int | None = None, threads: int | None = None,
                     calibration_text: str | Path | None = None, calibration_tokens: int = DEFAULT_TOKENS,
-                    max_memory: int | str | None = None, progress: ProgressArg | Reporter = False) -> ONNXResult:
+                    calibration_time: float | None = None, max_memory: int | str | None = None,
+                    progress: ProgressArg | Reporter = False) -> ONNXResult:
     """Convert an HF folder into an ONNX artifact folder `output/` (model.onnx + external data + genai files).
 
     quant names a recipe (ONNX_QUANTS) unless `recipe` is given; block_size/symmetric/lm_head/embeddings
     override it. fused=False writes only ai.onnx ops. GPTQ recipes calibrate on `calibration_tokens` of
-    `calibration_text` (default: standard-library docstrings). Returns paths, the recipe name and tensor types.
+    `calibration_text` (default: standard-library docstrings); `calibration_time` (seconds) bounds that pass:
+    whole sequences are dropped after a layer when the measured pace projects past it (calibration.Calibrator;
+    the manifest records the tokens used). Returns paths, the recipe name and tensor types.
     threads: quantization workers (default: the cores this process may use). max_memory: a budget in bytes or
     a string such as "4GiB"; the peak is planned from the tensor sizes first (onnx_memory.py), threads are
     lowered to fit, and a budget even one thread cannot meet is a ConversionError with the numbers.
@@ -194,6 +208,9 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
             raise ConversionError(f"--embeddings {embeddings} needs onnxruntime's GatherBlockQuantized",
                                   "drop --standard-ops, or pass --embeddings fp16")
         rec = rec.with_options(embeddings="fp16")    # the standard-op graph keeps a float table
+    if calibration_time is not None and (isinstance(calibration_time, bool) or
+                                         not isinstance(calibration_time, (int, float)) or calibration_time <= 0):
+        raise ConversionError(f"calibration_time={calibration_time!r} must be a positive number of seconds")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConversionError(f"accuracy_level={accuracy_level} must be 0..4")
     out_dir = Path(output)
@@ -219,6 +236,11 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
             with rep.stage("tokenizing calibration text", unit="tokens") as st:
                 calib = calibration_set(Path(model_dir), calibration_text, calibration_tokens,
                                         seq_len=min(DEFAULT_SEQ_LEN, ctx))
+                head = rec.spec_for("lm_head")
+                calib = dataclasses.replace(calib, time_budget_s=None if calibration_time is None
+                                            else float(calibration_time),
+                                            head_weights=model.config.vocab_size * model.config.hidden_size
+                                            if head.method == "gptq" else 0)
                 st.update(calib.tokens, f"{calib.tokens} tokens from {calib.source}")
         n_threads = mem.threads
         stage = _stage_dir(out_dir)
@@ -227,8 +249,10 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
             n_layers = family.parse(model.config).layers
             label = f"ONNX {rec.name} layers" + (" (GPTQ-calibrated)" if calib is not None else "")
             try:
-                with rep.stage(label, total=n_layers, unit="layers") as layers:
-                    build_decoder(model, _layer_progress(family, layers, calib is not None), writer,
+                # GPTQ runs its own threads (row slices, the Hessian factor's halves): BLAS stays on one thread
+                with rep.stage(label, total=n_layers, unit="layers") as layers, \
+                        blas_threads(1) if calib is not None else contextlib.nullcontext():
+                    build_decoder(model, _layer_progress(family, layers, calib), writer,
                                   GraphOptions(rec, fused, accuracy_level, max_positions=ctx, calibration=calib))
             finally:
                 writer.finish()
@@ -256,7 +280,9 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
                        "data_sha256": sha256_file(stage / DATA_FILE), "ort_format": ort_format,
                        "genai_config": "genai_config.json",
                        "shared_embeddings": rec.shares_embeddings(model.config.tie_word_embeddings),
-                       "calibration": None if calib is None else {"source": calib.source, "tokens": calib.tokens}},
+                       "calibration": None if calib is None else {
+                           "source": calib.source, "tokens": calib.tokens, "time_budget_s": calib.time_budget_s,
+                           **calib.log.summary()}},
             )
             _publish(stage, out_dir, files)
             manifest_path = write_manifest(out_dir, manifest)

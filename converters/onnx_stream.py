@@ -26,7 +26,7 @@ from .safetensors_io import MappedFile
 
 CHUNK_ELEMENTS = 1 << 21          # float32 elements per slice given to a worker (8 MiB)
 TRANSPOSE_ROWS = 16384            # rows per slice of a transposed float table (each write >= 32 KiB)
-GPTQ_ROWS = 4096                  # fewest rows per GPTQ slice: its column loop costs the same per call at any N
+GPTQ_ROWS = 1024                  # fewest rows per GPTQ slice (and the LM head's slice): its column loop costs ~N
 _ONNX_FLOAT = {np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.float32): TensorProto.FLOAT}
 
 T = TypeVar("T")

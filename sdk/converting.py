@@ -162,6 +162,9 @@ def _check_options(quant: Any, options: dict[str, Any]) -> None:
     for key in _STR_OPTIONS:
         if options.get(key) is not None and not isinstance(options[key], str):
             problems.append(f"{key}={options[key]!r} must be a string")
+    budget = options.get("calibration_time")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+        problems.append(f"calibration_time={budget!r} must be a positive number of seconds")
     memory = options.get("max_memory")
     if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, str))
                                or (isinstance(memory, int) and memory <= 0)):

@@ -38,6 +38,13 @@ class ProgressEvent:
     def fraction(self) -> float | None:
         return None if not self.total else min(1.0, self.done / self.total)
 
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace so far (None until a step is done, when the total is unknown, or finished)."""
+        if self.finished or not self.total or self.done <= 0 or self.done >= self.total:
+            return None
+        return self.elapsed_s * (self.total - self.done) / self.done
+
 
 ProgressCallback = Callable[[ProgressEvent], None]
 ProgressArg = Union[bool, None, ProgressCallback]
@@ -47,6 +54,16 @@ def _fmt_amount(x: float, unit: str) -> str:
     if unit == "B":
         return f"{x / 2**20:.1f} MiB"
     return f"{int(x)}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def _fmt_seconds(s: float) -> str:
+    """12s, 4m05s, 1h02m."""
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class _StderrSink:
@@ -70,7 +87,10 @@ class _StderrSink:
                      f"({100 * (e.fraction or 0):.0f}%)"
         elif e.unit and e.unit != "B":
             amount = f"{amount} {e.unit}"
-        text = f"{e.stage}: {amount}, {e.elapsed_s:.0f}s"
+        text = f"{e.stage}: {amount}, {_fmt_seconds(e.elapsed_s)}"
+        eta = e.eta_s
+        if eta is not None:
+            text += f", ETA {_fmt_seconds(eta)}"
         return text + (f" - {e.message}" if e.message else "") + (" done" if e.finished else "")
 
     def __call__(self, e: ProgressEvent) -> None:

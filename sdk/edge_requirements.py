@@ -317,7 +317,7 @@ def runtime_refusals(model: Path, facts: ModelFacts, dev: Device) -> tuple[dict[
     graph or tensor types (edge_requirements); an HF folder's variants from the GGUF types the planner predicts
     per quant, and for ONNX from the recipe's graph (recipe_requirements). A runtime the profile does not list
     is one the target does not have."""
-    from .devices.planner import profile_options
+    from .devices.planner import QUANT_LADDER, profile_options
     from .planning import _gguf_file
 
     target = dev.profile.runtime_versions if dev.profile is not None else {}
@@ -334,7 +334,9 @@ def runtime_refusals(model: Path, facts: ModelFacts, dev: Device) -> tuple[dict[
             wanted[(fmt, (facts.quant or "").upper())] = ArtifactRequirements(
                 "onnx", (onnx_requirement(_onnx_file(model)),))
     else:
-        for option in profile_options(dev.profile):
+        # the options plan_model tries: the profile's, or the whole ladder when the converter refuses its formats
+        options = profile_options(dev.profile) + (list(QUANT_LADDER) if facts.refused_formats else [])
+        for option in options:
             if option.format == "gguf":
                 layout = facts.layout(option.name)
                 types = [t.dtype for t in layout] if layout else [option.main_type]

@@ -318,7 +318,7 @@ def runtime_refusals(model: Path, facts: ModelFacts, dev: Device) -> tuple[dict[
     per quant, and for ONNX from the recipe's graph (recipe_requirements). A runtime the profile does not list
     is one the target does not have."""
     from .devices.planner import QUANT_LADDER, profile_options
-    from .planning import _gguf_file
+    from .model_facts import _gguf_file
 
     target = dev.profile.runtime_versions if dev.profile is not None else {}
     if not target or dev.profile is None:
@@ -349,7 +349,7 @@ def runtime_refusals(model: Path, facts: ModelFacts, dev: Device) -> tuple[dict[
 
 def _onnx_file(p: Path) -> Path:
     from .converters.manifest import MANIFEST_NAME
-    from .planning import _json_or_empty, genai_decoder
+    from .model_facts import _json_or_empty, genai_decoder
 
     if p.is_file():
         return p

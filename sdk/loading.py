@@ -42,7 +42,7 @@ def resolve_artifact(path: str | Path) -> ResolvedArtifact:
         if len(ggufs) == 1:
             return ResolvedArtifact(ggufs[0], "gguf", None)
         if (p / "genai_config.json").is_file():   # onnxruntime-genai's own output folder (what `plan` accepts)
-            from .planning import genai_decoder
+            from .model_facts import genai_decoder
 
             return ResolvedArtifact(genai_decoder(p), "onnx", None)
         if (p / "config.json").is_file():

@@ -92,7 +92,7 @@ class _Rules:
         if cat == "output" or (self.tied and cat == "token_embd"):
             if self.arch == "falcon" or ncols % _BLOCK.get(new, 1):
                 return "Q8_0"
-            if q in _IQ_LOW:
+            if q in _IQ_LOW or q == "IQ3_XXS":
                 return "Q5_K"
             return new if new == "Q8_0" else "Q6_K"
         if cat == "token_embd":

@@ -22,6 +22,7 @@ from edgellm.errors import QuantizationError
 from tests.converters.test_families import agreement, llama_cpp_logits
 from tests.fixtures.tiny import make_tiny_model
 
+TOKENS = 512          # calibration tokens (one sequence): enough for a 2-layer model
 IDS = [1, 17, 42, 99, 5, 230, 64, 12, 7, 150, 88, 3, 61, 200, 33, 9]
 
 
@@ -59,7 +60,7 @@ def test_gptq_lowers_the_output_error_with_llama_cpp_headers(ggml_type: str) -> 
 @pytest.mark.parametrize("quant", ["Q4_0", "Q4_K_M"])
 def test_gptq_file_is_what_edgellm_encoded_and_llama_cpp_agrees_with_numpy(quant: str, tiny: Path,
                                                                             tmp_path: Path) -> None:
-    res = convert_to_gguf(tiny, tmp_path / "out", quant, imatrix=True, rounding="gptq")
+    res = convert_to_gguf(tiny, tmp_path / "out", quant, imatrix=True, rounding="gptq", calibration_tokens=TOKENS)
     manifest = json.loads(res.manifest_path.read_text())
     record = manifest["extra"]["rounding"]
     assert record["method"] == "gptq" and sum(record["tensors"].values()) == 2 * 7
@@ -68,7 +69,7 @@ def test_gptq_file_is_what_edgellm_encoded_and_llama_cpp_agrees_with_numpy(quant
     assert Counter(res.tensor_types) == planned
     # llama.cpp copied every encoded tensor byte for byte (deterministic pass: encode again and compare)
     types = {t.name: t.type for t in gguf_layout(tiny).types(quant, imatrix=True)}
-    again = calibrate_gptq(tiny, types)
+    again = calibrate_gptq(tiny, types, tokens=TOKENS)
     reader = gguf.GGUFReader(res.path)
     stored = {t.name: np.asarray(t.data) for t in reader.tensors}
     assert set(again.tensors) <= set(stored)
@@ -92,7 +93,7 @@ def test_rounding_is_checked_before_any_work(tiny: Path, tmp_path: Path) -> None
 
 
 def test_llama_rounding_is_recorded(tiny: Path, tmp_path: Path) -> None:
-    res = convert_to_gguf(tiny, tmp_path / "out", "Q4_0", imatrix=True, rounding="llama")
+    res = convert_to_gguf(tiny, tmp_path / "out", "Q4_0", imatrix=True, rounding="llama", calibration_tokens=TOKENS)
     assert json.loads(res.manifest_path.read_text())["extra"]["rounding"] == {"method": "llama"}
 
 

@@ -303,3 +303,26 @@ def test_requantizing_an_unpacked_k_quant_keeps_its_exact_values(f32: Path, tmp_
     for n in orig:
         np.testing.assert_array_equal(after[n], orig[n], err_msg=n)
     print(f"\nrequantized Q4_K: {moved} super-blocks re-encoded to the source grid")
+
+
+@pytest.mark.parametrize("quant", ["Q4_0", "Q5_0", "IQ4_NL", "IQ3_XXS", "Q4_K_M"])
+def test_quant_plan_predicts_the_types_llama_cpp_picks_with_an_importance_matrix(quant: str, tmp_path: Path) -> None:
+    """Some llama.cpp rules depend on whether the quantizer has an importance matrix (Q4_0/Q5_0's first n/8
+    ffn_down -> Q4_1/Q5_1, IQ3_XXS's attn_v and ffn_down, IQ4_NL's first ffn_down): 8 layers so n/8 = 1."""
+    from collections import Counter
+
+    from edgellm.converters.quant_plan import gguf_layout
+
+    folder = make_tiny_model(tmp_path / "m8", layers=8, hidden=256, heads=4, kv_heads=2, ffn=512)
+    f32 = convert_to_gguf(folder, tmp_path / "f32", "F32").path
+    means = {t.name: np.ones(t.shape[0], np.float32)
+             for t in gguf_layout(folder).types("F32") if len(t.shape) == 2}
+    dst = tmp_path / "q.gguf"
+    quantize_gguf(f32, dst, get_quant(quant).file_type, 2, imatrix=means)
+    import gguf
+
+    got = {t.name: t.tensor_type.name for t in gguf.GGUFReader(dst).tensors}
+    want = {t.name: t.type for t in gguf_layout(folder).types(quant, imatrix=True)}
+    assert got == want
+    if quant in ("Q4_0", "Q5_0"):
+        assert Counter(got.values())["Q4_1" if quant == "Q4_0" else "Q5_1"] == 1   # blk.0.ffn_down

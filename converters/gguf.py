@@ -243,6 +243,20 @@ def _calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path
     return calibrate_gptq(model_dir, types, calibration_text, tokens)
 
 
+def _fitting(encoded: dict[str, Encoded], plan: Plan) -> dict[str, Encoded]:
+    """The encoded tensors whose bytes fit their GGUF tensor's shape (others are left to llama.cpp's rounding)."""
+    out = {}
+    for _hf, gg, shape, _rule in plan:
+        e = encoded.get(gg)
+        if e is None:
+            continue
+        if len(shape) == 2 and e.raw.shape[0] == shape[0] and e.raw.nbytes == tensor_nbytes(e.type, shape):
+            out[gg] = e
+        else:
+            log.warning("%s: the GPTQ encoding does not fit the GGUF shape %s; llama.cpp rounds it", gg, shape)
+    return out
+
+
 def _gptq_imatrix(gptq: GPTQResult, imatrix: bool | str | Path, save_to: Path) -> ImportanceMatrix:
     """The importance matrix llama.cpp quantizes the other tensors with: the GPTQ pass's own, or a given file."""
     from .imatrix_file import read_imatrix, write_imatrix
@@ -316,6 +330,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 if method == "gptq":
                     with rep.stage("GPTQ rounding into llama.cpp blocks (calibration)"):
                         gptq = _calibrate(model_dir, q, calibration_text, calibration_tokens)
+                    gptq.tensors = _fitting(gptq.tensors, plan)
                     matrix = _gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
                               rep, gptq.tensors if gptq else None)

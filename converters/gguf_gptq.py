@@ -137,6 +137,16 @@ def encode_gptq(w: np.ndarray, ggml_type: str, h: np.ndarray, *, prepared: Prepa
     return enc, values
 
 
+def _whole(w: np.ndarray, full: np.ndarray) -> bool:
+    """w is the layer's tensor itself (or a view of all of it in the same order), not a slice or a reordered copy:
+    only then do its rows map one to one onto the GGUF tensor's."""
+    if w is full:
+        return True
+    a, b = np.asarray(w), np.asarray(full)
+    return bool(a.shape == b.shape and a.strides == b.strides
+                and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 class _GPTQOps(_RecordingOps):
     """Records the importance matrix (as imatrix does) and encodes every whole weight whose planned type has a
     layout with GPTQ against its input's Hessian; the block then computes with the encoded values."""
@@ -155,7 +165,7 @@ class _GPTQOps(_RecordingOps):
         for w in weights:
             gg = self._name(w)
             full = next((t for n, t in self.named if n == gg), None)
-            if gg is None or gg not in self.targets or full is None or full.shape != w.shape or gg in self.out:
+            if gg is None or gg not in self.targets or full is None or not _whole(w, full) or gg in self.out:
                 used.append(w)
                 continue
             if h is None:

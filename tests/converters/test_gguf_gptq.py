@@ -80,8 +80,10 @@ def test_gptq_file_is_what_edgellm_encoded_and_llama_cpp_agrees_with_numpy(quant
     got = llama_cpp_logits(res.path, IDS)
     same = agreement(got, reference_logits(back, IDS).astype(np.float64))
     unquantized = agreement(got, reference_logits(tiny, IDS).astype(np.float64))
-    assert same[0] >= 0.9 and same[1] < 0.05, same
-    assert same[1] < unquantized[1], (same, unquantized)   # closer to its own weights than to the float model
+    print(quant, "llama.cpp vs numpy (dequantized, float):", same, unquantized)
+    assert same[0] >= 0.8 and same[1] < 0.05, same
+    assert same[1] < 0.5 * unquantized[1], (same, unquantized)   # much closer to its own weights than to the float
+    assert same[0] >= unquantized[0]
 
 
 def test_rounding_is_checked_before_any_work(tiny: Path, tmp_path: Path) -> None:

@@ -73,11 +73,13 @@ def plan_memory(config: Any, infos: dict[str, Any], recipe: Recipe, threads: int
                        "slices": slice_bytes, "tables": table_meta + transpose}, threads)
     if recipe.calibrated:
         acts = calib_tokens * (8 * d + 4 * ffn) * 4                  # hidden states + one block's intermediates
-        # the widest Hessian (the MLP down projection's, float64) lives ~5 times over at the peak: X^T X in float32
-        # and float64, the caller's copy, the permuted copy, the Cholesky factor and its inverse (1B: 4.1 GB measured)
-        hess = 5 * 8 * (max(d, ffn) ** 2)
+        # the widest Hessian (the MLP down projection's, float32) lives twice at the peak: X^T X, and its permuted
+        # copy that the blocked Cholesky and triangular inverse overwrite in place (gptq.py); U is counted below
+        hess = 2 * 4 * (max(d, ffn) ** 2)
         gptq = 3 * fused_copy + 4 * max(d, ffn) ** 2                # weights, codes, updated copy per layer; U
         plan.parts.update(calibration=acts, hessians=hess, gptq=gptq)
+        # quantization slices (the tables, before and after the layers) never coincide with the GPTQ peak
+        plan.parts["slices"] = max(0, slice_bytes - (acts + hess + gptq))
     return plan
 
 

@@ -57,6 +57,25 @@ def test_gptq_lowers_the_output_error_with_llama_cpp_headers(ggml_type: str) -> 
     assert np.array_equal(bits(enc.raw)[..., ~lay.code_mask()], bits(own)[..., ~lay.code_mask()])
 
 
+@pytest.mark.parametrize("ggml_type", ["Q4_0", "IQ4_NL"])
+def test_scale_refit_lowers_the_error_of_fixed_codes(ggml_type: str) -> None:
+    from edgellm.converters.gguf_gptq import _output_error, grid_gptq, refit_scales
+    from edgellm.converters.gguf_blocks import pack, parse
+    from edgellm.converters.ggml_quantize import ggml_quantize
+    from edgellm.converters.gptq import prepare
+
+    h = _correlated(256, seed=4)
+    w = np.random.default_rng(6).standard_normal((32, 256)).astype(np.float32) * 0.05
+    blocks = parse(ggml_type, ggml_quantize(w, ggml_type, np.diag(h).astype(np.float32)))
+    codes = grid_gptq(w, blocks, prepare(h, True))
+    fitted = refit_scales(w, blocks, codes, h)
+    assert np.array_equal(parse(ggml_type, pack(fitted, codes)).codes, codes)
+    assert np.array_equal(fitted.raw[:, 2:18], blocks.raw[:, 2:18])             # only the float16 scales moved
+    assert _output_error(w, fitted.values(codes), h) < _output_error(w, blocks.values(codes), h)
+    with pytest.raises(QuantizationError, match="not implemented"):
+        refit_scales(w, parse("Q4_1", ggml_quantize(w, "Q4_1")), codes, h)
+
+
 @pytest.mark.parametrize("quant", ["Q4_0", "Q4_K_M"])
 def test_gptq_file_is_what_edgellm_encoded_and_llama_cpp_agrees_with_numpy(quant: str, tiny: Path,
                                                                             tmp_path: Path) -> None:

@@ -72,3 +72,6 @@ def test_cli_flag_reaches_the_converter(small_model, tmp_path, capsys):
     assert _calibration(tmp_path / "cli")["time_budget_s"] == 600
     assert main(["convert", str(small_model), str(tmp_path / "g"), "--calibration-time", "60"]) != 0
     assert "--calibration-time apply to --format onnx" in capsys.readouterr().err
+    # the token count is shared: GGUF's importance matrix calibrates on it too
+    assert main(["convert", str(small_model), str(tmp_path / "g"), "--quant", "Q4_K_M", "--imatrix", "on",
+                 "--calibration-tokens", "512"]) == 0

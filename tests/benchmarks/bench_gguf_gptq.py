@@ -93,41 +93,47 @@ def print_kld(rows: list[dict[str, Any]]) -> None:
               + " | ".join(f"{r[n]['kld']:.4f}" for n in names) + " | " + " | ".join(ratios) + " |")
 
 
-def _speed_once(path: Path, threads: int, prompt: list[int], gen: int) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s) of raw llama-cpp-python on `path`."""
+def _speed_once(path: Path, threads: int, prompt: list[int], gen: int) -> tuple[float, float, float, float]:
+    """(prefill tokens/s, decode tokens/s, prefill tokens per CPU second, decode tokens per CPU second) of raw
+    llama-cpp-python on `path` (the CPU-time rates hold up better on a machine shared with other jobs)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512,
                           verbose=False)
     try:
-        t0 = time.perf_counter()
+        llm.eval(prompt[:64])          # warm-up: buffers allocated, weights paged in (not timed)
+        llm.reset()
+        t0, c0 = time.perf_counter(), time.process_time()
         llm.eval(prompt)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         tok = prompt[-1]
         for _ in range(gen):
             llm.eval([tok])
             tok = int(llm.scores[llm.n_tokens - 1].argmax())
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
     finally:
         llm.close()
-    return len(prompt) / (t1 - t0), gen / (t2 - t1)
+    return len(prompt) / (t1 - t0), gen / (t2 - t1), len(prompt) / (c1 - c0), gen / (c2 - c1)
 
 
 def speed(model: str, hf: Path, qname: str, work: Path, threads: int, runs: int) -> dict[str, Any]:
-    """Alternating runs of llama.cpp's own file (imatrix) and the GPTQ file of the same type; medians, ratios."""
+    """Alternating runs (ABBA order) of llama.cpp's own file (imatrix) and the GPTQ file of the same type, each
+    in a fresh llama.cpp context after a warm-up; medians and their ratios."""
     files = {v: convert_to_gguf(hf, work / f"{model}-{qname}-{v}-speed", qname, **VARIANTS[v]).path
              for v in ("llama+imatrix", "gptq")}
     prompt = list(range(100, 100 + 256))
-    got: dict[str, list[tuple[float, float]]] = {v: [] for v in files}
-    for _ in range(runs):
-        for v, p in files.items():
+    got: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in files}
+    for i in range(runs):
+        for v, p in (list(files.items()) if i % 2 == 0 else list(reversed(files.items()))):
             got[v].append(_speed_once(p, threads, prompt, 64))
-    med = {v: (statistics.median(x[0] for x in got[v]), statistics.median(x[1] for x in got[v])) for v in got}
+    med = {v: tuple(statistics.median(x[i] for x in got[v]) for i in range(4)) for v in got}
     out = {"model": model, "type": qname, "threads": threads, "runs": runs,
            "size_mb": {v: p.stat().st_size / 1e6 for v, p in files.items()},
            "prefill_tps": {v: m[0] for v, m in med.items()}, "decode_tps": {v: m[1] for v, m in med.items()},
-           "prefill_ratio": med["gptq"][0] / med["llama+imatrix"][0],
-           "decode_ratio": med["gptq"][1] / med["llama+imatrix"][1]}
+           "samples": got, "prefill_ratio": med["gptq"][0] / med["llama+imatrix"][0],
+           "decode_ratio": med["gptq"][1] / med["llama+imatrix"][1],
+           "prefill_cpu_ratio": med["gptq"][2] / med["llama+imatrix"][2],
+           "decode_cpu_ratio": med["gptq"][3] / med["llama+imatrix"][3]}
     for p in files.values():
         p.unlink()
     return out
@@ -159,13 +165,14 @@ def main() -> int:
                                      args.threads)
     if args.speed:
         print("| model | type | size MB (llama / gptq) | prefill tok/s (llama / gptq) | ratio | "
-              "decode tok/s (llama / gptq) | ratio |")
-        print("|---|---|---|---|---:|---|---:|")
+              "decode tok/s (llama / gptq) | ratio | prefill ratio (CPU s) | decode ratio (CPU s) |")
+        print("|---|---|---|---|---:|---|---:|---:|---:|")
         for r in results:
             s, p, d = r["size_mb"], r["prefill_tps"], r["decode_tps"]
             print(f"| {r['model']} | {r['type']} | {s['llama+imatrix']:.2f} / {s['gptq']:.2f} | "
                   f"{p['llama+imatrix']:.0f} / {p['gptq']:.0f} | {r['prefill_ratio']:.3f} | "
-                  f"{d['llama+imatrix']:.1f} / {d['gptq']:.1f} | {r['decode_ratio']:.3f} |")
+                  f"{d['llama+imatrix']:.1f} / {d['gptq']:.1f} | {r['decode_ratio']:.3f} | "
+                  f"{r['prefill_cpu_ratio']:.3f} | {r['decode_cpu_ratio']:.3f} |")
     else:
         print_kld(results)
     if args.json:

@@ -57,11 +57,12 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                       "help": "precision of the embedding table; shared = the LM head's quantized table, "
                               "stored once when the model ties them (default: the recipe's) (ONNX)"}),
     ("--calibration-text", {"dest": "calibration_text", "default": None, "metavar": "FILE",
-                            "help": "text for GPTQ calibration (default: stdlib docstrings, disjoint from "
-                                    "`edgellm eval`'s default text) (ONNX)"}),
+                            "help": "calibration text for ONNX GPTQ and GGUF's importance matrix / GPTQ rounding "
+                                    "(default: edgellm's mix of prose, dialogue, code, legal and multilingual "
+                                    "text and stdlib docstrings, disjoint from `edgellm eval`'s default text)"}),
     ("--calibration-tokens", {"dest": "calibration_tokens", "type": int, "default": DEFAULT_TOKENS,
-                              "help": "calibration tokens for GPTQ, cut into 512-token sequences (default "
-                                      f"{DEFAULT_TOKENS}; with --calibration-time, the most it uses) (ONNX)"}),
+                              "help": "calibration tokens, cut into 512-token sequences (default "
+                                      f"{DEFAULT_TOKENS}; with --calibration-time, the most it uses)"}),
     ("--calibration-time", {"dest": "calibration_time", "type": float, "default": None, "metavar": "SECONDS",
                             "help": "time budget for the GPTQ calibration pass: after each layer the pass projects "
                                     "the rest from its measured pace and drops whole calibration sequences until "

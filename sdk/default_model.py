@@ -27,9 +27,12 @@ _SHARED_SOURCES = ("gguf_to_hf.py", "tokenizer.py", "tokenizer_spm.py", "archite
 # converter sources per artifact format: a change to one rebuilds only that format's cached artifacts
 _FORMAT_SOURCES = {
     "hf": (),
-    "gguf": ("gguf.py", "gguf_metadata.py", "gguf_types.py", "llama_quantize.py"),
+    "gguf": ("gguf.py", "gguf_metadata.py", "gguf_types.py", "llama_quantize.py", "quant_plan.py", "imatrix.py",
+             "gguf_gptq.py", "gguf_blocks.py", "ggml_quantize.py", "gptq.py", "calibration.py",
+             "data/calibration.txt", "data/calibration_more.txt", "families/numpy_ops.py"),
     "onnx": ("onnx.py", "onnx_graph.py", "onnx_ops.py", "quant.py", "onnx_genai.py", "onnx_block_ops.py",
-             "calibration.py", "families/numpy_ops.py", "families/weights.py"),
+             "onnx_stream.py", "gptq.py", "calibration.py", "data/calibration.txt", "data/calibration_more.txt",
+             "families/numpy_ops.py", "families/weights.py"),
 }
 
 

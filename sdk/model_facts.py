@@ -71,6 +71,7 @@ def facts_from_hf(path: str | Path) -> ModelFacts:
     llama.cpp's quantizer rules (converters/quant_plan.py), so a plan from the folder sizes the same file the
     converted artifact's plan reads. Only headers are read."""
     from .converters.hf import read_hf_model
+    from .converters.imatrix import resolve_imatrix
     from .converters.quant_plan import gguf_header_bytes, gguf_layout, memory_facts
     from .devices.planner import QUANT_LADDER
 
@@ -80,7 +81,10 @@ def facts_from_hf(path: str | Path) -> ModelFacts:
         tensors = tuple(TensorFacts(name, tuple(info.shape), info.dtype)
                         for name, info in model.tensor_infos().items())
     quants = dict.fromkeys([o.name for o in QUANT_LADDER if o.format == "gguf"] + _profile_gguf_quants())
-    layouts = tuple((q, tuple(TensorFacts(t.name, t.shape, t.type) for t in layout.types(q))) for q in quants)
+    # convert's default importance matrix (every folder not unpacked from a GGUF) changes a few of llama.cpp's types
+    imatrix = resolve_imatrix(path, None) is True
+    layouts = tuple((q, tuple(TensorFacts(t.name, t.shape, t.type) for t in layout.types(q, imatrix=imatrix)))
+                    for q in quants)
     mem = memory_facts(layout.args)
     a = layout.args
     return ModelFacts(architecture=c.architecture, num_layers=c.num_layers, hidden_size=c.hidden_size,

@@ -58,6 +58,12 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
         if format != "gguf":
             raise ConversionError("--imatrix applies to GGUF types quantized by llama.cpp", "use --format gguf")
         options["imatrix"] = _IMATRIX_MODES.get(str(options["imatrix"]).lower(), options["imatrix"])
+    if "rounding" in options:
+        if format != "gguf":
+            raise ConversionError("--rounding applies to GGUF types quantized by llama.cpp",
+                                  "use --format gguf (ONNX int4 is GPTQ-calibrated by its recipe)")
+        if options["rounding"] == "auto":
+            del options["rounding"]
     if prune_layers is not None and format != "gguf":
         raise ConversionError("--prune-layers works on GGUF artifacts", "use --format gguf")
     if prune_layers is not None and quant.lower() == "auto":
@@ -194,6 +200,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imatrix", default=None, metavar="auto|on|off|FILE",
                    help="GGUF types llama.cpp quantizes: an importance matrix from the calibration text (on; auto = on "
                         "unless the folder was unpacked from a GGUF), none (off), or a llama.cpp .imatrix FILE")
+    p.add_argument("--rounding", default=None, choices=("auto", "gptq", "llama"),
+                   help="GGUF types quantized by llama.cpp: gptq keeps llama.cpp's block scales and chooses the codes "
+                        "with GPTQ over the calibration text (same types, size and kernels); llama leaves all "
+                        "rounding to llama.cpp; auto (default) = gptq when an importance matrix is computed")
     for flag, kwargs in onnx_options:
         p.add_argument(flag, **{**kwargs, "default": None} if "action" not in kwargs else kwargs)
     p.set_defaults(func=run_convert)

@@ -58,8 +58,8 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                               "stored once when the model ties them (default: the recipe's) (ONNX)"}),
     ("--calibration-text", {"dest": "calibration_text", "default": None, "metavar": "FILE",
                             "help": "calibration text for ONNX GPTQ and GGUF's importance matrix / GPTQ rounding "
-                                    "(default: edgellm's mix of prose, dialogue, code, legal and multilingual "
-                                    "text and stdlib docstrings, disjoint from `edgellm eval`'s default text)"}),
+                                    "(default: edgellm's mix of narrative, dialogue, chat, code, Python reference "
+                                    "topics and stdlib docstrings, disjoint from `edgellm eval`'s default text)"}),
     ("--calibration-tokens", {"dest": "calibration_tokens", "type": int, "default": DEFAULT_TOKENS,
                               "help": "calibration tokens, cut into 512-token sequences (default "
                                       f"{DEFAULT_TOKENS}; with --calibration-time, the most it uses)"}),

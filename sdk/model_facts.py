@@ -190,10 +190,12 @@ def _onnx_ffn_width(model: Any) -> int:
 
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when it is missing, unreadable, not an object or nested too deeply for
+    Python's parser (a hostile file: RecursionError)."""
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

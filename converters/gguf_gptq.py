@@ -27,7 +27,7 @@ from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Calibrator, calibratio
 from .families.numpy_ops import NumpyOps, hessian
 from .ggml_quantize import ggml_quantize
 from .gguf_blocks import LAYOUTS, Blocks, nearest_codes, pack, parse
-from .gptq import Prepared, prepare
+from .gptq import Prepared, column_loop, prepare
 from .imatrix import ImportanceMatrix, _RecordingOps
 
 log = logging.getLogger(__name__)
@@ -61,21 +61,14 @@ def grid_gptq(w: np.ndarray, blocks: Blocks, prepared: Prepared, lazy: int = LAZ
     o_t = np.ascontiguousarray(blocks.offset.T)
     inv_t = np.divide(1.0, s_t, out=np.zeros_like(s_t), where=s_t != 0)
     codes_t = np.zeros((k, n), np.uint8)
-    for i1 in range(0, k, lazy):
-        i2 = min(i1 + lazy, k)
-        w1 = wt[i1:i2].copy()
-        err1 = np.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = int(perm[i1 + i])
-            g = j // lay.group
-            x = w1[i]
-            c = nearest((x - o_t[g]) * inv_t[g])
-            codes_t[j] = c
-            e = (x - (s_t[g] * levels[c] + o_t[g])) / u1[i, i]
-            w1[i:] -= np.outer(u1[i, i:], e)
-            err1[i] = e
-        wt[i2:] -= u[i1:i2, i2:].T @ err1
+
+    def column(j: int, x: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        g = j // lay.group
+        c = nearest((x - o_t[g]) * inv_t[g])
+        codes_t[j] = c
+        return s_t[g] * levels[c] + o_t[g]
+
+    column_loop(wt, perm, u, column, lazy=lazy)
     return np.ascontiguousarray(codes_t.T)
 
 

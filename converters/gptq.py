@@ -168,6 +168,37 @@ def prepare(hessian: np.ndarray, act_order: bool = True) -> Prepared:
     return Prepared(dead, perm, u)
 
 
+def column_loop(wt: np.ndarray, perm: np.ndarray, u: np.ndarray,
+                quantize: Callable[[int, np.ndarray, np.ndarray], np.ndarray], *, lazy: int = LAZY,
+                sub: int = SUB) -> None:
+    """GPTQ's column loop, whatever the grid. wt [K, N]: the weights transposed, columns in visiting order
+    (updated in place); perm[i]: the original index of visiting position i; u: the factor (U^T U = H^-1, in
+    visiting order). For each column, `quantize(j, x, ahead)` records the codes of x [N] (original column j;
+    `ahead` = this column and the rest of its lazy block, as updated so far) and returns their dequantized values;
+    the error, over u's diagonal, goes to the next columns of the sub-block one by one, then to the rest of the
+    lazy block and to the later columns with one matrix product each."""
+    k = wt.shape[0]
+    e = np.empty(wt.shape[1], np.float32)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = wt[i1:i2]                                           # updated in place (a view of wt)
+        err1 = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for s1 in range(0, i2 - i1, sub):
+            s2 = min(s1 + sub, i2 - i1)
+            for i in range(s1, s2):
+                x = w1[i]
+                np.subtract(x, quantize(int(perm[i1 + i]), x, w1[i:]), out=e)     # e = (x - y) / u_ii
+                e /= u1[i, i]
+                if i + 1 < s2:
+                    w1[i + 1:s2] -= np.outer(u1[i, i + 1:s2], e)
+                err1[i] = e
+            if s2 < i2 - i1:                                     # the sub-block's errors on the rest of the block
+                w1[s2:] -= u1[s1:s2, s2:].T @ err1[s1:s2]
+        if i2 < k:
+            wt[i2:] -= u[i1:i2, i2:].T @ err1
+
+
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str = "tensor", *,
                   act_order: bool = True, prepared: Prepared | None = None) -> BlockQuant:
     """Quantize a float [N, K] weight along K with `spec`, lowering the error on inputs whose X^T X is `hessian`.
@@ -200,41 +231,27 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: QuantSpec, name: str
     del weights
     codes_t = np.zeros((k, n), np.uint8)
     inv_t = np.divide(1.0, s_t, out=np.zeros_like(s_t), where=s_t != 0)
-    lazy = max(bs, (LAZY // bs) * bs)
-    sub = min(SUB, bs)                                          # divides bs: a block's first column starts a sub-block
     q = np.empty(n, np.float32)
-    e = np.empty(n, np.float32)
-    for i1 in range(0, k, lazy):
-        i2 = min(i1 + lazy, k)
-        w1 = wt[i1:i2]                                           # updated in place (a view of wt)
-        err1 = np.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        for s1 in range(0, i2 - i1, sub):
-            s2 = min(s1 + sub, i2 - i1)
-            for i in range(s1, s2):
-                j = int(perm[i1 + i])
-                b = j // bs
-                if not act_order and j % bs == 0:
-                    bq = quantize_blocks(np.ascontiguousarray(w1[i:i + bs].T), block_spec, name)
-                    s_t[b], z_t[b] = bq.scales[:, 0], bq.zero_points[:, 0]
-                    inv_t[b] = np.divide(1.0, s_t[b], out=np.zeros(n, np.float32), where=s_t[b] != 0)
-                x = w1[i]
-                np.multiply(x, inv_t[b], out=q)                  # q = clip(rint(x / s) + z, 0, qmax)
-                np.rint(q, out=q)
-                q += z_t[b]
-                np.clip(q, 0, qmax, out=q)
-                codes_t[j] = q
-                np.subtract(q, z_t[b], out=e)                    # e = (x - (q - z) s) / u_ii
-                e *= s_t[b]
-                np.subtract(x, e, out=e)
-                e /= u1[i, i]
-                if i + 1 < s2:
-                    w1[i + 1:s2] -= np.outer(u1[i, i + 1:s2], e)
-                err1[i] = e
-            if s2 < i2 - i1:                                     # the sub-block's errors on the rest of the block
-                w1[s2:] -= u1[s1:s2, s2:].T @ err1[s1:s2]
-        if i2 < k:
-            wt[i2:] -= u[i1:i2, i2:].T @ err1
+    y = np.empty(n, np.float32)
+
+    def column(j: int, x: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        b = j // bs
+        if not act_order and j % bs == 0:       # in-order columns: the block's scale from its updated weights
+            bq = quantize_blocks(np.ascontiguousarray(ahead[:bs].T), block_spec, name)
+            s_t[b], z_t[b] = bq.scales[:, 0], bq.zero_points[:, 0]
+            inv_t[b] = np.divide(1.0, s_t[b], out=np.zeros(n, np.float32), where=s_t[b] != 0)
+        np.multiply(x, inv_t[b], out=q)                  # q = clip(rint(x / s) + z, 0, qmax)
+        np.rint(q, out=q)
+        np.add(q, z_t[b], out=q)
+        np.clip(q, 0, qmax, out=q)
+        codes_t[j] = q
+        np.subtract(q, z_t[b], out=y)                    # y = (q - z) s
+        np.multiply(y, s_t[b], out=y)
+        return y
+
+    # lazy blocks hold whole quantization blocks and sub-blocks divide them, so a block's first column always
+    # starts a sub-block, where every earlier column's error has reached it
+    column_loop(wt, perm, u, column, lazy=max(bs, (LAZY // bs) * bs), sub=min(SUB, bs))
     return BlockQuant(values=np.ascontiguousarray(codes_t.T).reshape(n, k // bs, bs),
                       scales=np.ascontiguousarray(s_t.T), zero_points=np.ascontiguousarray(z_t.T).astype(np.uint8),
                       bits=spec.bits, block_size=bs, symmetric=spec.symmetric)

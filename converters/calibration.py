@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import QuantizationError
+from ..errors import ConversionError, QuantizationError
 from .families.base import Family
 from .families.numpy_ops import NumpyOps, Quantizer, hessian
 from .quant import BlockQuant
@@ -175,6 +175,16 @@ class CalibrationSet:
         return int(self.ids.size)
 
 
+def check_time_budget(seconds: Any) -> float | None:
+    """`calibration_time` as given to a converter: None, or a positive number of seconds."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ConversionError(f"calibration_time={seconds!r} must be a positive number of seconds",
+                              "pass a time budget in seconds, e.g. calibration_time=600 (--calibration-time 600)")
+    return float(seconds)
+
+
 def calibration_set(model_dir: Path, text_file: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
                     seq_len: int = DEFAULT_SEQ_LEN) -> CalibrationSet:
     """Token ids of the calibration text, cut into `tokens // seq_len` sequences of `seq_len`."""
@@ -230,9 +240,14 @@ class Calibrator:
     def _timed(self, name: str, w: np.ndarray, h: np.ndarray) -> BlockQuant | None:
         t0 = time.perf_counter()
         out = self.quantize(name, w, h)
-        self._quantize_s += time.perf_counter() - t0
-        self._weights += int(w.size) if out is not None else 0
+        self.credit(time.perf_counter() - t0, int(w.size) if out is not None else 0)
         return out
+
+    def credit(self, seconds: float, weights: int) -> None:
+        """Count `seconds` of the current layer as quantization work on `weights` elements: work that does not
+        shrink with fewer calibration sequences (ops that quantize on their own, like GGUF GPTQ's, report it)."""
+        self._quantize_s += seconds
+        self._weights += weights
 
     def layer(self, i: int, weights: dict[str, np.ndarray], ops: NumpyOps | None = None) -> dict[str, BlockQuant]:
         """Quantize layer i's linears against their calibration inputs; advance the hidden states.

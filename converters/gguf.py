@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,7 +24,7 @@ from ..errors import ConversionError, OutputPathError, QuantizationError
 from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
-from .calibration import DEFAULT_TOKENS
+from .calibration import DEFAULT_TOKENS, check_time_budget
 from .gguf_gptq import Encoded, GPTQResult, calibrate_gptq
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
@@ -165,7 +166,8 @@ def _bits(ggml_type: str) -> float:
 
 
 def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, threads: int | None,
-                      rep: Reporter, imatrix: dict[str, np.ndarray] | None = None) -> Any:
+                      rep: Reporter, imatrix: dict[str, np.ndarray] | None = None,
+                      tensor_types: Mapping[str, str] | None = None) -> Any:
     """llama.cpp's quantizer has no progress callback: a watcher thread reports the output file's growth
     against the expected size (the intermediate's size scaled by the main type's bits per weight; when fallback
     tensors make the file larger than that, the total becomes unknown and only the bytes written are shown)."""
@@ -192,7 +194,8 @@ def _quantize_watched(src: Path, dst: Path, q: GGUFQuant, source_type: str, thre
         if rep.enabled:
             watcher.start()
         try:
-            result = quantize_gguf(src, dst, q.file_type, threads, imatrix=imatrix)
+            result = quantize_gguf(src, dst, q.file_type, threads, imatrix=imatrix,
+                                   tensor_types=[(f"^{re.escape(n)}$", t) for n, t in (tensor_types or {}).items()])
         finally:
             stop.set()
             if watcher.is_alive():
@@ -236,11 +239,12 @@ def resolve_rounding(q: GGUFQuant, imatrix: bool | str | Path | None, rounding: 
 
 
 def _calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path | None,
-               tokens: int | None) -> GPTQResult:
+               tokens: int | None, tensor_types: Mapping[str, str] | None, budget: float | None) -> GPTQResult:
     from .quant_plan import gguf_layout
 
     types = {t.name: t.type for t in gguf_layout(model_dir).types(q.name, imatrix=True)}
-    return calibrate_gptq(model_dir, types, calibration_text, tokens)
+    return calibrate_gptq(model_dir, {**types, **(tensor_types or {})}, calibration_text, tokens,
+                          time_budget_s=budget)
 
 
 def _fitting(encoded: dict[str, Encoded], plan: Plan) -> dict[str, Encoded]:
@@ -270,14 +274,16 @@ def _rounding_record(method: str, gptq: GPTQResult | None) -> dict[str, Any]:
     if gptq is None:
         return {"method": method}
     return {"method": method, "tensors": dict(Counter(e.type for e in gptq.tensors.values())),
-            "seconds": round(gptq.seconds, 1)}
+            "seconds": round(gptq.seconds, 1), "calibration": gptq.calibration}
 
 
 def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_0", *,
                     pre_tokenizer: str | None = None, context_length: int | None = None,
                     threads: int | None = None, progress: ProgressArg | Reporter = False,
                     imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None,
-                    rounding: Rounding | None = None, calibration_tokens: int | None = None) -> GGUFResult:
+                    rounding: Rounding | None = None, calibration_tokens: int | None = None,
+                    tensor_types: Mapping[str, str] | None = None,
+                    calibration_time: float | None = None) -> GGUFResult:
     """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
     progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent).
     imatrix: for the types llama.cpp's quantizer writes, True computes an importance matrix from the calibration
@@ -288,8 +294,13 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     codes of every tensor whose type edgellm has a block layout for (converters/gguf_blocks.py) with GPTQ over the
     calibration text (converters/gguf_gptq.py; same types, size and kernels); "llama" leaves all rounding to
     llama.cpp; None (default) is "gptq" when an importance matrix is computed (imatrix True), else "llama".
-    calibration_tokens: tokens of calibration text for the importance matrix and GPTQ (default 2048)."""
+    calibration_tokens: tokens of calibration text for the importance matrix and GPTQ (default 2048);
+    calibration_time: a budget in seconds for that pass (whole sequences are dropped after a layer to meet it;
+    the manifest's extra.rounding.calibration says what was used).
+    tensor_types: GGUF tensor name -> GGML type, replacing the recipe's choice for those tensors (a mixed recipe,
+    e.g. from converters/sensitivity.py); checked against each tensor's shape before any work."""
     q = get_quant(quant)
+    calibration_time = check_time_budget(calibration_time)
     imatrix = resolve_imatrix(model_dir, imatrix)
     require_imatrix(q, imatrix)
     method = resolve_rounding(q, imatrix, rounding)
@@ -329,7 +340,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 tmp_files.append(stage_in)
                 if method == "gptq":
                     with rep.stage("GPTQ rounding into llama.cpp blocks (calibration)"):
-                        gptq = _calibrate(model_dir, q, calibration_text, calibration_tokens)
+                        gptq = _calibrate(model_dir, q, calibration_text, calibration_tokens, tensor_types,
+                                          calibration_time)
                     gptq.tensors = _fitting(gptq.tensors, plan)
                     matrix = _gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
@@ -340,9 +352,10 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                     with rep.stage("importance matrix (calibration)"):
                         matrix = prepare_imatrix(model_dir, q, imatrix, out_dir / (final.stem + ".imatrix"),
                                                  calibration_text=calibration_text,
-                                                 tokens=calibration_tokens or DEFAULT_TOKENS)
+                                                 tokens=calibration_tokens or DEFAULT_TOKENS,
+                                                 time_budget_s=calibration_time)
                 fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep,
-                                              matrix.means() if matrix else None).fallbacks
+                                              matrix.means() if matrix else None, tensor_types).fallbacks
             counts = _read_types(stage)
             os.replace(stage, final)
             manifest = Manifest(

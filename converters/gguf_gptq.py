@@ -14,11 +14,12 @@ Q/K row permutation moves whole rows, so the rows are permuted before encoding a
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -146,9 +147,10 @@ class _GPTQOps(_RecordingOps):
 
     def __init__(self, layer: int, weights: dict[str, np.ndarray], matrix: ImportanceMatrix,
                  targets: Mapping[str, str], row_perm: Mapping[str, np.ndarray], out: dict[str, Encoded],
-                 measure: bool, refit: int) -> None:
+                 measure: bool, refit: int, credit: Callable[[float, int], None]) -> None:
         super().__init__(layer, weights, matrix)
         self.targets, self.row_perm, self.out, self.measure, self.refit = targets, row_perm, out, measure, refit
+        self.credit = credit            # Calibrator.credit: encoding time is not per-token work (time budget)
 
     def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
                biases: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
@@ -161,6 +163,7 @@ class _GPTQOps(_RecordingOps):
             if gg is None or gg not in self.targets or full is None or not _whole(w, full) or gg in self.out:
                 used.append(w)
                 continue
+            t0 = time.perf_counter()
             if h is None:
                 h = hessian(x)
                 prepared = prepare(h, True)
@@ -169,6 +172,7 @@ class _GPTQOps(_RecordingOps):
             wg = wf if rows is None else wf[rows]
             enc, values = encode_gptq(wg, self.targets[gg], h, prepared=prepared, measure=self.measure,
                                       refit=self.refit)
+            self.credit(time.perf_counter() - t0, int(wf.size))
             self.out[gg] = enc
             if rows is not None:
                 back = np.empty_like(values)
@@ -184,6 +188,7 @@ class GPTQResult:
     tensors: dict[str, Encoded] = field(default_factory=dict)   # GGUF name (with ".weight") -> encoded tensor
     matrix: ImportanceMatrix = field(default_factory=ImportanceMatrix)
     seconds: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=dict)   # text, tokens, budget and what the pass used
 
 
 def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
@@ -199,10 +204,12 @@ def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
 
 def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_text: str | Path | None = None,
                    tokens: int | None = None, seq_len: int = DEFAULT_SEQ_LEN, *, progress: bool = False,
-                   measure: bool = False, refit: int | None = None) -> GPTQResult:
+                   measure: bool = False, refit: int | None = None,
+                   time_budget_s: float | None = None) -> GPTQResult:
     """One sequential calibration pass over an HF folder: GPTQ-encode every tensor whose planned GGML type
     (`types`: GGUF name -> type, e.g. from quant_plan) has a block layout, and collect the importance matrix of
-    all of them (llama.cpp quantizes the rest with it)."""
+    all of them (llama.cpp quantizes the rest with it). time_budget_s: a budget for the pass (Calibrator.fit_budget
+    drops whole calibration sequences after each layer to meet it; the result's `calibration` says what was used)."""
     from tqdm import tqdm
 
     from .architectures import get_family
@@ -216,6 +223,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
         args = family.parse(model.config)
         seq = min(seq_len, int(args.max_positions or seq_len))
         calib = calibration_set(Path(model_dir), calibration_text, tokens or DEFAULT_TOKENS, seq_len=seq)
+        calib = dataclasses.replace(calib, time_budget_s=time_budget_s)
         weights = Weights(model, family, args)
         result.matrix = ImportanceMatrix(datasets=[calib.source], chunk_count=int(calib.ids.shape[0]),
                                          chunk_size=int(calib.ids.shape[1]))
@@ -229,10 +237,12 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
             targets = {f"blk.{i}.{role}": types[f"blk.{i}.{role}"] for role in w
                        if types.get(f"blk.{i}.{role}") in LAYOUTS}
             run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure,
-                                         REFIT_ROUNDS if refit is None else refit))
+                                         REFIT_ROUNDS if refit is None else refit, run.credit))
         head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
         result.matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
     result.tensors = out     # may be empty (no planned type has a layout): llama.cpp then rounds everything
     result.seconds = time.perf_counter() - start
+    result.calibration = {"source": calib.source, "tokens": calib.tokens, "time_budget_s": time_budget_s,
+                          **calib.log.summary()}
     log.info("GPTQ (GGUF blocks): %d tensors in %.1f s", len(out), result.seconds)
     return result

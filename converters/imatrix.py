@@ -9,6 +9,7 @@ the vectors apply to the GGUF tensors as they are.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -117,8 +118,10 @@ class _RecordingOps(NumpyOps):
 
 def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None = None,
                     tokens: int = DEFAULT_TOKENS, seq_len: int = DEFAULT_SEQ_LEN, *,
-                    progress: bool = False) -> ImportanceMatrix:
-    """The importance matrix of an HF folder over the calibration text (edgellm's default mix when None)."""
+                    progress: bool = False, time_budget_s: float | None = None) -> ImportanceMatrix:
+    """The importance matrix of an HF folder over the calibration text (edgellm's default mix when None).
+    time_budget_s: whole sequences are dropped after a layer to meet it (each tensor's mean is over the tokens
+    it saw)."""
     from tqdm import tqdm
 
     from .architectures import get_family
@@ -130,7 +133,8 @@ def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None =
         family = get_family(model.config.architecture)
         args = family.parse(model.config)
         seq = min(seq_len, int(args.max_positions or seq_len))
-        calib: CalibrationSet = calibration_set(Path(model_dir), calibration_text, tokens, seq_len=seq)
+        calib: CalibrationSet = dataclasses.replace(
+            calibration_set(Path(model_dir), calibration_text, tokens, seq_len=seq), time_budget_s=time_budget_s)
         weights = Weights(model, family, args)
         matrix = ImportanceMatrix(datasets=[calib.source], chunk_count=int(calib.ids.shape[0]),
                                   chunk_size=int(calib.ids.shape[1]))
@@ -183,7 +187,7 @@ def require_imatrix(quant: Any, imatrix: bool | str | Path | None) -> None:
 
 def prepare_imatrix(model_dir: str | Path, quant: Any, imatrix: bool | str | Path | None, save_to: Path | None, *,
                     calibration_text: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
-                    progress: bool = False) -> ImportanceMatrix | None:
+                    progress: bool = False, time_budget_s: float | None = None) -> ImportanceMatrix | None:
     """The importance matrix a llama.cpp-quantized type gets: computed from the calibration text (True), read
     from a `.imatrix` file (a path), or none (False, or a type that ignores it). Saved as a GGUF imatrix file
     at `save_to` (llama-quantize --imatrix reads it) when given."""
@@ -191,7 +195,7 @@ def prepare_imatrix(model_dir: str | Path, quant: Any, imatrix: bool | str | Pat
     if imatrix is False or imatrix is None or not getattr(quant, "uses_imatrix", False):
         return None
     if imatrix is True:
-        matrix = compute_imatrix(model_dir, calibration_text, tokens, progress=progress)
+        matrix = compute_imatrix(model_dir, calibration_text, tokens, progress=progress, time_budget_s=time_budget_s)
     else:
         from .imatrix_file import read_imatrix
 

@@ -20,7 +20,8 @@ from typing import Any
 from ..errors import ConversionError, OutputPathError, TokenizerError, missing_extra
 from ..progress import ProgressArg, Reporter, Stage, reporter
 from .architectures import get_family
-from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, CalibrationSet, blas_threads, calibration_set
+from .calibration import (DEFAULT_SEQ_LEN, DEFAULT_TOKENS, CalibrationSet, blas_threads, calibration_set,
+                          check_time_budget)
 from .hf import HFModel, read_hf_model
 from .manifest import Manifest, sha256_file, write_manifest
 from .onnx_genai import write_genai_files
@@ -67,7 +68,8 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                             "help": "time budget for the GPTQ calibration pass: after each layer the pass projects "
                                     "the rest from its measured pace and drops whole calibration sequences until "
                                     "it fits (the first layer uses all of them; GPTQ's own arithmetic is not cut, "
-                                    "so a budget below it is exceeded with a warning) (ONNX)"}),
+                                    "so a budget below it is exceeded with a warning) (ONNX; GGUF: the importance "
+                                    "matrix / GPTQ rounding pass)"}),
     ("--max-memory", {"dest": "max_memory", "default": None, "metavar": "SIZE",
                       "help": "memory budget for the conversion, e.g. 4GiB: planned from the tensor sizes before "
                               "anything is written (fewer quantization threads if that fits), refused with the "
@@ -209,9 +211,7 @@ def convert_to_onnx(model_dir: str | Path, output: str | Path, quant: str = "int
             raise ConversionError(f"--embeddings {embeddings} needs onnxruntime's GatherBlockQuantized",
                                   "drop --standard-ops, or pass --embeddings fp16")
         rec = rec.with_options(embeddings="fp16")    # the standard-op graph keeps a float table
-    if calibration_time is not None and (isinstance(calibration_time, bool) or
-                                         not isinstance(calibration_time, (int, float)) or calibration_time <= 0):
-        raise ConversionError(f"calibration_time={calibration_time!r} must be a positive number of seconds")
+    calibration_time = check_time_budget(calibration_time)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConversionError(f"accuracy_level={accuracy_level} must be 0..4")
     out_dir = Path(output)

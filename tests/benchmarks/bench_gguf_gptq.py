@@ -95,11 +95,12 @@ def print_kld(rows: list[dict[str, Any]]) -> None:
 
 def _speed_once(path: Path, threads: int, prompt: list[int], gen: int) -> tuple[float, float, float, float]:
     """(prefill tokens/s, decode tokens/s, prefill tokens per CPU second, decode tokens per CPU second) of raw
-    llama-cpp-python on `path` (the CPU-time rates hold up better on a machine shared with other jobs)."""
-    import llama_cpp
+    llama-cpp-python on `path` (the CPU-time rates hold up better on a machine shared with other jobs), opened under
+    this host's kernel policy (open_llama: on a CPU where llama.cpp's AMX kernels crash, both files of a
+    comparison run with the extra buffer types off)."""
+    from edgellm.runtimes.llama_native import open_llama
 
-    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                          verbose=False)
+    llm = open_llama(path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512)
     try:
         llm.eval(prompt[:64])          # warm-up: buffers allocated, weights paged in (not timed)
         llm.reset()

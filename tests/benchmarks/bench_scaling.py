@@ -43,8 +43,10 @@ else:
 """
 
 
-def measure(fmt: str, quant: str, src: Path, threads: int, budget: str) -> dict[str, float | int | str]:
-    """One conversion in a child process: wall seconds, peak RSS bytes, exit status."""
+def measure(fmt: str, quant: str, src: Path, threads: int, budget: str,
+            keep: Path | None = None) -> dict[str, float | int | str]:
+    """One conversion in a child process: wall and CPU seconds, peak RSS bytes, exit status. keep: move the artifact
+    there (for bench_scaling_logits.py) instead of deleting it."""
     out = Path(tempfile.mkdtemp(prefix="bench-scaling-", dir=src.parent)) / "out"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, fmt, quant, str(src), str(out), str(threads), budget],
@@ -53,9 +55,15 @@ def measure(fmt: str, quant: str, src: Path, threads: int, budget: str) -> dict[
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace")[-400:] if proc.stderr else ""
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.exists() else 0
-    shutil.rmtree(out.parent, ignore_errors=True)
     rc = os.waitstatus_to_exitcode(status)
-    return {"wall_s": round(wall, 1), "peak_rss": usage.ru_maxrss * 1024, "rc": rc, "out_bytes": size,
+    if keep is not None and rc == 0:
+        dest = keep / f"{fmt}-{quant}"
+        shutil.rmtree(dest, ignore_errors=True)
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out), str(dest))
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss": usage.ru_maxrss * 1024, "rc": rc, "out_bytes": size,
             **({"error": err} if rc else {})}
 
 
@@ -67,6 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: the converter's default")
     ap.add_argument("--max-memory", default="0", help="budget passed to ONNX runs (0: none)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--keep", help="keep each artifact in KEEP/<shape>/<fmt>-<quant> (bench_scaling_logits.py)")
     args = ap.parse_args()
     rows = []
     big = SHAPES["7b"]
@@ -76,7 +85,7 @@ def main() -> None:
         bound = 3 * 2 * shape.largest_tensor + GB
         for run in args.runs:
             fmt, quant = run.split(":", 1)
-            r = measure(fmt, quant, src, args.threads, args.max_memory)
+            r = measure(fmt, quant, src, args.threads, args.max_memory, Path(args.keep) / name if args.keep else None)
             r.update(shape=name, run=run, params=shape.params, bound=int(bound),
                      proj_7b_s=round(float(r["wall_s"]) * big.params / shape.params, 0))
             rows.append(r)

@@ -70,8 +70,28 @@ def test_cli_flag_reaches_the_converter(small_model, tmp_path, capsys):
     assert main(["convert", str(small_model), str(tmp_path / "cli"), "--format", "onnx", "--quant", "int4",
                  "--calibration-tokens", "512", "--calibration-time", "600", "--threads", "1"]) == 0
     assert _calibration(tmp_path / "cli")["time_budget_s"] == 600
-    assert main(["convert", str(small_model), str(tmp_path / "g"), "--calibration-time", "60"]) != 0
-    assert "--calibration-time apply to --format onnx" in capsys.readouterr().err
-    # the token count is shared: GGUF's importance matrix calibrates on it too
+    # the token count and the budget are shared: GGUF's importance matrix / GPTQ pass calibrates on them too
     assert main(["convert", str(small_model), str(tmp_path / "g"), "--quant", "Q4_K_M", "--imatrix", "on",
-                 "--calibration-tokens", "512"]) == 0
+                 "--calibration-tokens", "512", "--calibration-time", "600"]) == 0
+    rounding = json.loads((tmp_path / "g" / "edgellm.json").read_text())["extra"]["rounding"]
+    assert rounding["method"] == "gptq" and rounding["calibration"]["time_budget_s"] == 600
+    assert rounding["calibration"]["tokens"] == 512
+
+
+def test_gguf_budget_drops_sequences_and_a_generous_one_changes_nothing(small_model, tmp_path, caplog):
+    from edgellm.converters.gguf import convert_to_gguf
+
+    with caplog.at_level(logging.WARNING, logger="edgellm.converters.calibration"):
+        tight = convert_to_gguf(small_model, tmp_path / "tight", "Q4_0", imatrix=True, calibration_tokens=1536,
+                                calibration_time=1e-3)
+    cal = json.loads(tight.manifest_path.read_text())["extra"]["rounding"]["calibration"]
+    assert cal["tokens"] == 1536 and cal["tokens_min"] == 512 and cal["over_budget"] is True
+    assert "cannot be met" in caplog.text
+    free = convert_to_gguf(small_model, tmp_path / "free", "Q4_0", imatrix=True, calibration_tokens=1024)
+    roomy = convert_to_gguf(small_model, tmp_path / "roomy", "Q4_0", imatrix=True, calibration_tokens=1024,
+                            calibration_time=3600)
+    assert tight.tensor_types == free.tensor_types
+    assert free.path.read_bytes() == roomy.path.read_bytes()
+    assert free.path.read_bytes() != tight.path.read_bytes()        # fewer sequences, other codes
+    with pytest.raises(ConversionError, match="positive number of seconds"):
+        convert_to_gguf(small_model, tmp_path / "bad", "Q4_0", calibration_time=-1)

@@ -16,20 +16,23 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import ConversionError, OutputPathError, QuantizationError
+from ..errors import ConversionError, OutputPathError
 from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
 from .calibration import DEFAULT_TOKENS, check_time_budget
-from .gguf_gptq import Encoded, GPTQResult, calibrate_gptq
+from .gguf_gptq import Encoded, GPTQResult
+from .gguf_mix import DEFAULT_MIX, Mix, check_mix
+from .gguf_rounding import (Plan, Rounding, calibrate, fitting, gptq_imatrix, pinned_types, resolve_rounding,
+                            rounding_record)
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
 from .hf import HFModel, read_hf_model
-from .imatrix import ImportanceMatrix, prepare_imatrix, require_imatrix, resolve_imatrix
+from .imatrix import prepare_imatrix, require_imatrix, resolve_imatrix
 from .llama_quantize import quantize_gguf
 from .rope import llama_cpp_freq_factors, rope_kind
 from .manifest import Manifest, sha256_file, write_manifest
@@ -47,7 +50,6 @@ class GGUFResult:
     fallbacks: list[dict[str, str]] = field(default_factory=list)
 
 
-Plan = list[tuple[str, str, tuple[int, ...], TensorRule]]   # (HF name, GGUF name, numpy shape, rule)
 
 
 def _plan_tensors(model: HFModel, family: Family, args: Args) -> Plan:
@@ -221,69 +223,13 @@ def _vocab(model: HFModel, pre_tokenizer: str | None) -> Any:
                           "GGUF embeds the tokenizer; copy the model's tokenizer files into the folder")
 
 
-Rounding = Literal["gptq", "llama"]
-
-
-def resolve_rounding(q: GGUFQuant, imatrix: bool | str | Path | None, rounding: str | None) -> str:
-    """"gptq" or "llama" for quant `q` (native types are edgellm's own round-to-nearest: "native")."""
-    if rounding not in (None, "gptq", "llama"):
-        raise QuantizationError(f"unknown rounding {rounding!r}", "use 'gptq', 'llama' or None (automatic)")
-    if q.native:
-        return "native"
-    if rounding is None:
-        return "gptq" if imatrix is True else "llama"
-    if rounding == "gptq" and (imatrix is False or imatrix is None):
-        raise QuantizationError("rounding='gptq' needs the calibration pass, and imatrix is disabled",
-                                "pass imatrix=True (--imatrix on) or rounding='llama'")
-    return rounding
-
-
-def _calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path | None,
-               tokens: int | None, tensor_types: Mapping[str, str] | None, budget: float | None) -> GPTQResult:
-    from .quant_plan import gguf_layout
-
-    types = {t.name: t.type for t in gguf_layout(model_dir).types(q.name, imatrix=True)}
-    return calibrate_gptq(model_dir, {**types, **(tensor_types or {})}, calibration_text, tokens,
-                          time_budget_s=budget)
-
-
-def _fitting(encoded: dict[str, Encoded], plan: Plan) -> dict[str, Encoded]:
-    """The encoded tensors whose bytes fit their GGUF tensor's shape (others are left to llama.cpp's rounding)."""
-    out = {}
-    for _hf, gg, shape, _rule in plan:
-        e = encoded.get(gg)
-        if e is None:
-            continue
-        if len(shape) == 2 and e.raw.shape[0] == shape[0] and e.raw.nbytes == tensor_nbytes(e.type, shape):
-            out[gg] = e
-        else:
-            log.warning("%s: the GPTQ encoding does not fit the GGUF shape %s; llama.cpp rounds it", gg, shape)
-    return out
-
-
-def _gptq_imatrix(gptq: GPTQResult, imatrix: bool | str | Path, save_to: Path) -> ImportanceMatrix:
-    """The importance matrix llama.cpp quantizes the other tensors with: the GPTQ pass's own, or a given file."""
-    from .imatrix_file import read_imatrix, write_imatrix
-
-    matrix = gptq.matrix if isinstance(imatrix, bool) else read_imatrix(imatrix)
-    write_imatrix(matrix, save_to)
-    return matrix
-
-
-def _rounding_record(method: str, gptq: GPTQResult | None) -> dict[str, Any]:
-    if gptq is None:
-        return {"method": method}
-    return {"method": method, "tensors": dict(Counter(e.type for e in gptq.tensors.values())),
-            "seconds": round(gptq.seconds, 1), "calibration": gptq.calibration}
-
-
 def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_0", *,
                     pre_tokenizer: str | None = None, context_length: int | None = None,
                     threads: int | None = None, progress: ProgressArg | Reporter = False,
                     imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None,
                     rounding: Rounding | None = None, calibration_tokens: int | None = None,
                     tensor_types: Mapping[str, str] | None = None,
-                    calibration_time: float | None = None) -> GGUFResult:
+                    calibration_time: float | None = None, mix: Mix = DEFAULT_MIX) -> GGUFResult:
     """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
     progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent).
     imatrix: for the types llama.cpp's quantizer writes, True computes an importance matrix from the calibration
@@ -297,10 +243,14 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     calibration_tokens: tokens of calibration text for the importance matrix and GPTQ (default 2048);
     calibration_time: a budget in seconds for that pass (whole sequences are dropped after a layer to meet it;
     the manifest's extra.rounding.calibration says what was used).
+    mix (GPTQ rounding): "fast" (default) lets a tensor take a same-size type whose kernels are not slower (Q4_K
+    for Q4_0 rows of 256-multiples) when its measured output error is lower, "size" any same-size type (IQ4_NL
+    too), "off" keeps the recipe's types (converters/gguf_mix.py). The file's size does not change.
     tensor_types: GGUF tensor name -> GGML type, replacing the recipe's choice for those tensors (a mixed recipe,
     e.g. from converters/sensitivity.py); checked against each tensor's shape before any work."""
     q = get_quant(quant)
     calibration_time = check_time_budget(calibration_time)
+    check_mix(mix)
     imatrix = resolve_imatrix(model_dir, imatrix)
     require_imatrix(q, imatrix)
     method = resolve_rounding(q, imatrix, rounding)
@@ -340,10 +290,10 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 tmp_files.append(stage_in)
                 if method == "gptq":
                     with rep.stage("GPTQ rounding into llama.cpp blocks (calibration)"):
-                        gptq = _calibrate(model_dir, q, calibration_text, calibration_tokens, tensor_types,
-                                          calibration_time)
-                    gptq.tensors = _fitting(gptq.tensors, plan)
-                    matrix = _gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
+                        gptq = calibrate(model_dir, q, calibration_text, calibration_tokens, tensor_types,
+                                         calibration_time, mix)
+                    gptq.tensors = fitting(gptq.tensors, plan)
+                    matrix = gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
                               rep, gptq.tensors if gptq else None)
                 stage = final.with_name(final.name + ".partial")
@@ -355,7 +305,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                                                  tokens=calibration_tokens or DEFAULT_TOKENS,
                                                  time_budget_s=calibration_time)
                 fallbacks = _quantize_watched(stage_in, stage, q, source_type, threads, rep,
-                                              matrix.means() if matrix else None, tensor_types).fallbacks
+                                              matrix.means() if matrix else None,
+                                              pinned_types(tensor_types, gptq)).fallbacks
             counts = _read_types(stage)
             os.replace(stage, final)
             manifest = Manifest(
@@ -371,7 +322,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                        **({"imatrix": {"file": final.stem + ".imatrix", "tensors": len(matrix.sums),
                                        "tokens": matrix.chunk_count * matrix.chunk_size,
                                        "datasets": matrix.datasets}} if matrix else {}),
-                       "rounding": _rounding_record(method, gptq)},
+                       "rounding": rounding_record(method, gptq, mix)},
             )
             if fallbacks:
                 kinds = Counter(f["type"] for f in fallbacks)

@@ -28,6 +28,7 @@ from .calibration import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Calibrator, calibratio
 from .families.numpy_ops import NumpyOps, hessian
 from .ggml_quantize import ggml_quantize
 from .gguf_blocks import LAYOUTS, Blocks, nearest_codes, pack, parse
+from .gguf_mix import candidates, check_mix
 from .gptq import Prepared, column_loop, prepare
 from .imatrix import ImportanceMatrix, _RecordingOps
 
@@ -106,9 +107,29 @@ def refit_scales(w: np.ndarray, blocks: Blocks, codes: np.ndarray, h: np.ndarray
 
 
 def _output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
-    e = (q - w).astype(np.float64)
-    ref = float(np.einsum("ij,jk,ik->", w, h, w, optimize=True)) or 1.0
-    return float(np.einsum("ij,jk,ik->", e, h, e, optimize=True)) / ref
+    """tr(E H E^T) / tr(W H W^T), E = q - w: the output error relative to the output (float32 products)."""
+    h32 = np.asarray(h, np.float32)
+    w32 = np.asarray(w, np.float32)
+    e = np.asarray(q, np.float32) - w32
+    ref = float(np.einsum("ij,ij->", w32 @ h32, w32, dtype=np.float64)) or 1.0
+    return float(np.einsum("ij,ij->", e @ h32, e, dtype=np.float64)) / ref
+
+
+def encode_best(w: np.ndarray, types: tuple[str, ...], h: np.ndarray, *, prepared: Prepared | None = None,
+                measure: bool = False, refit: int = 0) -> tuple[Encoded, np.ndarray]:
+    """encode_gptq for each of `types` (same-size candidates, gguf_mix.candidates); the one with the smallest
+    output error tr(E H E^T) is returned (the first on a tie). One type: no error is computed unless `measure`."""
+    best: tuple[float, Encoded, np.ndarray] | None = None
+    for t in types:
+        enc, values = encode_gptq(w, t, h, prepared=prepared, measure=measure, refit=refit)
+        if len(types) == 1:
+            return enc, values
+        err = enc.error_gptq if measure else _output_error(w, values, h)
+        if best is None or err < best[0]:
+            best = (err, enc, values)
+    if best is None:
+        raise QuantizationError("encode_best needs at least one candidate type")
+    return best[1], best[2]
 
 
 def encode_gptq(w: np.ndarray, ggml_type: str, h: np.ndarray, *, prepared: Prepared | None = None,
@@ -147,9 +168,10 @@ class _GPTQOps(_RecordingOps):
 
     def __init__(self, layer: int, weights: dict[str, np.ndarray], matrix: ImportanceMatrix,
                  targets: Mapping[str, str], row_perm: Mapping[str, np.ndarray], out: dict[str, Encoded],
-                 measure: bool, refit: int, credit: Callable[[float, int], None]) -> None:
+                 measure: bool, refit: int, credit: Callable[[float, int], None], mix: str = "off") -> None:
         super().__init__(layer, weights, matrix)
         self.targets, self.row_perm, self.out, self.measure, self.refit = targets, row_perm, out, measure, refit
+        self.mix = mix
         self.credit = credit            # Calibrator.credit: encoding time is not per-token work (time budget)
 
     def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
@@ -170,8 +192,8 @@ class _GPTQOps(_RecordingOps):
             rows = self.row_perm.get(gg)
             wf = np.asarray(w, np.float32)
             wg = wf if rows is None else wf[rows]
-            enc, values = encode_gptq(wg, self.targets[gg], h, prepared=prepared, measure=self.measure,
-                                      refit=self.refit)
+            enc, values = encode_best(wg, candidates(self.targets[gg], wg.shape[1], self.mix), h,
+                                      prepared=prepared, measure=self.measure, refit=self.refit)
             self.credit(time.perf_counter() - t0, int(wf.size))
             self.out[gg] = enc
             if rows is not None:
@@ -205,11 +227,13 @@ def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
 def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_text: str | Path | None = None,
                    tokens: int | None = None, seq_len: int = DEFAULT_SEQ_LEN, *, progress: bool = False,
                    measure: bool = False, refit: int | None = None,
-                   time_budget_s: float | None = None) -> GPTQResult:
+                   time_budget_s: float | None = None, mix: str = "off") -> GPTQResult:
     """One sequential calibration pass over an HF folder: GPTQ-encode every tensor whose planned GGML type
     (`types`: GGUF name -> type, e.g. from quant_plan) has a block layout, and collect the importance matrix of
     all of them (llama.cpp quantizes the rest with it). time_budget_s: a budget for the pass (Calibrator.fit_budget
-    drops whole calibration sequences after each layer to meet it; the result's `calibration` says what was used)."""
+    drops whole calibration sequences after each layer to meet it; the result's `calibration` says what was used).
+    mix: "fast" / "size" let each tensor take the same-size type with the smallest measured output error
+    (converters/gguf_mix.py); the encoded tensors' `type` says which."""
     from tqdm import tqdm
 
     from .architectures import get_family
@@ -237,7 +261,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
             targets = {f"blk.{i}.{role}": types[f"blk.{i}.{role}"] for role in w
                        if types.get(f"blk.{i}.{role}") in LAYOUTS}
             run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure,
-                                         REFIT_ROUNDS if refit is None else refit, run.credit))
+                                         REFIT_ROUNDS if refit is None else refit, run.credit, check_mix(mix)))
         head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
         result.matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
     result.tensors = out     # may be empty (no planned type has a layout): llama.cpp then rounds everything

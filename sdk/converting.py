@@ -147,7 +147,7 @@ def check_quant(fmt: str, quant: Any) -> None:
 # option -> (lowest, highest) for the integer options the converters take; None is always allowed (the default)
 _INT_OPTIONS = {"context_length": (1, 1 << 26), "threads": (1, 1024), "block_size": (16, 1 << 16),
                 "accuracy_level": (0, 4), "calibration_tokens": (1, 1 << 24)}
-_STR_OPTIONS = ("pre_tokenizer", "lm_head", "embeddings", "rounding")
+_STR_OPTIONS = ("pre_tokenizer", "lm_head", "embeddings", "rounding", "mix")
 
 
 def _check_options(quant: Any, options: dict[str, Any]) -> None:

@@ -65,6 +65,8 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
                                   "use --format gguf (ONNX int4 is GPTQ-calibrated by its recipe)")
         if options["rounding"] == "auto":
             del options["rounding"]
+    if "mix" in options and format != "gguf":
+        raise ConversionError("--mix applies to GGUF types with GPTQ rounding", "use --format gguf")
     if prune_layers is not None and format != "gguf":
         raise ConversionError("--prune-layers works on GGUF artifacts", "use --format gguf")
     if prune_layers is not None and quant.lower() == "auto":
@@ -205,6 +207,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GGUF types quantized by llama.cpp: gptq keeps llama.cpp's block scales and chooses the codes "
                         "with GPTQ over the calibration text (same types, size and kernels); llama leaves all "
                         "rounding to llama.cpp; auto (default) = gptq when an importance matrix is computed")
+    p.add_argument("--mix", default=None, choices=("off", "fast", "size"),
+                   help="GGUF with GPTQ rounding: a tensor may take another type of the same size when its measured "
+                        "output error is lower (fast, the default: only types whose kernels are not slower, e.g. "
+                        "Q4_K for Q4_0; size: IQ4_NL too; off: the recipe's types). The file size does not change")
     for flag, kwargs in onnx_options:
         p.add_argument(flag, **{**kwargs, "default": None} if "action" not in kwargs else kwargs)
     p.set_defaults(func=run_convert)

@@ -289,9 +289,12 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                 base = stage_in = out_dir / (final.name + f".{source_type}.partial")
                 tmp_files.append(stage_in)
                 if method == "gptq":
+                    spill = out_dir / (final.name + ".gptq.partial")     # the encoded tensors, until written
+                    tmp_files.append(spill)
+                    spill.mkdir(exist_ok=True)
                     with rep.stage("GPTQ rounding into llama.cpp blocks (calibration)"):
                         gptq = calibrate(model_dir, q, calibration_text, calibration_tokens, tensor_types,
-                                         calibration_time, mix)
+                                         calibration_time, mix, spill)
                     gptq.tensors = fitting(gptq.tensors, plan)
                     matrix = gptq_imatrix(gptq, imatrix, out_dir / (final.stem + ".imatrix"))
                 _write_native(model, family, args, plan, get_quant(source_type), base, names, vocab, context_length,
@@ -338,5 +341,7 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
         raise
     finally:
         for p in tmp_files:
-            if p.exists():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
                 p.unlink()

@@ -168,10 +168,11 @@ class _GPTQOps(_RecordingOps):
 
     def __init__(self, layer: int, weights: dict[str, np.ndarray], matrix: ImportanceMatrix,
                  targets: Mapping[str, str], row_perm: Mapping[str, np.ndarray], out: dict[str, Encoded],
-                 measure: bool, refit: int, credit: Callable[[float, int], None], mix: str = "off") -> None:
+                 measure: bool, refit: int, credit: Callable[[float, int], None], mix: str = "off",
+                 spill: Path | None = None) -> None:
         super().__init__(layer, weights, matrix)
         self.targets, self.row_perm, self.out, self.measure, self.refit = targets, row_perm, out, measure, refit
-        self.mix = mix
+        self.mix, self.spill = mix, spill
         self.credit = credit            # Calibrator.credit: encoding time is not per-token work (time budget)
 
     def linear(self, x: np.ndarray, name: str, weights: list[np.ndarray],
@@ -195,6 +196,10 @@ class _GPTQOps(_RecordingOps):
             enc, values = encode_best(wg, candidates(self.targets[gg], wg.shape[1], self.mix), h,
                                       prepared=prepared, measure=self.measure, refit=self.refit)
             self.credit(time.perf_counter() - t0, int(wf.size))
+            if self.spill is not None:          # to disk: the pass holds none of the encoded model in memory
+                path = self.spill / f"{gg}.bin"
+                enc.raw.tofile(path)
+                enc.raw = np.memmap(path, dtype=np.uint8, mode="r", shape=enc.raw.shape)
             self.out[gg] = enc
             if rows is not None:
                 back = np.empty_like(values)
@@ -227,13 +232,16 @@ def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
 def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_text: str | Path | None = None,
                    tokens: int | None = None, seq_len: int = DEFAULT_SEQ_LEN, *, progress: bool = False,
                    measure: bool = False, refit: int | None = None,
-                   time_budget_s: float | None = None, mix: str = "off") -> GPTQResult:
+                   time_budget_s: float | None = None, mix: str = "off",
+                   spill: Path | None = None) -> GPTQResult:
     """One sequential calibration pass over an HF folder: GPTQ-encode every tensor whose planned GGML type
     (`types`: GGUF name -> type, e.g. from quant_plan) has a block layout, and collect the importance matrix of
     all of them (llama.cpp quantizes the rest with it). time_budget_s: a budget for the pass (Calibrator.fit_budget
     drops whole calibration sequences after each layer to meet it; the result's `calibration` says what was used).
     mix: "fast" / "size" let each tensor take the same-size type with the smallest measured output error
-    (converters/gguf_mix.py); the encoded tensors' `type` says which."""
+    (converters/gguf_mix.py); the encoded tensors' `type` says which. spill: a folder the encoded bytes are written
+    to as they are made (each Encoded.raw is then a read-only memory map of its file; the caller removes the folder
+    once the GGUF is written), so the pass's memory does not grow with the model."""
     from tqdm import tqdm
 
     from .architectures import get_family
@@ -261,7 +269,8 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
             targets = {f"blk.{i}.{role}": types[f"blk.{i}.{role}"] for role in w
                        if types.get(f"blk.{i}.{role}") in LAYOUTS}
             run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure,
-                                         REFIT_ROUNDS if refit is None else refit, run.credit, check_mix(mix)))
+                                         REFIT_ROUNDS if refit is None else refit, run.credit, check_mix(mix),
+                                         spill))
         head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
         result.matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
     result.tensors = out     # may be empty (no planned type has a layout): llama.cpp then rounds everything

@@ -37,14 +37,14 @@ def resolve_rounding(q: GGUFQuant, imatrix: bool | str | Path | None, rounding: 
 
 def calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path | None,
                tokens: int | None, tensor_types: Mapping[str, str] | None, budget: float | None,
-               mix: str) -> GPTQResult:
+               mix: str, spill: Path | None = None) -> GPTQResult:
     """The GPTQ pass over the recipe's types with the caller's overrides; with a mix, a tensor may come back in
     another same-size type (its Encoded.type), which pinned_types hands to llama.cpp's quantizer."""
     from .quant_plan import gguf_layout
 
     types = {t.name: t.type for t in gguf_layout(model_dir).types(q.name, imatrix=True)}
     return calibrate_gptq(model_dir, {**types, **(tensor_types or {})}, calibration_text, tokens,
-                          time_budget_s=budget, mix=mix)
+                          time_budget_s=budget, mix=mix, spill=spill)
 
 
 def pinned_types(tensor_types: Mapping[str, str] | None, gptq: GPTQResult | None) -> dict[str, str]:

@@ -9,7 +9,9 @@ speed on the GPTQ file vs llama.cpp's own file of the same type.
 Reference: the F32 GGUF of each HF folder (SmolLM2: the rebuilt folder; Gemma 3 270M: tests/fixtures/gemma3's
 unpacked folder). Every artifact is made by edgellm's converter (convert_to_gguf): `llama` = llama.cpp's
 quantizer without an importance matrix, `llama+imatrix` = with edgellm's importance matrix, `gptq` = llama.cpp's
-headers with GPTQ-chosen codes (rounding="gptq"). Texts and the KLD evaluation are bench_imatrix's.
+headers with GPTQ-chosen codes (rounding="gptq"; `gptq` = the default same-size mix "fast", `gptq-off` = the recipe's
+types only, `gptq-size` = IQ4_NL allowed too). Texts and the KLD evaluation are bench_imatrix's. --speed compares the
+`gptq` file with llama.cpp's own file of the type (`llama+imatrix`: the recipe's types, llama.cpp's rounding).
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ from tests.benchmarks.bench_imatrix import texts  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "llama": {"imatrix": False, "rounding": "llama"},
     "llama+imatrix": {"imatrix": True, "rounding": "llama"},
-    "gptq": {"imatrix": True, "rounding": "gptq"},
+    "gptq-off": {"imatrix": True, "rounding": "gptq", "mix": "off"},      # the recipe's types only
+    "gptq": {"imatrix": True, "rounding": "gptq"},                         # default mix ("fast")
+    "gptq-size": {"imatrix": True, "rounding": "gptq", "mix": "size"},
 }
 
 

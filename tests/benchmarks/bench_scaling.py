@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.fixtures.big_random import SHAPES, write_big_llama  # noqa: E402
 
 ALL_RUNS = ("onnx:fp32", "onnx:fp16", "onnx:int8", "onnx:int4-rtn", "onnx:int4-mse", "onnx:int4",
-            "gguf:F16", "gguf:Q8_0", "gguf:Q4_K_M")
+            "gguf:F16", "gguf:Q8_0", "gguf:Q4_K_M", "gguf:Q4_K_M+gptq", "gguf:Q4_0+gptq")
 GB = 1e9
 
 CHILD = """
@@ -38,8 +38,8 @@ from edgellm.converters.onnx import convert_to_onnx
 from edgellm.converters.gguf import convert_to_gguf
 if fmt == "onnx":
     convert_to_onnx(src, out, quant, **opts)
-else:
-    convert_to_gguf(src, out, quant, imatrix=False, **opts)
+else:   # "+gptq": the default recipe of a real checkpoint (importance matrix + GPTQ rounding, mix "fast")
+    convert_to_gguf(src, out, quant.removesuffix("+gptq"), imatrix=quant.endswith("+gptq"), **opts)
 """
 
 

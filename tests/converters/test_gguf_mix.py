@@ -70,13 +70,17 @@ def test_mixed_file_keeps_the_size_holds_the_encodings_and_llama_cpp_agrees(tiny
     off = convert_to_gguf(tiny, tmp_path / "off", "Q4_0", imatrix=True, calibration_tokens=TOKENS, mix="off")
     mixed = convert_to_gguf(tiny, tmp_path / "size", "Q4_0", imatrix=True, calibration_tokens=TOKENS, mix="size")
     assert mixed.path.stat().st_size == off.path.stat().st_size
+    assert not list((tmp_path / "size").glob("*.partial"))                  # the spilled encodings are gone
     planned = {t.name: t.type for t in gguf_layout(tiny).types("Q4_0", imatrix=True)}
     assert Counter(off.tensor_types) == Counter(planned.values())            # off: the recipe's own types
     record = json.loads(mixed.manifest_path.read_text())["extra"]["rounding"]
     assert record["mix"] == "size" and sum(record["tensors"].values()) == 2 * 7
     assert set(record["tensors"]) - {"Q4_0", "Q4_1"}, record                 # some tensor took another grid
     # llama.cpp kept each encoded tensor's type and bytes (the pass is deterministic: encode again and compare)
-    again = calibrate_gptq(tiny, planned, tokens=TOKENS, mix="size")
+    (tmp_path / "spill").mkdir()
+    again = calibrate_gptq(tiny, planned, tokens=TOKENS, mix="size", spill=tmp_path / "spill")
+    assert all(isinstance(e.raw, np.memmap) for e in again.tensors.values())
+    assert len(list((tmp_path / "spill").iterdir())) == len(again.tensors)
     stored = {t.name: t for t in gguf.GGUFReader(mixed.path).tensors}
     for name, enc in again.tensors.items():
         assert stored[name].tensor_type.name == enc.type, name

@@ -26,16 +26,19 @@ def _rounding(folder: Path) -> dict:
 
 def test_rounding_flag_selects_the_method(llama_256: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     common = ["--quant", "Q4_0", "--imatrix", "on", "--calibration-tokens", "512", "--threads", "1"]
-    assert main(["convert", str(llama_256), str(tmp_path / "gptq"), "--rounding", "gptq", *common]) == 0
+    assert main(["convert", str(llama_256), str(tmp_path / "gptq"), "--rounding", "gptq", "--mix", "off",
+                 *common]) == 0
     gptq = _rounding(tmp_path / "gptq")
-    assert gptq["method"] == "gptq" and gptq["tensors"].get("Q4_0", 0) > 0
+    assert gptq["method"] == "gptq" and gptq["mix"] == "off" and set(gptq["tensors"]) <= {"Q4_0", "Q4_1"}
     assert main(["convert", str(llama_256), str(tmp_path / "auto"), *common]) == 0
-    assert _rounding(tmp_path / "auto")["method"] == "gptq"          # auto: GPTQ when a matrix is computed
+    auto = _rounding(tmp_path / "auto")
+    assert auto["method"] == "gptq" and auto["mix"] == "fast"         # auto: GPTQ when a matrix is computed
     assert main(["convert", str(llama_256), str(tmp_path / "llama"), "--rounding", "llama", *common]) == 0
     assert _rounding(tmp_path / "llama")["method"] == "llama"
     # same types and size whichever rounding wrote the codes
-    sizes = {name: sum(f.stat().st_size for f in (tmp_path / name).glob("*.gguf")) for name in ("gptq", "llama")}
-    assert sizes["gptq"] == sizes["llama"] > 0
+    sizes = {name: sum(f.stat().st_size for f in (tmp_path / name).glob("*.gguf"))
+             for name in ("gptq", "auto", "llama")}
+    assert sizes["gptq"] == sizes["auto"] == sizes["llama"] > 0
     capsys.readouterr()
     assert main(["convert", str(llama_256), str(tmp_path / "onnx"), "--format", "onnx", "--rounding", "gptq"]) != 0
     assert "--rounding applies to GGUF" in capsys.readouterr().err and not (tmp_path / "onnx").exists()

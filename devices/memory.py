@@ -251,16 +251,25 @@ def weights_split(facts: ModelFacts, n_gpu_layers: int) -> tuple[int, int]:
     return host, device
 
 
-def repacked_bytes(facts: ModelFacts, arch: str, n_gpu_layers: int = 0) -> int:
+def _repacked(facts: ModelFacts, arch: str, n_gpu_layers: int = 0) -> list[TensorFacts]:
+    """The CPU-side matrices llama.cpp repacks at load for `arch` (when its extra buffer types are on)."""
     types = REPACKED_TYPES.get(arch, ())
     first_gpu = facts.num_layers - min(n_gpu_layers, facts.num_layers)
-    total = 0
+    out = []
     for t in facts.tensors:
         layer = layer_of(t.name)
         if (t.dtype.upper() in types and "token_embd" not in t.name and len(t.shape) == 2
                 and t.shape[1] % 8 == 0 and (layer is None or layer < first_gpu)):
-            total += tensor_bytes(t)
-    return total
+            out.append(t)
+    return out
+
+
+def repacked_bytes(facts: ModelFacts, arch: str, n_gpu_layers: int = 0) -> int:
+    return sum(tensor_bytes(t) for t in _repacked(facts, arch, n_gpu_layers))
+
+
+def repacked_params(facts: ModelFacts, arch: str) -> int:
+    return sum(int(t.shape[0]) * int(t.shape[1]) for t in _repacked(facts, arch))
 
 
 def _kv_note(facts: ModelFacts, n_ctx: int, type_k: str, type_v: str, swa_full: bool, n_ubatch: int) -> str:

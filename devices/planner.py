@@ -14,7 +14,7 @@ from edgellm.errors import (BackendUnavailableError, BudgetError, InsufficientMe
 
 from .budgets import format_bytes
 from .memory import (MemoryEstimate, TensorFacts, estimate_llama_cpp, estimate_onnxruntime, kv_cache_bytes,
-                     layer_of, tensor_bytes)
+                     layer_of, repacked_params, tensor_bytes)
 from .threads import profile_threads
 from .types import Device, ModelFacts, Profile
 
@@ -60,6 +60,12 @@ LAYER_OVERHEAD_S = (0.15e-3, 0.29e-3)   # (serial, divided by threads) seconds p
 # CPU-second at 1 thread, SmolLM2 int4 63 and the 1B int4-rtn (int8 head) 13.3, give 35 GFLOP/s against
 # llama.cpp's 55 with the same per-layer cost.
 ORT_COMPUTE_SHARE = 0.65
+# FITTED. llama.cpp's matvec on a type it would repack (memory.REPACKED_TYPES) when the extra buffer types are off
+# (the safe kernel switch, e.g. on AMX hosts), relative to GFLOPS_PER_CORE: the 1B Llama-shaped Q4_K_M (all
+# matrices Q4_K/Q6_K) on an Intel Xeon (AVX-512, AMX) decoded 7.7 tok/s at 1 thread and 14.5 at 2 with them off,
+# 19.3 GFLOP/s per core after the per-layer cost; SmolLM2 Q4_K_M (mostly Q5_0, never repacked) ran at the fitted
+# rate on the same host (90.1 tok/s at 2 threads vs 88.5 predicted).
+UNREPACKED_SHARE = 0.35
 GPU_MEMORY_MARGIN = 0.9  # plan to use at most 90% of free VRAM
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,8 @@ def estimate(facts: ModelFacts, option: QuantOption, n_ctx: int, arch: str, n_gp
         weights = facts.file_bytes if facts.source == "onnx" and facts.file_bytes else sum(
             tensor_bytes(t) for t in sized.tensors)
         return estimate_onnxruntime(sized, n_ctx, weights_bytes=weights, provider=provider)
-    extra_bufts = not ({t.dtype.upper() for t in sized.tensors} | {option.main_type.upper()}) & set(safe_types)
-    return estimate_llama_cpp(sized, n_ctx, n_gpu_layers=n_gpu_layers, arch=arch, extra_bufts=extra_bufts)
+    return estimate_llama_cpp(sized, n_ctx, n_gpu_layers=n_gpu_layers, arch=arch,
+                              extra_bufts=not _extra_bufts_off(sized, option, safe_types))
 
 
 def decode_read_bytes(facts: ModelFacts, option: QuantOption, n_gpu_layers: int = 0) -> tuple[int, int]:
@@ -141,6 +147,21 @@ def decode_read_bytes(facts: ModelFacts, option: QuantOption, n_gpu_layers: int 
     return sum(per_layer.values()) - gpu_bytes, gpu_bytes
 
 
+def _unrepacked_share(facts: ModelFacts, option: QuantOption, device: Device) -> float:
+    """The share of the matrix weights a GGUF at `option` holds in types llama.cpp repacks for this CPU, when the
+    host's kernel policy opens that artifact with the extra buffer types off (so they are not repacked); else 0."""
+    sized = _facts_at(facts, option)
+    if not _extra_bufts_off(sized, option, device.llama_safe_types):
+        return 0.0
+    total = sum(int(t.shape[0]) * int(t.shape[1]) for t in sized.tensors
+                if len(t.shape) == 2 and "token_embd" not in t.name)
+    return repacked_params(sized, device.arch) / total if total else 0.0
+
+
+def _extra_bufts_off(sized: ModelFacts, option: QuantOption, safe_types: tuple[str, ...]) -> bool:
+    return bool(({t.dtype.upper() for t in sized.tensors} | {option.main_type.upper()}) & set(safe_types))
+
+
 def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, threads: int, n_ctx: int,
                        n_gpu_layers: int = 0) -> tuple[float, str]:
     """Tokens/s of decode: the slower of the memory-bandwidth roof and the compute roof, with the reason."""
@@ -154,6 +175,9 @@ def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, t
     gflops = next((g for feature, g in GFLOPS_PER_CORE if feature in device.isa), 2.0)
     if option.format == "onnx":
         gflops *= ORT_COMPUTE_SHARE
+    unpacked = 0.0 if option.format == "onnx" else _unrepacked_share(facts, option, device)
+    if unpacked:                # the matrices llama.cpp would repack run on its plain kernels instead
+        gflops /= (1.0 - unpacked) + unpacked / UNREPACKED_SHARE
     host_share = host_bytes / max(1, host_bytes + gpu_bytes)
     n = max(1, threads)
     flops = 2 * matmul_params(facts) * host_share
@@ -161,7 +185,9 @@ def predict_decode_tps(facts: ModelFacts, option: QuantOption, device: Device, t
     t_compute = flops / (gflops * 1e9 * n) + host_layers * (LAYER_OVERHEAD_S[0] + LAYER_OVERHEAD_S[1] / n)
     if t_compute > t_mem:
         return 1.0 / t_compute, (f"compute-bound: {flops / 1e9:.2f} GFLOP/token on {threads} threads x "
-                                 f"{gflops:.1f} GFLOP/s + {host_layers} layers x per-layer cost")
+                                 f"{gflops:.1f} GFLOP/s + {host_layers} layers x per-layer cost"
+                                 + (f" ({unpacked:.0%} of the weights on llama.cpp's plain kernels: extra buffer "
+                                    "types off on this host)" if unpacked else ""))
     return 1.0 / t_mem, (f"bandwidth-bound: {format_bytes(host_bytes + gpu_bytes)} read/token at "
                          f"{BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_gbs or 10.0:.1f} GB/s")
 

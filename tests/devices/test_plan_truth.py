@@ -141,3 +141,27 @@ def test_a_format_the_converter_refuses_for_the_model_is_never_planned(name: str
     for device in ("cpu", "profile:android-midrange", "profile:raspberry-pi-5"):
         p = plan(folder, device=device)
         assert p.format != refused and any(r.startswith(f"no {refused}:") for r in p.reasons), (device, p.format)
+
+
+def test_decode_prediction_follows_the_kernel_path(tmp_path: Path) -> None:
+    """With the extra buffer types off (the safe kernel switch), the matrices llama.cpp would repack run on its
+    plain kernels: the decode prediction drops by the fitted factor and says why; an ONNX option is unaffected."""
+    from dataclasses import replace
+
+    from edgellm.devices.planner import UNREPACKED_SHARE, ladder_option, predict_decode_tps
+    from edgellm.planning import facts_from_hf, resolve_device
+
+    from tests.converters.test_families import K_DIMS, ROWS
+    from tests.fixtures.tiny import make_family_model
+
+    folder = make_family_model(tmp_path / "model", {**ROWS["llama"], **K_DIMS}, seed=1)   # rows of 256: Q4_K stays
+    facts = facts_from_hf(folder)
+    host = replace(resolve_device("cpu", bandwidth_gbs=1000.0), isa=("avx512f",), llama_safe_types=())
+    q4k = ladder_option("gguf", "Q4_K_M")
+    fast, why_fast = predict_decode_tps(facts, q4k, host, 1, 512)
+    slow, why_slow = predict_decode_tps(facts, q4k, replace(host, llama_safe_types=("Q4_K",)), 1, 512)
+    assert slow < fast and "plain kernels" in why_slow and "plain kernels" not in why_fast
+    assert slow > UNREPACKED_SHARE * fast * 0.9                     # per-layer costs do not change
+    q8 = ladder_option("gguf", "Q8_0")                              # Q8_0 is never repacked on x86
+    assert predict_decode_tps(facts, q8, replace(host, llama_safe_types=("Q4_K",)), 1, 512)[0] == \
+        predict_decode_tps(facts, q8, host, 1, 512)[0]

@@ -29,6 +29,7 @@ from .gguf_gptq import Encoded, GPTQResult
 from .gguf_mix import DEFAULT_MIX, Mix, check_mix
 from .gguf_rounding import (Plan, Rounding, calibrate, fitting, gptq_imatrix, pinned_types, resolve_rounding,
                             rounding_record)
+from .gguf_memory import check_gguf_budget
 from .gguf_metadata import write_metadata
 from .gguf_types import GGUFQuant, encode, get_quant, native_type_for, tensor_nbytes
 from .hf import HFModel, read_hf_model
@@ -229,7 +230,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
                     imatrix: bool | str | Path | None = None, calibration_text: str | Path | None = None,
                     rounding: Rounding | None = None, calibration_tokens: int | None = None,
                     tensor_types: Mapping[str, str] | None = None,
-                    calibration_time: float | None = None, mix: Mix = DEFAULT_MIX) -> GGUFResult:
+                    calibration_time: float | None = None, mix: Mix = DEFAULT_MIX,
+                    max_memory: int | str | None = None) -> GGUFResult:
     """Convert an HF folder into `output/` holding `<Name>-<Size>-<Finetune>-<QUANT>.gguf` + edgellm.json.
     progress: see edgellm.progress (True/None/False or a callable taking a ProgressEvent).
     imatrix: for the types llama.cpp's quantizer writes, True computes an importance matrix from the calibration
@@ -246,6 +248,8 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     mix (GPTQ rounding): "fast" (default) lets a tensor take a same-size type whose kernels are not slower (Q4_K
     for Q4_0 rows of 256-multiples) when its measured output error is lower, "size" any same-size type (IQ4_NL
     too), "off" keeps the recipe's types (converters/gguf_mix.py). The file's size does not change.
+    max_memory: a budget in bytes or a size such as "4GiB": the conversion's peak is planned from the tensor sizes
+    (converters/gguf_memory.py) and refused with the numbers before anything is written when it does not fit.
     tensor_types: GGUF tensor name -> GGML type, replacing the recipe's choice for those tensors (a mixed recipe,
     e.g. from converters/sensitivity.py); checked against each tensor's shape before any work."""
     q = get_quant(quant)
@@ -271,6 +275,10 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
             rope_kind(args.rope_scaling, family.rope_kinds)  # refuse unsupported RoPE variants before writing anything
             vocab = _vocab(model, pre_tokenizer)
             plan = _plan_tensors(model, family, args)
+            calibrating = method == "gptq" or (imatrix is True and getattr(q, "uses_imatrix", False))
+            mem = check_gguf_budget(model.config, model.tensor_infos(), q, method,
+                                    (calibration_tokens or DEFAULT_TOKENS) if calibrating else 0, max_memory)
+            log.info("GGUF %s: planned peak %.2f GiB (%s)", q.name, mem.total / 2**30, mem.describe())
             n_params = sum(int(np.prod(s)) for _, _, s, _ in plan)
             names = _names(model, q.name, n_params)
             final = out_dir / str(names["file"])

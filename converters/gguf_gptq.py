@@ -216,6 +216,7 @@ class GPTQResult:
     matrix: ImportanceMatrix = field(default_factory=ImportanceMatrix)
     seconds: float = 0.0
     calibration: dict[str, Any] = field(default_factory=dict)   # text, tokens, budget and what the pass used
+    planned: dict[str, str] = field(default_factory=dict)       # the types asked for (a mix may choose others)
 
 
 def _row_perms(weights: Any, args: Any) -> dict[str, np.ndarray]:
@@ -249,7 +250,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
     from .hf import read_hf_model
 
     start = time.perf_counter()
-    result = GPTQResult()
+    result = GPTQResult(planned=dict(types))
     with read_hf_model(model_dir) as model:
         family = get_family(model.config.architecture)
         args = family.parse(model.config)

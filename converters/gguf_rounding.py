@@ -48,9 +48,12 @@ def calibrate(model_dir: str | Path, q: GGUFQuant, calibration_text: str | Path 
 
 
 def pinned_types(tensor_types: Mapping[str, str] | None, gptq: GPTQResult | None) -> dict[str, str]:
-    """The per-tensor types llama.cpp's quantizer must keep: the caller's overrides, and every GPTQ-encoded
-    tensor's own type (the intermediate holds it in that type already, so llama.cpp copies its bytes)."""
-    return {**(tensor_types or {}), **({gg: e.type for gg, e in gptq.tensors.items()} if gptq else {})}
+    """The per-tensor types llama.cpp's quantizer must be told: the caller's overrides, and each GPTQ-encoded
+    tensor the mix moved to another type than planned (the intermediate holds it in that type, so llama.cpp copies
+    its bytes). Tensors in their planned type are left to llama.cpp's own rules, which pick the same type and
+    report their fallbacks."""
+    moved = {gg: e.type for gg, e in gptq.tensors.items() if e.type != gptq.planned.get(gg)} if gptq else {}
+    return {**(tensor_types or {}), **moved}
 
 
 def fitting(encoded: dict[str, Encoded], plan: Plan) -> dict[str, Encoded]:

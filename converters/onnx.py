@@ -73,7 +73,7 @@ ONNX_CLI_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--max-memory", {"dest": "max_memory", "default": None, "metavar": "SIZE",
                       "help": "memory budget for the conversion, e.g. 4GiB: planned from the tensor sizes before "
                               "anything is written (fewer quantization threads if that fits), refused with the "
-                              "numbers otherwise (ONNX)"}),
+                              "numbers otherwise (ONNX and GGUF)"}),
     ("--ort-format", {"dest": "ort_format", "action": "store_true", "default": False,
                       "help": "also write model.ort + required_operators.config for a reduced mobile build (ONNX)"}),
 )

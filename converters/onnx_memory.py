@@ -72,15 +72,26 @@ def plan_memory(config: Any, infos: dict[str, Any], recipe: Recipe, threads: int
     plan = MemoryPlan({"base": BASE_BYTES, "layer": layer_f32 + layer_mapped + fused_copy,
                        "slices": slice_bytes, "tables": table_meta + transpose}, threads)
     if recipe.calibrated:
-        acts = calib_tokens * (8 * d + 4 * ffn) * 4                  # hidden states + one block's intermediates
-        # the widest Hessian (the MLP down projection's, float32) lives twice at the peak: X^T X, and its permuted
-        # copy that the blocked Cholesky and triangular inverse overwrite in place (gptq.py); U is counted below
-        hess = 2 * 4 * (max(d, ffn) ** 2)
-        gptq = 3 * fused_copy + 4 * max(d, ffn) ** 2                # weights, codes, updated copy per layer; U
-        plan.parts.update(calibration=acts, hessians=hess, gptq=gptq)
+        cal = calibration_parts(d, ffn, fused_copy, calib_tokens)
+        plan.parts.update(cal)
         # quantization slices (the tables, before and after the layers) never coincide with the GPTQ peak
-        plan.parts["slices"] = max(0, slice_bytes - (acts + hess + gptq))
+        plan.parts["slices"] = max(0, slice_bytes - sum(cal.values()))
     return plan
+
+
+def calibration_parts(d: int, ffn: int, fused_copy: int, tokens: int) -> dict[str, int]:
+    """What a sequential GPTQ calibration pass adds at its peak (ONNX int4 and GGUF GPTQ rounding alike)."""
+    acts = tokens * (8 * d + 4 * ffn) * 4                        # hidden states + one block's intermediates
+    # the widest Hessian (the MLP down projection's, float32) lives twice at the peak: X^T X, and its permuted
+    # copy that the blocked Cholesky and triangular inverse overwrite in place (gptq.py); U is counted below
+    hess = 2 * 4 * (max(d, ffn) ** 2)
+    gptq = 3 * fused_copy + 4 * max(d, ffn) ** 2                # weights, codes, updated copy per layer; U
+    return {"calibration": acts, "hessians": hess, "gptq": gptq}
+
+
+def refuse(what: str, plan: MemoryPlan, budget: int, hint: str) -> ConversionError:
+    return ConversionError(f"converting to {what} needs about {plan.total / 2**30:.2f} GiB ({plan.describe()}) "
+                           f"but max_memory is {budget / 2**30:.2f} GiB", hint)
 
 
 def check_budget(config: Any, infos: dict[str, Any], recipe: Recipe, threads: int, calib_tokens: int,
@@ -95,8 +106,6 @@ def check_budget(config: Any, infos: dict[str, Any], recipe: Recipe, threads: in
         plan = plan_memory(config, infos, recipe, t, calib_tokens)
         if plan.total <= budget:
             return plan
-    raise ConversionError(
-        f"converting to ONNX {recipe.name} needs about {plan.total / 2**30:.2f} GiB with 1 thread "
-        f"({plan.describe()}) but max_memory is {budget / 2**30:.2f} GiB",
-        "raise max_memory" + (", lower --calibration-tokens, or use int4-rtn (no calibration)"
-                              if recipe.calibrated else ""))
+    raise refuse(f"ONNX {recipe.name} with 1 thread", plan, budget,
+                 "raise max_memory" + (", lower --calibration-tokens, or use int4-rtn (no calibration)"
+                                       if recipe.calibrated else ""))

@@ -61,9 +61,6 @@ def convert(model: str | Path, output: str | Path, format: str = "gguf", quant: 
     if fmt not in ("gguf", "onnx"):
         raise ConversionError(f"unknown format {format!r}; choose gguf or onnx")
     _check_options(quant, options)
-    if fmt == "gguf" and options.get("max_memory") is not None:
-        raise ConversionError("max_memory applies to format='onnx' (GGUF conversion streams tensor by tensor)",
-                              "drop max_memory (--max-memory), or convert to ONNX")
     check_quant(fmt, quant)            # a bad argument is reported before anything touches the output
     rep = reporter(progress)
     if fmt == "onnx":

@@ -45,7 +45,7 @@ def run_convert(model: str, output: str, format: str = "gguf", quant: str | None
     _, onnx_options = _onnx_cli()
     onnx_dests = {kw.get("dest", flag.lstrip("-").replace("-", "_")) for flag, kw in onnx_options}
     # GGUF's importance matrix / GPTQ calibrate the same way
-    shared = {"calibration_text", "calibration_tokens", "calibration_time"}
+    shared = {"calibration_text", "calibration_tokens", "calibration_time", "max_memory"}
     onnx_only = onnx_dests - shared
     defaults = {kw.get("dest", flag.lstrip("-").replace("-", "_")): kw.get("default") for flag, kw in onnx_options
                 if "action" in kw}   # store_true/false flags: given when not at their default

@@ -161,14 +161,20 @@ def test_cli_imatrix_modes(tiny_models: Callable[..., Path], tmp_path: Path,
     assert main(["convert", str(folder), str(tmp_path / "onnx"), "--format", "onnx", "--imatrix", "on"]) != 0
 
 
-def test_onnx_only_options_on_gguf_are_refused_not_dropped(tiny_models: Callable[..., Path], tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_memory_is_planned_for_gguf_too(tiny_models: Callable[..., Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     folder = tiny_models()
-    assert main(["convert", str(folder), str(tmp_path / "a"), "--max-memory", "1GiB"]) != 0
-    assert "--max-memory apply to --format onnx" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["convert", str(folder), str(tmp_path / "a"), "--max-memory", "1MB"]) != 0
+    err = capsys.readouterr().err
+    assert "converting to GGUF Q8_0 needs about" in err and "max_memory is" in err and not (tmp_path / "a").exists()
+    assert main(["convert", str(folder), str(tmp_path / "q4"), "--quant", "Q4_K_M", "--max-memory", "1MB"]) != 0
+    err = capsys.readouterr().err                                       # the calibration pass is the largest stage
+    assert "hessians" in err and "--imatrix off" in err and not (tmp_path / "q4").exists()
     from edgellm.errors import ConversionError
 
-    with pytest.raises(ConversionError, match="max_memory"):
-        convert(folder, tmp_path / "b", format="gguf", quant="Q8_0", max_memory="1GiB")
+    assert convert(folder, tmp_path / "b", format="gguf", quant="Q8_0", max_memory="1GiB").path.is_file()
+    assert main(["convert", str(folder), str(tmp_path / "o"), "--format", "onnx", "--standard-ops"]) == 0
+    assert main(["convert", str(folder), str(tmp_path / "g"), "--standard-ops"]) != 0          # ONNX-only flag
+    assert "--standard-ops apply to --format onnx" in capsys.readouterr().err and not (tmp_path / "g").exists()
     with pytest.raises(ConversionError, match="max_memory"):
         convert(folder, tmp_path / "c", format="onnx", quant="int8", max_memory=-5)

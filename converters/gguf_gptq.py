@@ -262,7 +262,8 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
                                          chunk_size=int(calib.ids.shape[1]))
         perms = _row_perms(weights, args)
         run = Calibrator(family, args, calib, quantize=lambda *_: None)
-        run.embed(weights.need("token_embd.weight"), family.embed_scale(args))
+        run.embed(weights.embedding_rows("token_embd.weight"), family.embed_scale(args))
+        weights.release("token_embd.weight")   # a pass over a 3B checkpoint otherwise keeps all 6 GB of it mapped
         out: dict[str, Encoded] = {}
         for i in tqdm(range(args.layers), desc="GPTQ (GGUF blocks)", unit="layer", disable=not progress,
                       leave=False):
@@ -272,6 +273,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
             run.layer(i, w, ops=_GPTQOps(i, w, result.matrix, targets, perms, out, measure,
                                          REFIT_ROUNDS if refit is None else refit, run.credit, check_mix(mix),
                                          spill))
+            weights.release_layer(i)
         head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
         result.matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
     result.tensors = out     # may be empty (no planned type has a layout): llama.cpp then rounds everything

@@ -138,13 +138,15 @@ def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None =
         weights = Weights(model, family, args)
         matrix = ImportanceMatrix(datasets=[calib.source], chunk_count=int(calib.ids.shape[0]),
                                   chunk_size=int(calib.ids.shape[1]))
-        embed = weights.need("token_embd.weight")
+        embed = weights.embedding_rows("token_embd.weight")
         run = Calibrator(family, args, calib, quantize=lambda *_: None)
         run.embed(embed, family.embed_scale(args))
+        weights.release("token_embd.weight")
         for i in tqdm(range(args.layers), desc="importance matrix", unit="layer", disable=not progress,
                       leave=False):
             w = weights.layer(i)
             run.layer(i, w, ops=_RecordingOps(i, w, matrix))
+            weights.release_layer(i)                     # the layer's mapped pages leave the resident set
         head = "token_embd.weight" if args.tied or weights.get("output.weight") is None else "output.weight"
         matrix.add(head, run.final_input(np.asarray(weights.need(family.final_norm), np.float32)))
     matrix.seconds = time.perf_counter() - start

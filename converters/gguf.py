@@ -245,9 +245,9 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
     calibration_tokens: tokens of calibration text for the importance matrix and GPTQ (default 2048);
     calibration_time: a budget in seconds for that pass (whole sequences are dropped after a layer to meet it;
     the manifest's extra.rounding.calibration says what was used).
-    mix (GPTQ rounding): "fast" (default) lets a tensor take a same-size type whose kernels are not slower (Q4_K
-    for Q4_0 rows of 256-multiples) when its measured output error is lower, "size" any same-size type (IQ4_NL
-    too), "off" keeps the recipe's types (converters/gguf_mix.py). The file's size does not change.
+    mix (GPTQ rounding): "off" (default) keeps the recipe's types; "fast" lets a tensor take a same-size type whose
+    kernels were measured not slower (Q4_K for Q4_0 rows of 256-multiples) when its measured output error is
+    lower; "size" any same-size type (IQ4_NL too) (converters/gguf_mix.py). The file's size does not change.
     max_memory: a budget in bytes or a size such as "4GiB": the conversion's peak is planned from the tensor sizes
     (converters/gguf_memory.py) and refused with the numbers before anything is written when it does not fit.
     tensor_types: GGUF tensor name -> GGML type, replacing the recipe's choice for those tensors (a mixed recipe,

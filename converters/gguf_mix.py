@@ -8,7 +8,8 @@ GPTQ-encoded against the tensor's input Hessian and the one with the smallest ou
 The file keeps the recipe's size to the byte; its kernels change only where a candidate was picked.
 
 Modes (`mix`):
-- "off": the recipe's types only (llama.cpp's own file layout, byte for byte the same types).
+- "off" (the default): the recipe's types only (llama.cpp's own file layout; a Q4_0 file holds Q4_0 tensors,
+  whose repacked Arm kernels are the reason many pick it).
 - "fast": candidates whose llama.cpp CPU kernels were measured at least as fast as the recipe type's
   (tests/benchmarks/bench_gguf_gptq.py --speed; Q4_K for Q4_0 rows of 256-multiples: 1.06x prefill, 1.02x
   decode on AVX-512).
@@ -24,7 +25,7 @@ from .gguf_blocks import LAYOUTS
 
 Mix = Literal["off", "fast", "size"]
 MIXES: tuple[str, ...] = ("off", "fast", "size")
-DEFAULT_MIX: Mix = "fast"
+DEFAULT_MIX: Mix = "off"
 
 
 @dataclass(frozen=True)

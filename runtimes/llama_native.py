@@ -249,13 +249,17 @@ def write_verdicts(verdicts: Iterable[Verdict], path: Path | None = None) -> Pat
 
 # -- the policy --------------------------------------------------------------------------------------------------
 def gguf_tensor_types(path: Path) -> frozenset[str]:
-    """GGML type names of a GGUF's tensors (header only, memory-mapped)."""
-    import gguf
+    """GGML type names of a GGUF's tensors, from edgellm's own validated header reader (lazy strings: gguf-py's
+    reader made a numpy array per vocabulary entry, 23 MB resident for a 49k vocabulary, before every load on a
+    host with a known kernel defect)."""
+    from ..converters.gguf_reading import open_gguf
 
     try:
-        reader = gguf.GGUFReader(str(path))
-        return frozenset(t.tensor_type.name for t in reader.tensors)
-    except Exception as exc:  # noqa: BLE001 - gguf-py raises many kinds on a damaged header
+        with open_gguf(path) as reader:
+            return frozenset(t.tensor_type.name for t in reader.tensors)
+    except ModelFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged header fails in many ways
         raise ModelFormatError(f"cannot read the tensor types of {path}: {exc}") from None
 
 

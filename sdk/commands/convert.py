@@ -209,8 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "rounding to llama.cpp; auto (default) = gptq when an importance matrix is computed")
     p.add_argument("--mix", default=None, choices=("off", "fast", "size"),
                    help="GGUF with GPTQ rounding: a tensor may take another type of the same size when its measured "
-                        "output error is lower (fast, the default: only types whose kernels are not slower, e.g. "
-                        "Q4_K for Q4_0; size: IQ4_NL too; off: the recipe's types). The file size does not change")
+                        "output error is lower (fast: only types whose kernels were measured not slower, e.g. Q4_K "
+                        "for Q4_0; size: IQ4_NL too; off, the default: the recipe's types). The size does not change")
     for flag, kwargs in onnx_options:
         p.add_argument(flag, **{**kwargs, "default": None} if "action" not in kwargs else kwargs)
     p.set_defaults(func=run_convert)

@@ -9,9 +9,9 @@ speed on the GPTQ file vs llama.cpp's own file of the same type.
 Reference: the F32 GGUF of each HF folder (SmolLM2: the rebuilt folder; Gemma 3 270M: tests/fixtures/gemma3's
 unpacked folder). Every artifact is made by edgellm's converter (convert_to_gguf): `llama` = llama.cpp's
 quantizer without an importance matrix, `llama+imatrix` = with edgellm's importance matrix, `gptq` = llama.cpp's
-headers with GPTQ-chosen codes (rounding="gptq"; `gptq` = the default same-size mix "fast", `gptq-off` = the recipe's
-types only, `gptq-size` = IQ4_NL allowed too). Texts and the KLD evaluation are bench_imatrix's. --speed compares the
-`gptq` file with llama.cpp's own file of the type (`llama+imatrix`: the recipe's types, llama.cpp's rounding).
+headers with GPTQ-chosen codes (rounding="gptq"; `gptq` = the recipe's types, the default; `gptq-fast` / `gptq-size` =
+the same-size mixes). Texts and the KLD evaluation are bench_imatrix's. --speed compares the --speed-variant file
+(default gptq-fast) with llama.cpp's own file of the type without an importance matrix (`llama`).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from tests.benchmarks.bench_imatrix import texts  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "llama": {"imatrix": False, "rounding": "llama"},
     "llama+imatrix": {"imatrix": True, "rounding": "llama"},
-    "gptq-off": {"imatrix": True, "rounding": "gptq", "mix": "off"},      # the recipe's types only
-    "gptq": {"imatrix": True, "rounding": "gptq"},                         # default mix ("fast")
+    "gptq": {"imatrix": True, "rounding": "gptq"},                         # the default: the recipe's types
+    "gptq-fast": {"imatrix": True, "rounding": "gptq", "mix": "fast"},
     "gptq-size": {"imatrix": True, "rounding": "gptq", "mix": "size"},
 }
 
@@ -121,24 +121,24 @@ def _speed_once(path: Path, threads: int, prompt: list[int], gen: int) -> tuple[
     return len(prompt) / (t1 - t0), gen / (t2 - t1), len(prompt) / (c1 - c0), gen / (c2 - c1)
 
 
-def speed(model: str, hf: Path, qname: str, work: Path, threads: int, runs: int) -> dict[str, Any]:
-    """Alternating runs (ABBA order) of llama.cpp's own file (imatrix) and the GPTQ file of the same type, each
-    in a fresh llama.cpp context after a warm-up; medians and their ratios."""
+def speed(model: str, hf: Path, qname: str, work: Path, threads: int, runs: int,
+          variant: str = "gptq-fast") -> dict[str, Any]:
+    """Alternating runs (ABBA order) of llama.cpp's own file of the type (`llama`) and edgellm's `variant` file,
+    each in a fresh llama.cpp context after a warm-up; medians and their ratios (edgellm / llama.cpp)."""
     files = {v: convert_to_gguf(hf, work / f"{model}-{qname}-{v}-speed", qname, **VARIANTS[v]).path
-             for v in ("llama+imatrix", "gptq")}
+             for v in ("llama", variant)}
     prompt = list(range(100, 100 + 256))
     got: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in files}
     for i in range(runs):
         for v, p in (list(files.items()) if i % 2 == 0 else list(reversed(files.items()))):
             got[v].append(_speed_once(p, threads, prompt, 64))
     med = {v: tuple(statistics.median(x[i] for x in got[v]) for i in range(4)) for v in got}
-    out = {"model": model, "type": qname, "threads": threads, "runs": runs,
+    a, b = med["llama"], med[variant]
+    out = {"model": model, "type": qname, "variant": variant, "threads": threads, "runs": runs,
            "size_mb": {v: p.stat().st_size / 1e6 for v, p in files.items()},
            "prefill_tps": {v: m[0] for v, m in med.items()}, "decode_tps": {v: m[1] for v, m in med.items()},
-           "samples": got, "prefill_ratio": med["gptq"][0] / med["llama+imatrix"][0],
-           "decode_ratio": med["gptq"][1] / med["llama+imatrix"][1],
-           "prefill_cpu_ratio": med["gptq"][2] / med["llama+imatrix"][2],
-           "decode_cpu_ratio": med["gptq"][3] / med["llama+imatrix"][3]}
+           "samples": got, "prefill_ratio": b[0] / a[0], "decode_ratio": b[1] / a[1],
+           "prefill_cpu_ratio": b[2] / a[2], "decode_cpu_ratio": b[3] / a[3]}
     for p in files.values():
         p.unlink()
     return out
@@ -153,6 +153,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed", action="store_true", help="speed ratio instead of the KLD table")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--speed-variant", default="gptq-fast", choices=[v for v in VARIANTS if v != "llama"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dirs = model_dirs()
@@ -163,20 +164,20 @@ def main() -> int:
             hf = dirs[model]()
             if args.speed:
                 for qname in types:
-                    results.append(speed(model, hf, qname, Path(tmp), args.threads, args.runs))
+                    results.append(speed(model, hf, qname, Path(tmp), args.threads, args.runs, args.speed_variant))
                     print(results[-1], flush=True)
             else:
                 results += kld_table(model, hf, types, args.variants.split(","), Path(tmp), args.eval_tokens,
                                      args.threads)
     if args.speed:
-        print("| model | type | size MB (llama / gptq) | prefill tok/s (llama / gptq) | ratio | "
-              "decode tok/s (llama / gptq) | ratio | prefill ratio (CPU s) | decode ratio (CPU s) |")
-        print("|---|---|---|---|---:|---|---:|---:|---:|")
+        print("| model | type | edgellm variant | size MB (llama / edgellm) | prefill tok/s (llama / edgellm) | "
+              "ratio | decode tok/s (llama / edgellm) | ratio | prefill ratio (CPU s) | decode ratio (CPU s) |")
+        print("|---|---|---|---|---|---:|---|---:|---:|---:|")
         for r in results:
-            s, p, d = r["size_mb"], r["prefill_tps"], r["decode_tps"]
-            print(f"| {r['model']} | {r['type']} | {s['llama+imatrix']:.2f} / {s['gptq']:.2f} | "
-                  f"{p['llama+imatrix']:.0f} / {p['gptq']:.0f} | {r['prefill_ratio']:.3f} | "
-                  f"{d['llama+imatrix']:.1f} / {d['gptq']:.1f} | {r['decode_ratio']:.3f} | "
+            s, p, d, v = r["size_mb"], r["prefill_tps"], r["decode_tps"], r["variant"]
+            print(f"| {r['model']} | {r['type']} | {v} | {s['llama']:.2f} / {s[v]:.2f} | "
+                  f"{p['llama']:.0f} / {p[v]:.0f} | {r['prefill_ratio']:.3f} | "
+                  f"{d['llama']:.1f} / {d[v]:.1f} | {r['decode_ratio']:.3f} | "
                   f"{r['prefill_cpu_ratio']:.3f} | {r['decode_cpu_ratio']:.3f} |")
     else:
         print_kld(results)

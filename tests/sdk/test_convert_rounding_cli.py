@@ -32,7 +32,7 @@ def test_rounding_flag_selects_the_method(llama_256: Path, tmp_path: Path, capsy
     assert gptq["method"] == "gptq" and gptq["mix"] == "off" and set(gptq["tensors"]) <= {"Q4_0", "Q4_1"}
     assert main(["convert", str(llama_256), str(tmp_path / "auto"), *common]) == 0
     auto = _rounding(tmp_path / "auto")
-    assert auto["method"] == "gptq" and auto["mix"] == "fast"         # auto: GPTQ when a matrix is computed
+    assert auto["method"] == "gptq" and auto["mix"] == "off"          # auto: GPTQ when a matrix is computed
     assert main(["convert", str(llama_256), str(tmp_path / "llama"), "--rounding", "llama", *common]) == 0
     assert _rounding(tmp_path / "llama")["method"] == "llama"
     # same types and size whichever rounding wrote the codes

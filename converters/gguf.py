@@ -25,7 +25,7 @@ from ..progress import ProgressArg, Reporter, reporter
 from .architectures import get_family
 from .families.base import Args, Family, TensorRule, check_tensors, to_gguf
 from .calibration import DEFAULT_TOKENS, check_time_budget
-from .gguf_gptq import Encoded, GPTQResult
+from .gguf_gptq import Encoded, GPTQResult, drop_pages
 from .gguf_mix import DEFAULT_MIX, Mix, check_mix
 from .gguf_rounding import (Plan, Rounding, calibrate, fitting, gptq_imatrix, pinned_types, resolve_rounding,
                             rounding_record)
@@ -144,8 +144,11 @@ def _write_native(model: HFModel, family: Family, args: Args, plan: Plan, quant:
     try:
         with rep.stage(f"writing {quant.name}", total=len(plan), unit="tensors") as bar:
             for (hf, gg, shape, rule), t in zip(plan, types):
-                writer.write_tensor_data(encoded[gg].raw if gg in encoded else
-                                         _encode_tensor(model, args, hf, rule, shape, t))
+                if gg in encoded:
+                    writer.write_tensor_data(encoded[gg].raw)
+                    drop_pages(encoded[gg].raw)    # a spilled encoding's pages leave the resident set once written
+                else:
+                    writer.write_tensor_data(_encode_tensor(model, args, hf, rule, shape, t))
                 model.release(hf)
                 bar.advance()
         for _, data in extra:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import mmap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,14 @@ def encode_gptq(w: np.ndarray, ggml_type: str, h: np.ndarray, *, prepared: Prepa
     if measure:
         enc.error_rtn, enc.error_gptq = _output_error(w, rtn.values(), h), _output_error(w, values, h)
     return enc, values
+
+
+def drop_pages(raw: np.ndarray) -> None:
+    """For a spilled encoding (an np.memmap of its file): drop its pages from this process's resident set (they
+    stay in the page cache; reading again maps them back). Anything else is left alone."""
+    mm = getattr(raw, "_mmap", None)
+    if isinstance(raw, np.memmap) and mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _whole(w: np.ndarray, full: np.ndarray) -> bool:

@@ -278,6 +278,10 @@ def convert_to_gguf(model_dir: str | Path, output: str | Path, quant: str = "Q8_
             rope_kind(args.rope_scaling, family.rope_kinds)  # refuse unsupported RoPE variants before writing anything
             vocab = _vocab(model, pre_tokenizer)
             plan = _plan_tensors(model, family, args)
+            unknown = sorted(set(tensor_types or {}) - {gg for _, gg, _, _ in plan})
+            if unknown:
+                raise ConversionError(f"tensor_types names tensors this model does not have: {', '.join(unknown[:5])}",
+                                      "use GGUF tensor names such as blk.0.ffn_down.weight (edgellm info lists them)")
             calibrating = method == "gptq" or (imatrix is True and getattr(q, "uses_imatrix", False))
             mem = check_gguf_budget(model.config, model.tensor_infos(), q, method,
                                     (calibration_tokens or DEFAULT_TOKENS) if calibrating else 0, max_memory)

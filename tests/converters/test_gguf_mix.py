@@ -18,7 +18,7 @@ from edgellm.converters.gguf_gptq import _output_error, calibrate_gptq, encode_b
 from edgellm.converters.gguf_mix import SAME_SIZE, candidates
 from edgellm.converters.gguf_to_hf import gguf_to_hf
 from edgellm.converters.quant_plan import gguf_layout
-from edgellm.errors import QuantizationError
+from edgellm.errors import ConversionError, QuantizationError
 from tests.converters.test_families import agreement, llama_cpp_logits
 from tests.converters.test_gguf_gptq import IDS, TOKENS, _correlated
 from tests.fixtures.tiny import make_tiny_model
@@ -97,6 +97,12 @@ def test_mix_is_checked_and_refused_outside_gguf(tiny: Path, tmp_path: Path, cap
     with pytest.raises(QuantizationError, match="unknown mix"):
         convert_to_gguf(tiny, tmp_path / "a", "Q4_0", mix="best")  # type: ignore[arg-type]  # a bad value on purpose
     assert not (tmp_path / "a").exists()
+    with pytest.raises(ConversionError, match="blk.9.nope.weight"):
+        convert_to_gguf(tiny, tmp_path / "b", "Q4_0", tensor_types={"blk.9.nope.weight": "Q8_0"})
+    assert not (tmp_path / "b").exists()
+    over = convert_to_gguf(tiny, tmp_path / "c", "Q4_0", imatrix=False, tensor_types={"blk.0.ffn_down.weight": "Q8_0"})
+    got = {t.name: t.tensor_type.name for t in gguf.GGUFReader(over.path).tensors}
+    assert got["blk.0.ffn_down.weight"] == "Q8_0" and got["blk.1.ffn_down.weight"] == "Q4_0"
     assert main(["convert", str(tiny), str(tmp_path / "o"), "--format", "onnx", "--mix", "size"]) != 0
     assert "--mix applies to GGUF" in capsys.readouterr().err
 

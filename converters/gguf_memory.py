@@ -7,7 +7,8 @@ A GGUF conversion runs in stages, so its peak is the largest stage's:
 - the calibration pass (importance matrix, GPTQ rounding): one decoder layer in float32, the activations and,
   for GPTQ, the Hessians and work arrays (onnx_memory.calibration_parts; the encoded tensors go to disk);
 - llama.cpp's quantizer: it converts each tensor to float32 and quantizes it with per-thread work buffers; fitted
-  at 1.65 x the largest tensor in float32 (1B Q4_K_M 1.89 GB, 3B 2.79 GB measured peaks, both 1.63-1.65).
+  at 1.65 x the largest tensor in float32 (1B Q4_K_M 1.89 GB, 3B 2.79 GB measured peaks, both 1.63-1.65); after a
+  calibration pass in the same process, plus about one float32 layer (3B Q4_K_M with GPTQ rounding: 3.17 GB).
 """
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ def plan_gguf_memory(config: Any, infos: dict[str, Any], q: GGUFQuant, method: s
             cal = {"calibration": cal["calibration"]}
         stages.append(MemoryPlan({**parts, **cal}))
     if not q.native:
-        stages.append(MemoryPlan({"base": LLAMA_BASE_BYTES,
-                                  "llama.cpp quantizer": int(QUANTIZER_F32_FACTOR * 4 * largest.n_elements)}))
+        quantizer = MemoryPlan({"base": LLAMA_BASE_BYTES,
+                                "llama.cpp quantizer": int(QUANTIZER_F32_FACTOR * 4 * largest.n_elements)})
+        if calib_tokens:        # the pass ran in this process first: about one float32 layer of it stays resident
+            quantizer.parts["after calibration"] = sum(4 * i.n_elements for n, i in infos.items() if ".layers.0." in n)
+        stages.append(quantizer)
     return max(stages, key=lambda p: p.total)
 
 

@@ -22,6 +22,7 @@ MEASURED = [
     ("3b", "Q8_0", "native", 0, 1.36),
     ("3b", "F16", "native", 0, 1.72),
     ("3b", "Q4_K_M", "llama", 0, 2.79),
+    ("3b", "Q4_K_M", "gptq", 2048, 3.17),       # importance matrix + GPTQ rounding, the default for a checkpoint
 ]
 
 

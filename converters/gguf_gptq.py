@@ -256,6 +256,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
 
     from .architectures import get_family
     from .families.weights import Weights
+    from .onnx_stream import table_source
     from .hf import read_hf_model
 
     start = time.perf_counter()
@@ -271,7 +272,7 @@ def calibrate_gptq(model_dir: str | Path, types: Mapping[str, str], calibration_
                                          chunk_size=int(calib.ids.shape[1]))
         perms = _row_perms(weights, args)
         run = Calibrator(family, args, calib, quantize=lambda *_: None)
-        run.embed(weights.embedding_rows("token_embd.weight"), family.embed_scale(args))
+        run.embed(table_source(model, weights, "token_embd.weight"), family.embed_scale(args))
         weights.release("token_embd.weight")   # a pass over a 3B checkpoint otherwise keeps all 6 GB of it mapped
         out: dict[str, Encoded] = {}
         for i in tqdm(range(args.layers), desc="GPTQ (GGUF blocks)", unit="layer", disable=not progress,

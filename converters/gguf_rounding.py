@@ -84,5 +84,3 @@ def rounding_record(method: str, gptq: GPTQResult | None, mix: str) -> dict[str,
         return {"method": method}
     return {"method": method, "mix": mix, "tensors": dict(Counter(e.type for e in gptq.tensors.values())),
             "seconds": round(gptq.seconds, 1), "calibration": gptq.calibration}
-
-

@@ -126,6 +126,7 @@ def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None =
 
     from .architectures import get_family
     from .families.weights import Weights
+    from .onnx_stream import table_source
     from .hf import read_hf_model
 
     start = time.perf_counter()
@@ -138,7 +139,7 @@ def compute_imatrix(model_dir: str | Path, calibration_text: str | Path | None =
         weights = Weights(model, family, args)
         matrix = ImportanceMatrix(datasets=[calib.source], chunk_count=int(calib.ids.shape[0]),
                                   chunk_size=int(calib.ids.shape[1]))
-        embed = weights.embedding_rows("token_embd.weight")
+        embed = table_source(model, weights, "token_embd.weight")
         run = Calibrator(family, args, calib, quantize=lambda *_: None)
         run.embed(embed, family.embed_scale(args))
         weights.release("token_embd.weight")

@@ -24,7 +24,7 @@ from .hf import HFModel
 from .onnx_block_ops import OnnxOps
 from .onnx_ops import GraphWriter, linear, quantized_gather
 from . import onnx_stream
-from .onnx_stream import Source, quantize_parallel, store_float_streamed, store_nbits_streamed
+from .onnx_stream import Source, quantize_parallel, table_source, store_float_streamed, store_nbits_streamed
 from .quant import BlockQuant, QuantSpec, Recipe, quantize_blocks
 
 
@@ -64,7 +64,7 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
     ops = OnnxOps(g, recipe, fused, opts.accuracy_level, opts.max_positions)
     weights = Weights(model, family, a)
 
-    embed = _source(model, weights, "token_embd.weight")
+    embed = table_source(model, weights, "token_embd.weight")
     if embed is None:
         raise ModelFormatError("the model has no token embedding table (token_embd.weight)")
     hidden = _embeddings(g, embed, recipe, a.tied, fused)
@@ -89,7 +89,7 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
 
     norm_w = weights.need(family.final_norm)
     x, _ = ops.add_norm(h, delta, norm_w, a.eps, "norm")
-    head = None if a.tied else _source(model, weights, "output.weight", optional=True)
+    head = None if a.tied else table_source(model, weights, "output.weight", optional=True)
     if head is None:
         head = embed
     head_spec = recipe.spec_for("lm_head")
@@ -112,19 +112,6 @@ def build_decoder(model: HFModel, family: Family, g: GraphWriter, opts: GraphOpt
     g.output("Identity", [logits], "logits")
 
 
-def _source(model: HFModel, weights: Weights, gguf_name: str, optional: bool = False) -> Source | None:
-    """A big 2-D tensor (embedding table, LM head) as row slices read from its memory map, never whole; a
-    tensor the family transforms on reading (to_canon) is read whole by Weights instead."""
-    if gguf_name not in weights.rules:
-        return None
-    hf, rule = weights.rules[gguf_name]
-    if not model.has_tensor(hf):
-        if optional or rule.optional:
-            return None
-        return Source.of(weights.need(gguf_name))     # raises the missing-tensor error
-    if rule.to_canon is not None:
-        return Source.of(weights.need(gguf_name))
-    return Source.mapped(model, hf, tuple(rule.shape(weights.args)))
 
 
 def _embeddings(g: GraphWriter, embed: Source, recipe: Recipe, tied: bool, fused: bool) -> str:

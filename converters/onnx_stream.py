@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from onnx import TensorProto
@@ -23,6 +23,9 @@ from .hf import HFModel
 from .onnx_ops import INLINE_LIMIT, GraphWriter, nbits_names, store_nbits
 from .quant import BlockQuant, QuantSpec, check_blocks, quantize_blocks
 from .safetensors_io import MappedFile
+
+if TYPE_CHECKING:
+    from .families.weights import Weights
 
 CHUNK_ELEMENTS = 1 << 21          # float32 elements per slice given to a worker (8 MiB)
 TRANSPOSE_ROWS = 16384            # rows per slice of a transposed float table (each write >= 32 KiB)
@@ -104,6 +107,21 @@ class Source:
                 out[hit] = self.rows(lo, hi)[idx[hit] - lo]
                 self.release(lo, hi)
         return out
+
+
+def table_source(model: HFModel, weights: Weights, gguf_name: str, optional: bool = False) -> Source | None:
+    """A big 2-D tensor (embedding table, LM head) as row slices read from its memory map, never whole; a
+    tensor the family transforms on reading (to_canon) is read whole by Weights instead."""
+    if gguf_name not in weights.rules:
+        return None
+    hf, rule = weights.rules[gguf_name]
+    if not model.has_tensor(hf):
+        if optional or rule.optional:
+            return None
+        return Source.of(weights.need(gguf_name))     # raises the missing-tensor error
+    if rule.to_canon is not None:
+        return Source.of(weights.need(gguf_name))
+    return Source.mapped(model, hf, tuple(rule.shape(weights.args)))
 
 
 def map_ordered(pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[T], ahead: int

@@ -35,14 +35,6 @@ class Weights:
             raise ModelFormatError(f"tensor {hf} is missing from {self.model.path}")
         return to_canon(self.model.tensor(hf, expect_shape=tuple(rule.shape(self.args))), rule, self.args)
 
-    def embedding_rows(self, gguf_name: str) -> Any:
-        """The table, indexable by an id array (what Calibrator.embed gathers): rows read one slice at a time
-        from the memory map when the family reads the tensor as stored, else the whole canonical tensor."""
-        hf, rule = self.rules.get(gguf_name, (None, None))
-        if hf is None or rule is None or rule.to_canon is not None or not self.model.has_tensor(hf):
-            return self.need(gguf_name)
-        return _Rows(self.model, hf)
-
     def release(self, *gguf_names: str) -> None:
         """The mapped pages of these tensors leave the resident set (read again from the page cache if needed)."""
         for gg in gguf_names:
@@ -68,20 +60,6 @@ class Weights:
                 if w is not None:
                     out[gg[len(prefix):]] = w
         return out
-
-
-class _Rows:
-    """table[ids] for a mapped 2-D tensor: only the rows asked for are converted to float32."""
-
-    def __init__(self, model: HFModel, name: str) -> None:
-        self.model, self.name = model, name
-
-    def __getitem__(self, ids: Any) -> np.ndarray:
-        idx = np.asarray(ids)
-        flat = idx.reshape(-1)
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        rows = np.stack([self.model.tensor_rows(self.name, int(i), int(i) + 1)[0] for i in uniq])
-        return rows[inverse].reshape(idx.shape + rows.shape[1:])
 
 
 def reference_logits(model_dir: str | Path, ids: list[int], quantize: Quantizer | None = None) -> np.ndarray:
